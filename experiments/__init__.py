@@ -1,0 +1,1 @@
+"""Validation runs (installed as ``hadainit.experiments``; the ``hadainit`` console command)."""

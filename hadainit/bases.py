@@ -1,0 +1,191 @@
+"""Orthogonal bases for classifier initialization, and the softmax-diagonalizing ones.
+
+A K x K orthogonal ``Q`` whose column 0 is the constant ``1/sqrt(K)``
+(SPEC section 2). For the two *softmax-diagonalizing* kinds,
+``softmax(Q diag(lam) Q^T) = Q diag(mu) Q^T`` exactly:
+
+* ``"walsh"`` (K a power of two): ``Q = H_K / sqrt(K)``, Sylvester order;
+  ``Q diag(lam) Q^T`` depends on ``i XOR j`` only.
+* ``"fourier"`` (any K >= 2): constant, then (cos, sin) pairs of frequency
+  ``f = 1 .. floor((K-1)/2)``, then ``(-1)^j`` for even K; with equal eigenvalues
+  within each pair ``Q diag(lam) Q^T`` is a symmetric circulant.
+
+A third kind, ``"hadamard"``, is ``H / sqrt(K)`` for any constructible Hadamard
+matrix (Paley, Kronecker, ...). It is orthogonal and a valid drop-in
+initializer, but it does NOT diagonalize the softmax unless K is a power of two
+(where it is the walsh basis): the exact UFM theory does not apply to it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .hadamard import hadamard_matrix, is_power_of_two
+
+__all__ = [
+    "BASIS_KINDS",
+    "SOFTMAX_DIAGONALIZING",
+    "resolve_basis",
+    "softmax_basis",
+    "basis_matrix",
+    "mode_pairs",
+    "check_spectrum",
+    "leakage",
+]
+
+BASIS_KINDS = ("auto", "walsh", "fourier", "hadamard")
+SOFTMAX_DIAGONALIZING = ("walsh", "fourier")
+
+
+def _check_num_classes(num_classes: int) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+
+
+def resolve_basis(num_classes: int, kind: str = "auto") -> str:
+    """The concrete basis kind for ``num_classes``: ``"auto"`` is walsh for powers of two, else fourier."""
+    _check_num_classes(num_classes)
+    if kind not in BASIS_KINDS:
+        raise ValueError(f"unknown basis kind {kind!r}; expected one of {BASIS_KINDS}")
+    if kind == "auto":
+        return "walsh" if is_power_of_two(num_classes) else "fourier"
+    if kind == "walsh" and not is_power_of_two(num_classes):
+        raise ValueError(f"the walsh basis needs a power-of-two number of classes, got {num_classes}; use 'fourier'")
+    return kind
+
+
+def _fourier(num_classes: int) -> Tensor:
+    k = num_classes
+    j = torch.arange(k, dtype=torch.int64)
+    cols = [torch.full((k,), 1.0 / math.sqrt(k), dtype=torch.float64)]
+    for f in range(1, (k - 1) // 2 + 1):
+        # reduce f*j mod K in integers first: the angle stays exact for large K
+        angle = 2 * math.pi * ((f * j) % k).to(torch.float64) / k
+        cols += [math.sqrt(2.0 / k) * torch.cos(angle), math.sqrt(2.0 / k) * torch.sin(angle)]
+    if k % 2 == 0:
+        cols.append((1.0 - 2.0 * (j % 2)).to(torch.float64) / math.sqrt(k))
+    return torch.stack(cols, dim=1)
+
+
+def basis_matrix(
+    num_classes: int,
+    kind: str = "auto",
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """The K x K orthogonal basis of the given kind (any of :data:`BASIS_KINDS`), column 0 constant.
+
+    >>> Q = basis_matrix(12, "hadamard")
+    >>> torch.allclose(Q.T @ Q, torch.eye(12, dtype=Q.dtype))
+    True
+    """
+    kind = resolve_basis(num_classes, kind)
+    if kind == "fourier":
+        q = _fourier(num_classes)
+    else:  # walsh is the Sylvester case of hadamard_matrix
+        q = hadamard_matrix(num_classes) / math.sqrt(num_classes)
+    return q.to(dtype=dtype, device=device)
+
+
+def softmax_basis(
+    num_classes: int,
+    kind: str = "auto",
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """The softmax-diagonalizing orthogonal basis ``Q`` of SPEC section 2.
+
+    Args:
+        num_classes: K >= 2.
+        kind: ``"walsh"`` (K a power of two), ``"fourier"`` (any K) or ``"auto"``
+            (walsh when possible, else fourier).
+        dtype, device: of the result.
+
+    For the fourier kind, the eigenvalues must be equal within each (cos, sin)
+    pair (:func:`mode_pairs`) for the softmax to stay diagonal.
+
+    >>> Q = softmax_basis(8)
+    >>> lam = torch.rand(8, dtype=torch.float64)
+    >>> P = torch.softmax(Q @ torch.diag(lam) @ Q.T, dim=0)
+    >>> D = Q.T @ P @ Q
+    >>> bool((D - torch.diag(torch.diagonal(D))).abs().max() < 1e-14)
+    True
+    """
+    if kind not in ("auto",) + SOFTMAX_DIAGONALIZING:
+        raise ValueError(
+            f"kind {kind!r} does not diagonalize the softmax; expected one of "
+            f"{('auto',) + SOFTMAX_DIAGONALIZING} (use basis_matrix for other orthogonal bases)"
+        )
+    return basis_matrix(num_classes, kind, dtype=dtype, device=device)
+
+
+def mode_pairs(num_classes: int, kind: str = "auto") -> Tensor:
+    """Index pairs ``(cos mode, sin mode)`` that must share an eigenvalue, shape (P, 2).
+
+    Empty for walsh (every mode is free); ``[[1, 2], [3, 4], ...]`` for fourier.
+    """
+    kind = resolve_basis(num_classes, kind)
+    if kind != "fourier":
+        return torch.empty(0, 2, dtype=torch.int64)
+    f = torch.arange(1, (num_classes - 1) // 2 + 1)
+    return torch.stack((2 * f - 1, 2 * f), dim=1)
+
+
+def check_spectrum(values, num_classes: int, kind: str, name: str, *, dtype: torch.dtype = torch.float64) -> Tensor:
+    """``values`` as a finite 1-D tensor of length K, admissible for the basis kind.
+
+    Fourier spectra must be equal within (cos, sin) pairs (to 1e-12 relative);
+    they are then made exactly equal, so the softmax stays exactly diagonal.
+    """
+    t = torch.as_tensor(values, dtype=dtype).detach().clone()
+    if t.dim() != 1 or t.shape[0] != num_classes:
+        raise ValueError(f"{name} must be a 1-D sequence of length {num_classes}, got shape {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} must be finite, got {t.tolist()}")
+    if resolve_basis(num_classes, kind) == "fourier":
+        pairs = mode_pairs(num_classes, "fourier")
+        c, s = t[pairs[:, 0]], t[pairs[:, 1]]
+        bad = (c - s).abs() > 1e-12 * torch.maximum(c.abs(), s.abs())
+        if bad.any():
+            i = int(pairs[bad.nonzero()[0, 0], 0])
+            raise ValueError(
+                f"{name} is not paired for the fourier basis: modes {i} and {i + 1} (a cos/sin pair) must be "
+                f"equal, got {t[i].item()} and {t[i + 1].item()}"
+            )
+        mean = (c + s) / 2
+        t[pairs[:, 0]], t[pairs[:, 1]] = mean, mean
+    return t
+
+
+def leakage(weight: Tensor, left: Tensor, right: Tensor) -> Tensor:
+    """Frozen-singular-vector leakage ``||offdiag(left^T W right)||_F / ||W||_F``.
+
+    Zero while ``W`` stays of the form ``left @ diag(s) @ right^T``.
+
+    Args:
+        weight: W, shape (K, d).
+        left: K x r basis (orthonormal columns), e.g. ``Q``.
+        right: d x r basis (orthonormal columns), e.g. the initial ``V``.
+    """
+    if (
+        weight.dim() != 2
+        or left.dim() != 2
+        or right.dim() != 2
+        or left.shape[0] != weight.shape[0]
+        or right.shape[0] != weight.shape[1]
+        or left.shape[1] != right.shape[1]
+    ):
+        raise ValueError(
+            f"leakage needs W (K, d), left (K, r), right (d, r); got {tuple(weight.shape)}, "
+            f"{tuple(left.shape)}, {tuple(right.shape)}"
+        )
+    core = left.T @ weight @ right
+    off = core - torch.diag_embed(torch.diagonal(core))
+    return torch.linalg.matrix_norm(off) / torch.linalg.matrix_norm(weight)

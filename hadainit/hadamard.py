@@ -1,0 +1,317 @@
+"""Hadamard matrices and the fast Walsh–Hadamard transform.
+
+Constructions (all returned *normalized*: first row and first column all +1):
+
+* **Sylvester** for powers of two, natural order ``H[i, j] = (-1)^popcount(i & j)``.
+  Only this family diagonalizes the softmax (SPEC section 2).
+* **Paley I**, order ``q + 1`` for a prime power ``q ≡ 3 (mod 4)``.
+* **Paley II**, order ``2 (q + 1)`` for a prime power ``q ≡ 1 (mod 4)``.
+* **Kronecker products** of the above.
+
+A Paley (or Kronecker-with-Paley) matrix is a perfectly good orthogonal
+initializer for a real network, but it does *not* diagonalize the softmax: the
+exact UFM theory of this package does not apply to it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Iterable
+
+import torch
+from torch import Tensor
+
+__all__ = ["hadamard_matrix", "constructible_orders", "is_constructible", "fwht", "is_power_of_two"]
+
+
+def is_power_of_two(n: int) -> bool:
+    return n >= 1 and n & (n - 1) == 0
+
+
+# --------------------------------------------------------------------------- #
+# Finite fields GF(p^k): just enough for the quadratic character.
+# --------------------------------------------------------------------------- #
+
+def _prime_power(q: int) -> tuple[int, int] | None:
+    """``(p, k)`` with ``q = p^k``, p prime, or None."""
+    if q < 2:
+        return None
+    p = next((f for f in range(2, math.isqrt(q) + 1) if q % f == 0), q)
+    k = 0
+    while q % p == 0:
+        q //= p
+        k += 1
+    return (p, k) if q == 1 else None
+
+
+def _poly_mod(a: list[int], m: list[int], p: int) -> list[int]:
+    """Remainder of ``a`` by the monic polynomial ``m`` over GF(p); coefficients low to high."""
+    a = a[:]
+    deg_m = len(m) - 1
+    for i in range(len(a) - 1, deg_m - 1, -1):
+        c = a[i] % p
+        if c:
+            for j in range(deg_m + 1):
+                a[i - deg_m + j] = (a[i - deg_m + j] - c * m[j]) % p
+    return [x % p for x in a[:deg_m]] + [0] * max(0, deg_m - len(a))
+
+
+def _monic_polys(p: int, degree: int) -> Iterable[list[int]]:
+    for code in range(p**degree):
+        yield [(code // p**i) % p for i in range(degree)] + [1]
+
+
+def _irreducible_poly(p: int, k: int) -> list[int]:
+    """The first monic irreducible polynomial of degree k over GF(p), by trial division."""
+    for f in _monic_polys(p, k):
+        if f[0] == 0:
+            continue
+        if all(any(_poly_mod(f, g, p)) for d in range(1, k // 2 + 1) for g in _monic_polys(p, d)):
+            return f
+    raise AssertionError(f"no irreducible polynomial of degree {k} over GF({p})")  # pragma: no cover
+
+
+@functools.lru_cache(maxsize=64)
+def _quadratic_character_table(q: int) -> tuple[Tensor, Tensor]:
+    """For GF(q): (chi, digits) where ``chi[e]`` is the quadratic character of element e
+    and ``digits[e]`` its base-p coefficient vector (elements are encoded as integers)."""
+    p, k = _prime_power(q)  # type: ignore[misc]
+    digits = torch.tensor([[(e // p**i) % p for i in range(k)] for e in range(q)], dtype=torch.int64)
+    if k == 1:
+        squares = {(y * y) % p for y in range(1, p)}
+    else:
+        f = _irreducible_poly(p, k)
+        squares = set()
+        for e in range(1, q):
+            d = digits[e].tolist()
+            prod = [0] * (2 * k - 1)
+            for i, x in enumerate(d):
+                for j, y in enumerate(d):
+                    prod[i + j] += x * y
+            squares.add(sum(c * p**i for i, c in enumerate(_poly_mod(prod, f, p))))
+    chi = -torch.ones(q, dtype=torch.int64)
+    chi[0] = 0
+    chi[list(squares)] = 1
+    return chi, digits
+
+
+def _jacobsthal(q: int) -> Tensor:
+    """``Q[a, b] = chi(a - b)`` over GF(q), as an int64 q x q matrix."""
+    chi, digits = _quadratic_character_table(q)
+    p = _prime_power(q)[0]  # type: ignore[index]
+    if digits.shape[1] == 1:
+        idx = torch.arange(q)
+        return chi[(idx[:, None] - idx[None, :]) % p]
+    weights = p ** torch.arange(digits.shape[1])
+    index = torch.zeros(q, q, dtype=torch.int64)
+    for i, w in enumerate(weights.tolist()):  # one digit at a time keeps memory at q^2
+        index += ((digits[:, None, i] - digits[None, :, i]) % p) * w
+    return chi[index]
+
+
+# --------------------------------------------------------------------------- #
+# Which orders can be built, and how.
+# --------------------------------------------------------------------------- #
+
+def _paley_bases(limit: int) -> dict[int, tuple[str, int]]:
+    """Paley orders m <= limit that are not powers of two, with their construction."""
+    bases: dict[int, tuple[str, int]] = {}
+    for q in range(3, limit):
+        pk = _prime_power(q)
+        if pk is None or pk[0] == 2:
+            continue
+        m, kind = (q + 1, "paley1") if q % 4 == 3 else (2 * (q + 1), "paley2")
+        if m <= limit and not is_power_of_two(m) and m not in bases:
+            bases[m] = (kind, q)
+    return bases
+
+
+@functools.lru_cache(maxsize=16)
+def _recipes(limit: int) -> dict[int, tuple[int, ...]]:
+    """Every constructible order <= limit -> its Paley factors (the rest is Sylvester)."""
+    bases = _paley_bases(limit)
+    recipes: dict[int, tuple[int, ...]] = {}
+    for n in range(1, limit + 1):
+        if is_power_of_two(n):
+            recipes[n] = ()
+            continue
+        if n % 4:
+            continue
+        # largest Paley factor first: fewest Kronecker factors
+        for m in sorted(bases, reverse=True):
+            if n % m == 0 and (n // m) in recipes:
+                recipes[n] = (m,) + recipes[n // m]
+                break
+    return recipes
+
+
+def _recipe(n: int) -> tuple[int, ...] | None:
+    bound = 1 << max(n - 1, 1).bit_length()  # cached per power of two
+    return _recipes(bound).get(n)
+
+
+def constructible_orders(limit: int) -> list[int]:
+    """All orders ``n <= limit`` for which :func:`hadamard_matrix` can build a matrix.
+
+    >>> constructible_orders(24)
+    [1, 2, 4, 8, 12, 16, 20, 24]
+    """
+    if not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive integer, got {limit!r}")
+    return sorted(_recipes(limit))
+
+
+def is_constructible(n: int) -> bool:
+    """Whether :func:`hadamard_matrix` can build an order-``n`` matrix."""
+    return isinstance(n, int) and n >= 1 and _recipe(n) is not None
+
+
+def _nearest_orders(n: int) -> tuple[int | None, int]:
+    orders = constructible_orders(1 << n.bit_length())  # a power of two above n is always there
+    below = max((m for m in orders if m < n), default=None)
+    above = min(m for m in orders if m > n)
+    return below, above
+
+
+# --------------------------------------------------------------------------- #
+# Construction.
+# --------------------------------------------------------------------------- #
+
+def _sylvester(n: int) -> Tensor:
+    h = torch.ones(1, 1, dtype=torch.int8)
+    while h.shape[0] < n:
+        h = torch.cat((torch.cat((h, h), 1), torch.cat((h, -h), 1)), 0)
+    return h
+
+
+def _paley(m: int) -> Tensor:
+    return _paley_matrix(*_paley_bases(m)[m])
+
+
+def _paley_matrix(kind: str, q: int) -> Tensor:
+    """Paley I (order q + 1, q ≡ 3 mod 4) or Paley II (order 2(q + 1), q ≡ 1 mod 4), normalized."""
+    jac = _jacobsthal(q)
+    ones = torch.ones(q, 1, dtype=torch.int64)
+    if kind == "paley1":  # skew S = [[0, 1^T], [-1, Q]], H = I + S
+        s = torch.cat((torch.cat((torch.zeros(1, 1, dtype=torch.int64), ones.T), 1), torch.cat((-ones, jac), 1)), 0)
+        h = torch.eye(q + 1, dtype=torch.int64) + s
+    else:  # symmetric conference matrix C, H = C (x) [[1,-1],[-1,-1]] + I (x) [[1,1],[1,-1]]
+        c = torch.cat((torch.cat((torch.zeros(1, 1, dtype=torch.int64), ones.T), 1), torch.cat((ones, jac), 1)), 0)
+        h = torch.kron(c, torch.tensor([[1, -1], [-1, -1]])) + torch.kron(
+            torch.eye(q + 1, dtype=torch.int64), torch.tensor([[1, 1], [1, -1]])
+        )
+    return _normalize(h.to(torch.int8))
+
+
+def _normalize(h: Tensor) -> Tensor:
+    """Flip signs of rows, then columns, so that the first column and row are all +1."""
+    h = h * h[:, :1]
+    return h * h[:1, :]
+
+
+def hadamard_matrix(n: int, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
+    """A normalized Hadamard matrix of order ``n``: entries ±1, ``H @ H.T == n * I``.
+
+    Powers of two give the Sylvester matrix ``H[i, j] = (-1)^popcount(i & j)``;
+    other orders use Paley I/II constructions and Kronecker products with
+    Sylvester. Only the Sylvester matrices diagonalize the softmax (SPEC section 2).
+
+    Args:
+        n: the order; see :func:`constructible_orders` for what can be built.
+        dtype: dtype of the result (default float64).
+        device: device of the result.
+
+    Raises:
+        ValueError: if no construction is known here for ``n``; the message names
+            the nearest constructible orders below and above.
+
+    >>> H = hadamard_matrix(12)
+    >>> bool((H @ H.T == 12 * torch.eye(12, dtype=H.dtype)).all())
+    True
+    """
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"n must be an int, got {type(n).__name__}")
+    if n < 1:
+        raise ValueError(f"the order n must be >= 1, got {n}")
+    recipe = _recipe(n)
+    if recipe is None:
+        below, above = _nearest_orders(n)
+        raise ValueError(
+            f"no Hadamard matrix of order {n} can be constructed here (orders must be 1, 2 or a multiple of 4 "
+            f"reachable by Sylvester/Paley/Kronecker); nearest constructible orders: below {below}, above {above}"
+        )
+    sylvester_order = n // math.prod(recipe)
+    h = _sylvester(sylvester_order)
+    for m in recipe:
+        h = torch.kron(h, _paley(m))
+    return h.to(dtype=dtype, device=device)
+
+
+# --------------------------------------------------------------------------- #
+# Fast Walsh–Hadamard transform.
+# --------------------------------------------------------------------------- #
+
+# The transform is a Kronecker product of small Sylvester blocks applied one
+# axis at a time: log2(n)/_BLOCK_BITS passes over memory with dense block
+# products instead of log2(n) butterfly passes.
+_BLOCK_BITS = 5
+
+
+@functools.lru_cache(maxsize=64)
+def _sylvester_block(bits: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    return _sylvester(1 << bits).to(dtype=dtype, device=device)
+
+
+def _fwht_last(x: Tensor) -> Tensor:
+    n = x.shape[-1]
+    bits = n.bit_length() - 1
+    passes = max(1, -(-bits // _BLOCK_BITS))
+    chunks = [bits // passes + (1 if i < bits % passes else 0) for i in range(passes)]
+    y = x.reshape(-1, n)
+    inner = n
+    for b in chunks:
+        block = _sylvester_block(b, x.dtype, x.device)
+        inner >>= b
+        if inner == 1:
+            y = y.reshape(-1, 1 << b) @ block
+        else:
+            y = torch.matmul(block, y.reshape(-1, 1 << b, inner))
+    return y.reshape(x.shape)
+
+
+class _FWHT(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        return _fwht_last(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        return _FWHT.apply(grad)  # H is symmetric; staying in the Function keeps it twice-differentiable
+
+
+def fwht(x: Tensor, dim: int = -1) -> Tensor:
+    """Fast Walsh–Hadamard transform along ``dim``: ``fwht(x) == x @ H_n`` (unnormalized).
+
+    ``H_n`` is the Sylvester matrix of :func:`hadamard_matrix`. Cost O(n log n)
+    per vector; any batch shape, autograd (the transform is its own adjoint),
+    CPU or CUDA, the dtype is kept. ``fwht(fwht(x)) == n * x``.
+
+    Args:
+        x: a floating or complex tensor.
+        dim: the dimension to transform; its length must be a power of two.
+
+    >>> fwht(torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    tensor([1., 1., 1., 1.])
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not (x.is_floating_point() or x.is_complex()):
+        raise TypeError(f"fwht needs a floating or complex tensor, got dtype {x.dtype}")
+    if x.dim() == 0:
+        raise ValueError("fwht needs at least one dimension, got a 0-d tensor")
+    n = x.shape[dim]
+    if not is_power_of_two(n):
+        raise ValueError(f"fwht needs a power-of-two length along dim {dim}, got {n} (shape {tuple(x.shape)})")
+    moved = x.movedim(dim, -1).contiguous()
+    return _FWHT.apply(moved).movedim(-1, dim)

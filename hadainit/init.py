@@ -1,0 +1,232 @@
+"""Hadamard (spectral) initializers, in the style of ``torch.nn.init``.
+
+``hadamard_`` is the drop-in for a classifier weight; ``spectral_init`` builds
+the (W, H) pair of the unconstrained features model (SPEC section 2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .bases import basis_matrix, check_spectrum, resolve_basis
+
+__all__ = ["DEFAULT_GAIN", "SpectralInit", "hadamard_", "spectral_init", "spectral_factors", "compose_spectral", "spectral_record", "random_orthonormal"]
+
+#: ``nn.Linear``'s default init draws U(-1/sqrt(d), 1/sqrt(d)): E||w_k||^2 = d / (3d) = 1/3,
+#: whatever d. The default gain gives every row exactly that norm.
+DEFAULT_GAIN = 1.0 / math.sqrt(3.0)
+
+_RECORD_ATTR = "_hadainit_spectral"
+
+
+@dataclass(frozen=True)
+class SpectralInit:
+    """How a weight was initialized: ``W = left @ diag(singular_values) @ right.T`` (float64, CPU).
+
+    ``kind`` is the basis kind (``"walsh"``, ``"fourier"``, ``"hadamard"`` or
+    ``"custom"``); ``left`` is K x K, ``right`` is d x K with orthonormal columns.
+    """
+
+    kind: str
+    left: Tensor
+    right: Tensor
+    singular_values: Tensor
+
+
+def spectral_record(tensor: Tensor) -> SpectralInit | None:
+    """The :class:`SpectralInit` left on ``tensor`` by :func:`hadamard_`, or None."""
+    return getattr(tensor, _RECORD_ATTR, None)
+
+
+def _check_generator(generator: torch.Generator | None) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+
+
+def random_orthonormal(
+    rows: int,
+    cols: int,
+    *,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """A Haar-distributed ``rows x cols`` matrix with orthonormal columns (``cols <= rows``).
+
+    Drawn in float64 on the generator's device (CPU without a generator), via QR
+    of a Gaussian matrix with the signs of R's diagonal fixed.
+    """
+    if cols > rows:
+        raise ValueError(f"cannot draw {cols} orthonormal columns in dimension {rows}")
+    _check_generator(generator)
+    draw_device = generator.device if generator is not None else torch.device("cpu")
+    g = torch.randn(rows, cols, generator=generator, dtype=torch.float64, device=draw_device)
+    q, r = torch.linalg.qr(g)
+    signs = torch.sign(torch.diagonal(r))
+    signs[signs == 0] = 1.0
+    return (q * signs).to(dtype=dtype, device=device)
+
+
+def _check_orthonormal(m: Tensor, name: str) -> Tensor:
+    err = (m.T @ m - torch.eye(m.shape[1], dtype=m.dtype)).abs().max().item()
+    if not err < 1e-10:
+        raise ValueError(f"{name} must have orthonormal columns (max |M^T M - I| = {err:.3g} > 1e-10)")
+    return m
+
+
+def _left_basis(num_classes: int, basis: str | Tensor) -> tuple[str, Tensor]:
+    if isinstance(basis, Tensor):
+        q = basis.detach().to(torch.float64, copy=True).cpu()
+        if q.shape != (num_classes, num_classes):
+            raise ValueError(f"a basis tensor must be {num_classes} x {num_classes}, got shape {tuple(q.shape)}")
+        return "custom", _check_orthonormal(q, "a basis tensor")
+    if not isinstance(basis, str):
+        raise TypeError(f"basis must be a str or a K x K tensor, got {type(basis).__name__}")
+    kind = resolve_basis(num_classes, basis)
+    return kind, basis_matrix(num_classes, kind)
+
+
+def hadamard_(
+    tensor: Tensor,
+    gain: float | None = None,
+    *,
+    basis: str | Tensor = "auto",
+    zero_mean: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Fill a (K, d) classifier weight with ``gain * Q V^T`` in place.
+
+    ``Q`` is the K x K basis (walsh/fourier: softmax-diagonalizing, SPEC
+    section 2; ``"hadamard"``: any Hadamard matrix, orthogonal but not
+    softmax-diagonalizing unless K is a power of two), ``V`` a random d x K
+    matrix with orthonormal columns. The rows are orthogonal with norm ``gain``.
+    The basis used is recorded on the tensor (:func:`spectral_record`), so
+    monitors can measure drift from it.
+
+    Args:
+        tensor: a 2-D floating tensor (K, d) with 2 <= K <= d, e.g. ``linear.weight``.
+        gain: row norm; default :data:`DEFAULT_GAIN` = 1/sqrt(3), the expected row
+            norm of ``nn.Linear``'s default initialization.
+        basis: ``"auto"``, ``"walsh"``, ``"fourier"``, ``"hadamard"`` or a K x K orthogonal tensor.
+        zero_mean: drop the constant mode (column 0 of Q): the rows then form a
+            simplex ETF (sum to zero, pairwise cosine -1/(K-1)), still of norm ``gain``.
+        generator: torch.Generator for ``V``.
+
+    Returns:
+        ``tensor``.
+
+    >>> w = torch.empty(10, 64)
+    >>> _ = hadamard_(w, generator=torch.Generator().manual_seed(0))
+    >>> torch.allclose(w @ w.T, torch.eye(10) / 3, atol=1e-6)
+    True
+    """
+    if not isinstance(tensor, Tensor):
+        raise TypeError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.dim() != 2:
+        raise ValueError(f"hadamard_ needs a 2-D (num_classes, features) weight, got shape {tuple(tensor.shape)}")
+    if not tensor.is_floating_point():
+        raise TypeError(f"hadamard_ needs a floating tensor, got dtype {tensor.dtype}")
+    k, d = tensor.shape
+    if k < 2 or k > d:
+        raise ValueError(
+            f"hadamard_ needs 2 <= num_classes <= features for weight shape {tuple(tensor.shape)} "
+            f"(K={k}, d={d}): K orthogonal rows need d >= K"
+        )
+    gain = DEFAULT_GAIN if gain is None else float(gain)
+    if not (math.isfinite(gain) and gain > 0):
+        raise ValueError(f"gain must be a positive finite number, got {gain}")
+    kind, q = _left_basis(k, basis)
+    v = random_orthonormal(d, k, generator=generator)
+    s = torch.full((k,), gain, dtype=torch.float64)
+    if zero_mean:
+        if kind == "custom":
+            raise ValueError("zero_mean needs a basis whose column 0 is constant (a kind name), not a custom tensor")
+        s[0] = 0.0
+        s[1:] = gain / math.sqrt(1.0 - 1.0 / k)  # row norm^2 = s^2 (1 - 1/K)
+    w = (q * s) @ v.T.to(q.device)
+    with torch.no_grad():
+        tensor.copy_(w)
+    setattr(tensor, _RECORD_ATTR, SpectralInit(kind=kind, left=q, right=v.cpu(), singular_values=s))
+    return tensor
+
+
+def spectral_init(
+    num_classes: int,
+    feature_dim: int,
+    a,
+    b=None,
+    *,
+    basis: str | Tensor = "auto",
+    samples_per_class: int = 1,
+    right: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> tuple[Tensor, Tensor]:
+    """The UFM spectral initialization ``W = Q diag(a) V^T``, ``H = V diag(b) Q^T`` (SPEC section 2).
+
+    Args:
+        num_classes: K >= 2.
+        feature_dim: d >= K.
+        a: the K singular values of W, in the basis' mode order (mode 0 = constant).
+        b: those of H; None means balanced, ``a_i^2 = n b_i^2`` (``b = a / sqrt(n)``).
+        basis: a kind name or a K x K orthogonal tensor. Fourier: ``a`` and ``b``
+            must be equal within (cos, sin) pairs.
+        samples_per_class: n; every class's n columns of H are equal.
+        right: V (d x K, orthonormal columns); drawn with ``generator`` if None.
+        dtype: of W and H.
+
+    Returns:
+        ``(W, H)`` with W of shape (K, d) and H of shape (d, n K); column
+        ``k * n + j`` of H is sample j of class k.
+
+    >>> W, H = spectral_init(8, 16, torch.linspace(1, 2, 8))
+    >>> W.shape, H.shape
+    (torch.Size([8, 16]), torch.Size([16, 8]))
+    """
+    _, q, a, b, v = spectral_factors(
+        num_classes, feature_dim, a, b, basis=basis, samples_per_class=samples_per_class, right=right,
+        generator=generator,
+    )
+    w, h = compose_spectral(q, a, b, v, samples_per_class)
+    return w.to(dtype), h.to(dtype)
+
+
+def compose_spectral(q: Tensor, a: Tensor, b: Tensor, v: Tensor, samples_per_class: int = 1) -> tuple[Tensor, Tensor]:
+    """``W = Q diag(a) V^T`` and ``H = V diag(b) Q^T`` with each class column repeated n times."""
+    return (q * a) @ v.T, ((v * b) @ q.T).repeat_interleave(samples_per_class, dim=1)
+
+
+def spectral_factors(
+    num_classes: int,
+    feature_dim: int,
+    a,
+    b=None,
+    *,
+    basis: str | Tensor = "auto",
+    samples_per_class: int = 1,
+    right: Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[str, Tensor, Tensor, Tensor, Tensor]:
+    """The validated factors ``(kind, Q, a, b, V)`` of :func:`spectral_init`, all float64 on the CPU."""
+    if isinstance(feature_dim, bool) or not isinstance(feature_dim, int):
+        raise TypeError(f"feature_dim must be an int, got {type(feature_dim).__name__}")
+    if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) or samples_per_class < 1:
+        raise ValueError(f"samples_per_class must be a positive int, got {samples_per_class!r}")
+    kind, q = _left_basis(num_classes, basis)
+    if feature_dim < num_classes:
+        raise ValueError(f"spectral_init needs feature_dim >= num_classes, got d={feature_dim} < K={num_classes}")
+    pair_kind = "hadamard" if kind == "custom" else kind  # only fourier spectra must be paired
+    a = check_spectrum(a, num_classes, pair_kind, "a")
+    b = a / math.sqrt(samples_per_class) if b is None else check_spectrum(b, num_classes, pair_kind, "b")
+    if right is None:
+        v = random_orthonormal(feature_dim, num_classes, generator=generator)
+    else:
+        v = right.detach().to(torch.float64, copy=True).cpu()
+        if v.shape != (feature_dim, num_classes):
+            raise ValueError(f"right must be {feature_dim} x {num_classes}, got shape {tuple(v.shape)}")
+        _check_orthonormal(v, "right")
+    return kind, q, a, b, v

@@ -1,0 +1,148 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from hadainit import DEFAULT_GAIN, hadamard_, spectral_init, spectral_record
+from hadainit.bases import mode_pairs, softmax_basis
+from tests.conftest import cuda
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("shape", [(2, 2), (10, 64), (16, 16), (100, 512), (12, 30)])
+@pytest.mark.parametrize("basis", ["auto", "fourier", "hadamard"])
+def test_rows_orthogonal_with_norm_gain(shape, basis):
+    if basis == "hadamard" and shape[0] not in (2, 12, 16):
+        pytest.skip("no Hadamard matrix of that order")
+    w = torch.empty(*shape, dtype=torch.float64)
+    out = hadamard_(w, 0.7, basis=basis, generator=_gen())
+    assert out is w
+    assert torch.allclose(w @ w.T, 0.49 * torch.eye(shape[0], dtype=torch.float64), atol=1e-13)
+    rec = spectral_record(w)
+    # W = Q diag(gain) V^T with the recorded Q and V
+    assert torch.allclose(rec.left.T @ w @ rec.right, 0.7 * torch.eye(shape[0], dtype=torch.float64), atol=1e-13)
+    assert torch.allclose(rec.right.T @ rec.right, torch.eye(shape[0], dtype=torch.float64), atol=1e-13)
+
+
+def test_default_gain_matches_nn_linear_default_row_norm():
+    # independent: the empirical mean squared row norm of nn.Linear's own default init
+    torch.manual_seed(0)
+    lin = nn.Linear(2048, 512)
+    mean_sq = lin.weight.detach().double().pow(2).sum(1).mean().item()
+    assert abs(mean_sq - DEFAULT_GAIN**2) < 0.01 * DEFAULT_GAIN**2
+    w = hadamard_(torch.empty(512, 2048))
+    assert torch.allclose(w.double().pow(2).sum(1), torch.full((512,), DEFAULT_GAIN**2, dtype=torch.float64), rtol=1e-5)
+
+
+@pytest.mark.parametrize("k, d", [(2, 3), (8, 8), (10, 32), (64, 100)])
+def test_zero_mean_rows_form_a_simplex_etf(k, d):
+    w = hadamard_(torch.empty(k, d, dtype=torch.float64), 1.5, zero_mean=True, generator=_gen())
+    assert torch.allclose(w.sum(0), torch.zeros(d, dtype=torch.float64), atol=1e-13)
+    gram = w @ w.T
+    expected = 1.5**2 * (torch.eye(k, dtype=torch.float64) * (1 + 1 / (k - 1)) - 1 / (k - 1))
+    assert torch.allclose(gram, expected, atol=1e-13)  # norms 1.5, cosines -1/(K-1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_any_float_dtype(dtype):
+    w = hadamard_(torch.empty(8, 32, dtype=dtype), generator=_gen())
+    assert w.dtype == dtype
+    tol = {torch.float16: 5e-3, torch.bfloat16: 3e-2, torch.float32: 1e-6, torch.float64: 1e-14}[dtype]
+    gram = w.double() @ w.double().T
+    assert torch.allclose(gram, torch.eye(8, dtype=torch.float64) / 3, atol=tol)
+
+
+def test_generator_reproducible_and_seed_dependent():
+    a = hadamard_(torch.empty(10, 40), generator=_gen(5))
+    b = hadamard_(torch.empty(10, 40), generator=_gen(5))
+    c = hadamard_(torch.empty(10, 40), generator=_gen(6))
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+
+
+def test_nn_linear_parameter_in_place():
+    lin = nn.Linear(64, 10)
+    hadamard_(lin.weight, generator=_gen())
+    assert lin.weight.requires_grad
+    assert torch.allclose(lin.weight @ lin.weight.T, torch.eye(10) / 3, atol=1e-6)
+    assert spectral_record(lin.weight).kind == "fourier"
+
+
+@pytest.mark.parametrize(
+    "tensor, kwargs, exc, match",
+    [
+        (torch.empty(11, 10), {}, ValueError, r"\(11, 10\)"),
+        (torch.empty(1, 10), {}, ValueError, r"\(1, 10\)"),
+        (torch.empty(10), {}, ValueError, r"2-D.*\(10,\)"),
+        (torch.empty(2, 3, 4), {}, ValueError, r"\(2, 3, 4\)"),
+        (torch.empty(4, 8, dtype=torch.int64), {}, TypeError, "floating"),
+        (torch.empty(4, 8), {"gain": -1.0}, ValueError, "gain"),
+        (torch.empty(4, 8), {"gain": float("nan")}, ValueError, "gain"),
+        (torch.empty(10, 20), {"basis": "walsh"}, ValueError, "power-of-two"),
+        (torch.empty(6, 20), {"basis": "hadamard"}, ValueError, "order 6"),
+        (torch.empty(4, 8), {"basis": torch.ones(4, 4)}, ValueError, "orthonormal"),
+        (torch.empty(4, 8), {"generator": 3}, TypeError, "Generator"),
+    ],
+)
+def test_bad_input(tensor, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        hadamard_(tensor, **kwargs)
+
+
+@cuda
+def test_cuda_tensor():
+    w = hadamard_(torch.empty(10, 64, device="cuda"))
+    assert w.is_cuda
+    assert torch.allclose(w @ w.T, torch.eye(10, device="cuda") / 3, atol=1e-5)
+
+
+# ------------------------------------------------------------------ spectral_init
+
+
+@pytest.mark.parametrize("k, basis, n", [(8, "walsh", 1), (8, "walsh", 3), (7, "fourier", 1), (10, "fourier", 2)])
+def test_spectral_init_structure(k, basis, n):
+    gen = _gen(1)
+    a = 0.5 + torch.rand(k, generator=gen, dtype=torch.float64)
+    b = 0.5 + torch.rand(k, generator=gen, dtype=torch.float64)
+    pairs = mode_pairs(k, basis)
+    a[pairs[:, 1]] = a[pairs[:, 0]]
+    b[pairs[:, 1]] = b[pairs[:, 0]]
+    v, _ = torch.linalg.qr(torch.randn(2 * k, k, generator=gen, dtype=torch.float64))
+    w, h = spectral_init(k, 2 * k, a, b, basis=basis, samples_per_class=n, right=v)
+    q = softmax_basis(k, basis)
+    assert w.shape == (k, 2 * k) and h.shape == (2 * k, n * k)
+    assert torch.allclose(q.T @ w @ v, torch.diag(a), atol=1e-14)
+    for j in range(n):  # every class's n columns equal V diag(b) Q^T
+        assert torch.allclose(v.T @ h[:, j::n] @ q, torch.diag(b), atol=1e-14)
+    # logits of the class means are Q diag(a b) Q^T
+    assert torch.allclose(w @ h[:, ::n], q @ torch.diag(a * b) @ q.T, atol=1e-14)
+
+
+def test_spectral_init_balanced_default():
+    a = torch.linspace(1, 2, 8, dtype=torch.float64)
+    w, h = spectral_init(8, 12, a, samples_per_class=4, generator=_gen())
+    q = softmax_basis(8)
+    b = torch.linalg.svdvals(h[:, ::4])
+    assert torch.allclose(torch.sort(b).values, torch.sort(a / 2).values, atol=1e-14)  # a^2 = n b^2
+    assert torch.allclose(torch.sort(torch.linalg.svdvals(w)).values, a, atol=1e-14)
+    assert torch.allclose(q.T @ w @ w.T @ q, torch.diag(a**2), atol=1e-13)
+
+
+def test_spectral_init_rejects_bad_input():
+    with pytest.raises(ValueError, match="modes 1 and 2"):
+        spectral_init(6, 8, [1.0, 1.0, 2.0, 3.0, 3.0, 1.0], basis="fourier")
+    with pytest.raises(ValueError, match="modes 3 and 4"):
+        spectral_init(6, 8, [1.0] * 6, [1.0, 2.0, 2.0, 3.0, 1.0, 1.0], basis="fourier")
+    with pytest.raises(ValueError, match="d=4 < K=8"):
+        spectral_init(8, 4, [1.0] * 8)
+    with pytest.raises(ValueError, match="length 8"):
+        spectral_init(8, 8, [1.0] * 7)
+    with pytest.raises(ValueError, match="finite"):
+        spectral_init(4, 8, [1.0, math.inf, 1.0, 1.0])
+    with pytest.raises(ValueError, match="orthonormal"):
+        spectral_init(4, 8, [1.0] * 4, right=torch.ones(8, 4))
+    with pytest.raises(ValueError, match="samples_per_class"):
+        spectral_init(4, 8, [1.0] * 4, samples_per_class=0)

@@ -138,29 +138,35 @@ def mode_pairs(num_classes: int, kind: str = "auto") -> Tensor:
     return torch.stack((2 * f - 1, 2 * f), dim=1)
 
 
-def check_spectrum(values, num_classes: int, kind: str, name: str, *, dtype: torch.dtype = torch.float64) -> Tensor:
-    """``values`` as a finite 1-D tensor of length K, admissible for the basis kind.
+def check_spectrum(
+    values, num_classes: int, kind: str, name: str, *, dtype: torch.dtype | None = torch.float64
+) -> Tensor:
+    """``values`` as a finite tensor of shape (..., K), admissible for the basis kind.
 
+    ``dtype=None`` keeps a floating tensor's dtype and device (float64 otherwise).
     Fourier spectra must be equal within (cos, sin) pairs (to 1e-12 relative);
     they are then made exactly equal, so the softmax stays exactly diagonal.
     """
+    if dtype is None:
+        dtype = values.dtype if isinstance(values, Tensor) and values.is_floating_point() else torch.float64
     t = torch.as_tensor(values, dtype=dtype).detach().clone()
-    if t.dim() != 1 or t.shape[0] != num_classes:
-        raise ValueError(f"{name} must be a 1-D sequence of length {num_classes}, got shape {tuple(t.shape)}")
+    if t.dim() == 0 or t.shape[-1] != num_classes:
+        raise ValueError(f"{name} must have length {num_classes} in its last dim, got shape {tuple(t.shape)}")
     if not torch.isfinite(t).all():
-        raise ValueError(f"{name} must be finite, got {t.tolist()}")
+        raise ValueError(f"{name} must be finite, got {t.tolist() if t.numel() <= 16 else 'non-finite values'}")
     if resolve_basis(num_classes, kind) == "fourier":
-        pairs = mode_pairs(num_classes, "fourier")
-        c, s = t[pairs[:, 0]], t[pairs[:, 1]]
+        pairs = mode_pairs(num_classes, "fourier").to(t.device)
+        c, s = t[..., pairs[:, 0]], t[..., pairs[:, 1]]
         bad = (c - s).abs() > 1e-12 * torch.maximum(c.abs(), s.abs())
         if bad.any():
-            i = int(pairs[bad.nonzero()[0, 0], 0])
+            i = int(pairs[bad.nonzero()[0, -1], 0])
             raise ValueError(
                 f"{name} is not paired for the fourier basis: modes {i} and {i + 1} (a cos/sin pair) must be "
-                f"equal, got {t[i].item()} and {t[i + 1].item()}"
+                f"equal, got {t[..., i].flatten()[0].item()} and {t[..., i + 1].flatten()[0].item()}"
             )
         mean = (c + s) / 2
-        t[pairs[:, 0]], t[pairs[:, 1]] = mean, mean
+        t[..., pairs[:, 0]] = mean
+        t[..., pairs[:, 1]] = mean
     return t
 
 

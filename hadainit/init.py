@@ -222,6 +222,8 @@ def spectral_factors(
     pair_kind = "hadamard" if kind == "custom" else kind  # only fourier spectra must be paired
     a = check_spectrum(a, num_classes, pair_kind, "a")
     b = a / math.sqrt(samples_per_class) if b is None else check_spectrum(b, num_classes, pair_kind, "b")
+    if a.dim() != 1 or b.dim() != 1:
+        raise ValueError(f"a and b must be 1-D of length {num_classes}, got shapes {tuple(a.shape)}, {tuple(b.shape)}")
     if right is None:
         v = random_orthonormal(feature_dim, num_classes, generator=generator)
     else:

@@ -1,0 +1,296 @@
+"""The exact reduced dynamics of the UFM from a spectral initialization (SPEC section 3).
+
+Per mode i, with ``c_i = 1 - mu_i`` (CE) or ``1 - lam_i`` (MSE)::
+
+    da_i/dt = c_i * b_i / K       - wd_W * a_i
+    db_i/dt = c_i * a_i / (n K)   - wd_H * b_i
+
+``spectral_gd`` is the GD map (the right-hand side times the step, from the
+old iterate): it equals dense GD from the same spectral init to round-off, at
+O(K log K) per step (walsh) instead of O(K^2 d). ``spectral_flow`` solves the
+gradient-flow ODE with scipy in log-time ``tau = log(1 + t)``: in the slowdown
+regime the rates fall like ``1 / t``, so ``dy/dtau = (1 + t) f(y)`` stays O(1)
+and a handful of steps per decade reach ``t = 1e12`` and beyond.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from scipy.integrate import solve_ivp
+from torch import Tensor
+
+from .. import _checks
+from ..bases import check_spectrum, resolve_basis
+from .spectral import margins, softmax_spectrum
+
+__all__ = ["SpectralGDResult", "SpectralFlowResult", "spectral_rhs", "spectral_gd", "spectral_flow", "time_to_margin"]
+
+
+@dataclass
+class SpectralGDResult:
+    """Recorded reduced-GD trajectory: row t of ``a``, ``b``, ``loss`` is ``step[t]``."""
+
+    step: Tensor
+    a: Tensor
+    b: Tensor
+    loss: Tensor
+
+    @property
+    def lam(self) -> Tensor:
+        """Eigenvalues of the class-mean logit matrix, ``a * b``."""
+        return self.a * self.b
+
+
+@dataclass
+class SpectralFlowResult:
+    """Gradient-flow solution, in the manner of ``scipy.integrate.solve_ivp``.
+
+    ``t`` are the requested times reached (fewer if a terminal event stopped
+    the flow), ``a``/``b``/``loss`` the states there. ``t_events[j]`` are the
+    times at which event j fired (empty if not before the horizon: never guessed).
+    ``status``: 0 reached the last time, 1 a terminal event, -1 solver failure.
+    """
+
+    t: Tensor
+    a: Tensor
+    b: Tensor
+    loss: Tensor
+    t_events: list[Tensor]
+    status: int
+    message: str
+    nfev: int
+
+    @property
+    def lam(self) -> Tensor:
+        return self.a * self.b
+
+    @property
+    def success(self) -> bool:
+        return self.status >= 0
+
+
+def _validate(a, b, basis: str, samples_per_class: int, weight_decay, loss: str):
+    a_t = a if isinstance(a, Tensor) else torch.as_tensor(a, dtype=torch.float64)
+    if not a_t.is_floating_point():
+        a_t = a_t.to(torch.float64)
+    if a_t.dim() == 0 or a_t.shape[-1] < 2:
+        raise ValueError(f"a must have shape (..., K) with K >= 2 modes, got {tuple(a_t.shape)}")
+    k = a_t.shape[-1]
+    kind = resolve_basis(k, basis)
+    if kind not in ("walsh", "fourier"):
+        raise ValueError(f"the reduced dynamics need a softmax-diagonalizing basis (walsh, fourier), got {basis!r}")
+    a_t = check_spectrum(a_t, k, kind, "a", dtype=None)
+    b_t = check_spectrum(b, k, kind, "b", dtype=a_t.dtype).to(a_t.device)
+    if a_t.shape != b_t.shape:
+        raise ValueError(f"a and b must have the same shape, got {tuple(a_t.shape)} and {tuple(b_t.shape)}")
+    n = _checks.positive_int(samples_per_class, "samples_per_class")
+    return a_t, b_t, kind, n, _checks.weight_decay(weight_decay), _checks.loss_kind(loss)
+
+
+def spectral_rhs(
+    a: Tensor, b: Tensor, kind: str, samples_per_class: int, weight_decay: tuple[float, float], loss: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(da/dt, db/dt, loss)`` of the reduced flow (no validation: internal hot path)."""
+    k = a.shape[-1]
+    wd_w, wd_h = weight_decay
+    lam = a * b
+    if loss == "ce":
+        value, _, c = softmax_spectrum(lam, kind)
+    else:
+        c = 1.0 - lam
+        value = 0.5 * c.pow(2).sum(-1) / k
+    if wd_w or wd_h:
+        value = value + 0.5 * wd_w * a.pow(2).sum(-1) + 0.5 * wd_h * samples_per_class * b.pow(2).sum(-1)
+    da = c * b / k - wd_w * a
+    db = c * a / (samples_per_class * k) - wd_h * b
+    return da, db, value
+
+
+def spectral_gd(
+    a,
+    b,
+    *,
+    lr: float,
+    steps: int,
+    basis: str = "auto",
+    samples_per_class: int = 1,
+    weight_decay=(0.0, 0.0),
+    loss: str = "ce",
+    record_every: int = 1,
+) -> SpectralGDResult:
+    """The exact reduced GD map from ``(a, b)`` (shape (..., K), mode 0 = constant).
+
+    Equals full-matrix GD on the dense UFM from the same spectral
+    initialization (:meth:`hadainit.ufm.UFM.gradient_descent`) to round-off.
+    Records steps 0, record_every, ..., and the last. dtype and device of ``a``
+    are kept (float32/float64, CPU/CUDA); batches run in parallel.
+
+    Args:
+        a, b: singular values of W and H per mode.
+        lr: step size; steps: number of steps.
+        basis: ``"walsh"``, ``"fourier"`` or ``"auto"``.
+        samples_per_class: n.
+        weight_decay: ``(wd_W, wd_H)``.
+        loss: ``"ce"`` or ``"mse"`` (squared loss: the modes decouple).
+        record_every: recording interval.
+    """
+    a, b, kind, n, wd, loss = _validate(a, b, basis, samples_per_class, weight_decay, loss)
+    lr = _checks.positive_float(lr, "lr")
+    steps = _checks.positive_int(steps, "steps", minimum=0)
+    every = _checks.positive_int(record_every, "record_every")
+    rec_step, rec_a, rec_b, rec_loss = [], [], [], []
+    for t in range(steps + 1):
+        da, db, value = spectral_rhs(a, b, kind, n, wd, loss)
+        if t % every == 0 or t == steps:
+            rec_step.append(t)
+            rec_a.append(a)
+            rec_b.append(b)
+            rec_loss.append(value)
+        if t < steps:
+            a, b = a + lr * da, b + lr * db
+    return SpectralGDResult(torch.tensor(rec_step), torch.stack(rec_a), torch.stack(rec_b), torch.stack(rec_loss))
+
+
+EventFn = Callable[[float, Tensor, Tensor], float]
+
+
+def spectral_flow(
+    a0,
+    b0,
+    t: Sequence[float] | Tensor,
+    *,
+    basis: str = "auto",
+    samples_per_class: int = 1,
+    weight_decay=(0.0, 0.0),
+    loss: str = "ce",
+    rtol: float = 1e-9,
+    atol: float = 1e-12,
+    events: Sequence[EventFn] | EventFn | None = None,
+    method: str = "auto",
+) -> SpectralFlowResult:
+    """Solve the reduced gradient-flow ODE from ``(a0, b0)`` at the times ``t``.
+
+    Integrates ``dy/dtau = (1 + t) f(y)`` in ``tau = log(1 + t)`` with
+    ``scipy.integrate.solve_ivp`` in float64 on the CPU; results come back in
+    the dtype and device of ``a0``.
+
+    Args:
+        a0, b0: initial singular values, shape (..., K).
+        t: increasing output times >= 0 (integration starts at 0).
+        rtol, atol: solver tolerances (on a and b).
+        events: callables ``event(t, a, b) -> float`` whose sign changes are
+            located, with optional ``terminal``/``direction`` attributes as in
+            solve_ivp; their times are in ``t_events``.
+        method: a solve_ivp method, or ``"auto"``: DOP853 for CE without weight
+            decay (non-stiff in log-time), LSODA otherwise (the flow then
+            converges exponentially, which is stiff in log-time).
+    """
+    a0, b0, kind, n, wd, loss = _validate(a0, b0, basis, samples_per_class, weight_decay, loss)
+    times = torch.as_tensor(t, dtype=torch.float64).flatten()
+    if times.numel() == 0 or not torch.isfinite(times).all() or (times < 0).any() or (times.diff() <= 0).any():
+        raise ValueError("t must be a non-empty, strictly increasing sequence of finite times >= 0")
+    rtol = _checks.positive_float(rtol, "rtol")
+    atol = _checks.positive_float(atol, "atol")
+    if method == "auto":
+        method = "DOP853" if loss == "ce" and wd == (0.0, 0.0) else "LSODA"
+    shape = a0.shape
+    size = a0.numel()
+
+    def unpack(y: np.ndarray) -> tuple[Tensor, Tensor]:
+        y_t = torch.from_numpy(np.ascontiguousarray(y))  # the solver may hand over strided views
+        return y_t[:size].view(shape), y_t[size:].view(shape)
+
+    def fun(tau: float, y: np.ndarray) -> np.ndarray:
+        a, b = unpack(y)
+        da, db, _ = spectral_rhs(a, b, kind, n, wd, loss)
+        return (math.exp(tau) * torch.cat((da.flatten(), db.flatten()))).numpy()
+
+    event_list = [] if events is None else [events] if callable(events) else list(events)
+    wrapped = []
+    for ev in event_list:
+        def fn(tau, y, ev=ev):
+            a, b = unpack(y)
+            return float(ev(math.expm1(tau), a, b))
+
+        fn.terminal = getattr(ev, "terminal", False)
+        fn.direction = getattr(ev, "direction", 0)
+        wrapped.append(fn)
+
+    y0 = torch.cat((a0.flatten(), b0.flatten())).to(torch.float64).cpu().numpy()
+    taus = torch.log1p(times).numpy()
+    sol = solve_ivp(
+        fun, (0.0, float(taus[-1])), y0, method=method, t_eval=taus, rtol=rtol, atol=atol, events=wrapped or None
+    )
+    reached = len(sol.t)
+    ys = torch.from_numpy(np.ascontiguousarray(sol.y.T)) if reached else torch.empty(0, 2 * size, dtype=torch.float64)
+    a_out = ys[:, :size].reshape(reached, *shape)
+    b_out = ys[:, size:].reshape(reached, *shape)
+    if reached:
+        _, _, value = spectral_rhs(a_out, b_out, kind, n, wd, loss)
+    else:  # a terminal event fired before the first requested time
+        value = torch.empty(0, *shape[:-1], dtype=torch.float64)
+    t_events = [torch.expm1(torch.as_tensor(te, dtype=torch.float64)) for te in (sol.t_events or [])]
+    like = dict(dtype=a0.dtype, device=a0.device)
+    return SpectralFlowResult(
+        t=times[:reached].to(**like),
+        a=a_out.to(**like),
+        b=b_out.to(**like),
+        loss=value.to(**like),
+        t_events=t_events,
+        status=int(sol.status),
+        message=str(sol.message),
+        nfev=int(sol.nfev),
+    )
+
+
+def time_to_margin(
+    gamma: float | Sequence[float] | Tensor,
+    lam0: float,
+    num_classes: int,
+    *,
+    basis: str = "auto",
+    rtol: float = 1e-10,
+) -> Tensor:
+    """Gradient-flow time for the symmetric balanced trajectory (``lam_i = lam0``, n = 1) to reach margin ``gamma``.
+
+    Computed from the reduced dynamics by event detection on the smallest
+    margin, not from the symmetric-manifold approximation
+    ``dlam/dt = 2 lam / (exp(lam) + K - 1)`` (the tests compare the two).
+    Margins already reached (``gamma <= lam0``) take time 0.
+
+    Returns a float64 tensor with the shape of ``gamma``.
+    """
+    k = _checks.positive_int(num_classes, "num_classes", minimum=2)
+    kind = resolve_basis(k, basis)
+    lam0 = _checks.positive_float(lam0, "lam0")
+    targets = torch.as_tensor(gamma, dtype=torch.float64)
+    if not torch.isfinite(targets).all():
+        raise ValueError("gamma must be finite")
+    flat = targets.flatten()
+    pending = sorted({float(g) for g in flat if g > lam0})
+    result = torch.zeros_like(flat)
+    if pending:
+        a0 = torch.full((k,), math.sqrt(lam0), dtype=torch.float64)
+        a0[0] = 0.0  # the constant mode never matters
+        g_max = pending[-1]
+        # horizon: the symmetric-manifold time bound (e^g + K) log(g / lam0) / (2 lam0)-ish, times 10
+        horizon = 10.0 * ((math.exp(min(g_max, 700.0)) + k) * (1.0 + math.log(g_max / lam0)) / (2.0 * min(lam0, 1.0)))
+        events = []
+        for g in pending:
+            def ev(t, a, b, g=g):
+                return float(margins(a * b, kind).min()) - g
+
+            ev.direction = 1
+            ev.terminal = g == g_max
+            events.append(ev)
+        sol = spectral_flow(a0, a0, [horizon], basis=kind, rtol=rtol, atol=1e-14, events=events)
+        for g, te in zip(pending, sol.t_events):
+            if te.numel() == 0:
+                raise RuntimeError(f"margin {g} was not reached before t = {horizon:.3g} ({sol.message})")
+            result[flat == g] = te[0]
+    return result.reshape(targets.shape)

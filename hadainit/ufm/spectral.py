@@ -1,0 +1,86 @@
+"""The softmax in spectral coordinates (SPEC section 3).
+
+For logits ``Z = Q diag(lam) Q^T`` in a softmax-diagonalizing basis, one sample
+of class 0 carries everything: its logits ``z = Q diag(lam) Q[0, :]^T``, its
+softmax ``p``, and the eigenvalues ``mu`` of ``softmax(Z)``. Both maps are one
+fast transform: a Walsh–Hadamard transform (walsh) or a real FFT (fourier).
+
+Everything here works on batches (last dim = the K modes), any float dtype,
+any device, and stays accurate far into the slowdown regime: ``1 - mu`` and the
+loss are computed from the small softmax masses directly, never as ``1 - (1 - eps)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..bases import resolve_basis
+from ..hadamard import fwht
+
+__all__ = ["class0_logits", "margins", "softmax_spectrum"]
+
+
+def _fourier_half_index(num_classes: int, device) -> Tensor:
+    """Mode index of each real-FFT frequency f = 0 .. K//2 (the cos mode of each pair)."""
+    k = num_classes
+    idx = [0] + [2 * f - 1 for f in range(1, (k - 1) // 2 + 1)]
+    if k % 2 == 0:
+        idx.append(k - 1)
+    return torch.tensor(idx, device=device)
+
+
+def _fourier_mode_frequency(num_classes: int, device) -> Tensor:
+    """Frequency f of each mode: 0, 1, 1, 2, 2, ..., (K/2 for even K)."""
+    modes = torch.arange(num_classes, device=device)
+    return (modes + 1) // 2
+
+
+def class0_logits(lam: Tensor, basis: str = "auto") -> Tensor:
+    """``z = Q diag(lam) Q[0, :]^T``: the logits of a sample of class 0 (walsh: ``H_K lam / K``)."""
+    k = lam.shape[-1]
+    kind = resolve_basis(k, basis)
+    if kind == "walsh":
+        return fwht(lam) / k
+    if kind != "fourier":
+        raise ValueError(f"spectral dynamics need a softmax-diagonalizing basis (walsh, fourier), got {kind!r}")
+    # z_m = (1/K) sum_f l_f cos(2 pi f m / K) over the symmetric frequency sequence l: an inverse real FFT
+    half = lam.index_select(-1, _fourier_half_index(k, lam.device))
+    return torch.fft.irfft(half.to(torch.promote_types(lam.dtype, torch.float32)), n=k).to(lam.dtype)
+
+
+def margins(lam: Tensor, basis: str = "auto") -> Tensor:
+    """Margins ``gamma(m) = z(0) - z(m)`` against classes m = 1 .. K-1, shape (..., K-1).
+
+    Their sum is ``sum(lam_bar)`` (modes 1 .. K-1); at NC they are all equal.
+    """
+    z = class0_logits(lam, basis)
+    return z[..., :1] - z[..., 1:]
+
+
+def softmax_spectrum(lam: Tensor, basis: str = "auto") -> tuple[Tensor, Tensor, Tensor]:
+    """``(loss, p, one_minus_mu)`` for logits ``Q diag(lam) Q^T``.
+
+    ``loss = -log p(0)`` (the CE loss of every sample), ``p`` the softmax of a
+    class-0 sample, ``one_minus_mu[i] = 1 - mu_i >= 0`` per mode (0 for mode 0).
+    walsh: ``1 - mu_i = 2 * sum of p(m) over the classes m that mode i separates
+    from class 0``; fourier: ``sum_m p(m) (1 - cos(2 pi f m / K))``.
+    """
+    k = lam.shape[-1]
+    kind = resolve_basis(k, basis)
+    gamma = margins(lam, kind)
+    zero = torch.zeros_like(gamma[..., :1])
+    neg = torch.cat((zero, -gamma), dim=-1)  # z(m) - z(0)
+    # loss = log(1 + e^x), x = log sum_{m != 0} e^{-gamma(m)}: log1p keeps e^{-gamma} ~ 1e-300 exact
+    x = torch.logsumexp(-gamma, dim=-1)
+    loss = x.clamp_min(0.0) + torch.log1p(torch.exp(-x.abs()))
+    p = torch.exp(neg - loss.unsqueeze(-1))
+    p_rest = torch.cat((zero, p[..., 1:]), dim=-1)  # mass off the true class
+    rest = p_rest.sum(-1, keepdim=True)  # 1 - p(0), summed from the small terms
+    if kind == "walsh":
+        one_minus_mu = rest - fwht(p_rest)
+    else:
+        spectrum = torch.fft.rfft(p_rest.to(torch.promote_types(lam.dtype, torch.float32)), dim=-1).real.to(lam.dtype)
+        one_minus_mu = rest - spectrum.index_select(-1, _fourier_mode_frequency(k, lam.device))
+    one_minus_mu = torch.cat((zero, one_minus_mu[..., 1:].clamp_min(0.0)), dim=-1)
+    return loss, p, one_minus_mu

@@ -58,14 +58,28 @@ def _lam_bar(lam: Tensor, *, positive: bool) -> Tensor:
 def kl_lyapunov(lam: Tensor) -> Tensor:
     """``V = KL(u || lam_hat) = log(mean(lam_bar) / geometric_mean(lam_bar))`` >= 0, 0 exactly at NC.
 
-    Computed as ``-mean(log1p(lam_i / mean - 1))``: no cancellation near NC.
+    Accurate to round-off also near NC, where V ~ cv^2 / 2 is tiny.
 
     >>> float(kl_lyapunov(torch.tensor([0.0, 2.0, 2.0, 2.0])))
     0.0
     """
     bar = _lam_bar(lam, positive=True)
     mean = bar.mean(-1, keepdim=True)
-    return -torch.log1p((bar - mean) / mean).mean(-1)
+    # V = mean(x - log1p(x)) with x = lam/mean - 1 (mean(x) = 0): every term >= 0, no cancellation,
+    # and only second-order sensitive to round-off in the mean
+    return _x_minus_log1p((bar - mean) / mean).mean(-1)
+
+
+def _x_minus_log1p(x: Tensor) -> Tensor:
+    """``x - log(1 + x)`` to round-off, also for tiny |x| (series ``sum (-1)^k x^k / k``, k >= 2)."""
+    small = x.abs() < 0.05
+    xs = torch.where(small, x, torch.zeros_like(x))
+    series = torch.zeros_like(x)
+    power = xs * xs
+    for k in range(2, 16):  # 0.05^14 / 14 < 1e-16 of x^2/2
+        series = series + (power / k if k % 2 == 0 else -power / k)
+        power = power * xs
+    return torch.where(small, series, x - torch.log1p(torch.where(small, torch.zeros_like(x), x)))
 
 
 def etf_angle(lam: Tensor) -> Tensor:

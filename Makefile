@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m hadainit.experiments.demo
+	$(PY) -m hadainit.experiments.cli ufm --out out/ufm
 
 test: $(STAMP)
 	$(PY) -m pytest -q

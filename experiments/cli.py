@@ -1,10 +1,11 @@
-"""The ``hadainit`` console command: ``hadainit demo ...``."""
+"""The ``hadainit`` console command: ``hadainit ufm --out DIR``, ``hadainit demo``."""
 
 from __future__ import annotations
 
 import sys
 
 COMMANDS = {
+    "ufm": "hadainit.experiments.ufm",
     "demo": "hadainit.experiments.demo",
 }
 

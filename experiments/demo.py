@@ -61,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
     print(f"dense UFM, d={FEATURE_DIM}, {args.steps} GD steps, lr={args.lr}, float64")
     print("leakage = ||offdiag(Q^T W V)||_F / ||W||_F in the initial basis (Q, V)")
     print(f"{'init':<26}{'final loss':>14}{'final leakage':>16}{'max leakage':>14}")

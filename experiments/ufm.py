@@ -1,0 +1,304 @@
+"""The UFM validation run: SPEC sections 2-5 reproduced, with figures and a report.
+
+``hadainit ufm --out DIR [--quick]`` writes ``report.json`` (headline numbers),
+``report.md`` (each claim, its figure, its number) and PNG figures into DIR.
+No data needed; under 2 minutes on 2 CPU cores (``--quick``: about 10 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from hadainit.bases import mode_pairs
+from hadainit.ufm import (
+    UFM,
+    etf_angle,
+    kl_lyapunov,
+    lyapunov_derivative,
+    spectral_flow,
+    spectral_gd,
+    time_to_margin,
+)
+from hadainit.ufm.examples import ETF_ANGLE_RISE_K8, UNBALANCED_V_RISE_A, UNBALANCED_V_RISE_B
+
+from .figures import label, new_figure, save
+from .report import write_report
+
+
+def _paired_spectrum(k: int, basis: str, gen: torch.Generator, low: float, high: float, batch=()) -> torch.Tensor:
+    a = low + (high - low) * torch.rand(*batch, k, generator=gen, dtype=torch.float64)
+    pairs = mode_pairs(k, basis)
+    a[..., pairs[:, 1]] = a[..., pairs[:, 0]]
+    return a
+
+
+def _log_spectrum(k: int, basis: str, gen: torch.Generator, batch: int, decades: float) -> torch.Tensor:
+    lam = torch.exp(math.log(10) * decades * (torch.rand(batch, k, generator=gen, dtype=torch.float64) - 0.7))
+    pairs = mode_pairs(k, basis)
+    lam[:, pairs[:, 1]] = lam[:, pairs[:, 0]]
+    return lam
+
+
+def frozen_vectors(out: Path, gen: torch.Generator, steps: int) -> dict:
+    """Dense GD from a spectral init equals the reduced map; the singular vectors never move."""
+    results, fig_axes = {}, new_figure(2)
+    fig, axes = fig_axes
+    for ax, (k, basis) in zip(axes, [(16, "walsh"), (10, "fourier")]):
+        a = _paired_spectrum(k, basis, gen, 0.2, 1.5)
+        b = _paired_spectrum(k, basis, gen, 0.2, 1.5)
+        dense = UFM.from_spectrum(k, 32, a, b, basis=basis, generator=gen)
+        every = max(1, steps // 200)
+        hist = dense.gradient_descent(1.0, steps, record=("spectrum", "leakage", "singular_values"), record_every=every)
+        red = spectral_gd(a, b, lr=1.0, steps=steps, basis=basis, record_every=every)
+        rel = ((hist.spectrum_W - red.a).abs() / red.a.abs()).max().item()
+        results[basis] = {
+            "K": k, "d": 32, "steps": steps,
+            "max_rel_diff_singular_values": rel,
+            "max_leakage_W": hist.leakage_W.max().item(),
+            "max_leakage_H": hist.leakage_H.max().item(),
+        }
+        steps_axis = hist.step.numpy()
+        for i in range(k):
+            ax.plot(steps_axis, hist.singular_values[:, i].numpy(), color="0.6", lw=3, label="dense SVD" if i == 0 else None)
+        for i in range(k):
+            ax.plot(steps_axis, red.a[:, i].abs().numpy(), "--", lw=1, label="reduced |a_i|" if i == 0 else None)
+        label(ax, "GD step", "singular values of W", logx=False)
+        ax.set_title(f"{basis}, K={k}: max rel. diff {rel:.1e}")
+    results["figure"] = save(fig, out / "dense_vs_reduced.png", "Dense UFM GD vs the exact reduced map")
+    return results
+
+
+def leakage_by_init(out: Path, gen: torch.Generator, steps: int) -> dict:
+    """Leakage over GD for walsh / fourier / Paley / random inits."""
+    models = {
+        "walsh (K=16)": UFM.from_spectrum(16, 32, _paired_spectrum(16, "walsh", gen, 0.2, 2.0), basis="walsh", generator=gen),
+        "fourier (K=10)": UFM.from_spectrum(
+            10, 32, _paired_spectrum(10, "fourier", gen, 0.2, 2.0), basis="fourier", generator=gen
+        ),
+        "Paley (K=12)": UFM.from_spectrum(
+            12, 32, _paired_spectrum(12, "hadamard", gen, 0.2, 2.0), basis="hadamard", generator=gen
+        ),
+        "random (K=16)": UFM.random(16, 32, std=0.1, generator=gen),
+    }
+    fig, (ax,) = new_figure()
+    results = {}
+    for name, model in models.items():
+        hist = model.gradient_descent(1.0, steps, record=("leakage",))
+        floor = hist.leakage_W.clamp_min(1e-17)  # log axis
+        ax.plot(hist.step.numpy()[1:], floor.numpy()[1:], label=name)
+        results[name] = {"final": hist.leakage_W[-1].item(), "max": hist.leakage_W.max().item()}
+    label(ax, "GD step", "||offdiag(Q^T W V)||_F / ||W||_F", logx=True, logy=True)
+    results["figure"] = save(fig, out / "leakage.png", "Singular-vector leakage from the initial basis")
+    return results
+
+
+def lyapunov(out: Path, gen: torch.Generator, quick: bool) -> dict:
+    """V(t) along balanced flows for many K and random spectra; the unbalanced counterexample."""
+    cases = [(4, "walsh"), (16, "walsh"), (64, "walsh"), (10, "fourier"), (100, "fourier")]
+    cases += [] if quick else [(256, "walsh"), (1024, "walsh"), (1000, "fourier")]
+    batch = 8 if quick else 32
+    times = torch.logspace(-2, 10, 121, dtype=torch.float64)
+    fig, (ax, ax2) = new_figure(2)
+    max_increase, max_deriv, count = -math.inf, -math.inf, 0
+    for k, basis in cases:
+        a = _log_spectrum(k, basis, gen, batch, 3.0).sqrt()
+        res = spectral_flow(a, a, times, basis=basis)
+        v = kl_lyapunov(res.lam)
+        max_increase = max(max_increase, v.diff(dim=0).max().item())
+        max_deriv = max(max_deriv, lyapunov_derivative(res.lam, basis).max().item())
+        count += batch
+        ax.plot(times.numpy(), v[:, 0].numpy(), label=f"K={k} {basis}")
+    label(ax, "t (gradient flow)", "V = KL(u || lam_hat)", logx=True, logy=True)
+    ax.set_title("balanced: V decreases")
+    unb = spectral_flow(UNBALANCED_V_RISE_A, UNBALANCED_V_RISE_B, times)
+    v_unb = kl_lyapunov(unb.lam)
+    lam0 = UNBALANCED_V_RISE_A * UNBALANCED_V_RISE_B
+    bal = spectral_flow(lam0.sqrt(), lam0.sqrt(), times)
+    ax2.plot(times.numpy(), v_unb.numpy(), label="unbalanced (a_3=10, b_3=0.2)")
+    ax2.plot(times.numpy(), kl_lyapunov(bal.lam).numpy(), label="same lam, balanced")
+    label(ax2, "t (gradient flow)", "V", logx=True)
+    ax2.set_title("unbalanced: V can rise")
+    return {
+        "trajectories": count,
+        "cases": [f"K={k} {b}" for k, b in cases],
+        "max_increase_V_balanced": max_increase,
+        "max_dV_dt_closed_form": max_deriv,
+        "unbalanced_V_start": v_unb[0].item(),
+        "unbalanced_V_max": v_unb.max().item(),
+        "unbalanced_V_rise": (v_unb.max() - v_unb[0]).item(),
+        "figure": save(fig, out / "lyapunov.png", "KL Lyapunov function along gradient flow"),
+    }
+
+
+def etf_angle_example(out: Path, gen: torch.Generator, quick: bool) -> dict:
+    """K = 8: etf_angle first rises while V falls; K = 4: a search finds no rise."""
+    times = torch.logspace(-2, 12, 141, dtype=torch.float64)
+    a8 = ETF_ANGLE_RISE_K8.sqrt()
+    r8 = spectral_flow(a8, a8, times)
+    ang8, v8 = etf_angle(r8.lam), kl_lyapunov(r8.lam)
+    n4 = 100 if quick else 1000
+    lam4 = torch.exp(math.log(10) * 6 * (torch.rand(n4, 4, generator=gen, dtype=torch.float64) - 0.8))
+    r4 = spectral_flow(lam4.sqrt(), lam4.sqrt(), times)
+    ang4 = etf_angle(r4.lam)
+    worst = int(ang4.diff(dim=0).max(dim=0).values.argmax())
+    fig, (ax, ax2) = new_figure(2)
+    ax.plot(times.numpy(), (ang8 / ang8[0]).numpy(), label="etf_angle / start, K=8 example")
+    ax.plot(times.numpy(), (v8 / v8[0]).numpy(), label="V / start, K=8 example")
+    label(ax, "t", "relative to t=0", logx=True)
+    ax.set_title("K=8: the angle rises, V falls")
+    ax2.plot(times.numpy(), (ang4[:, worst] / ang4[0, worst]).numpy(), label=f"K=4, closest to rising of {n4}")
+    ax2.plot(times.numpy(), (kl_lyapunov(r4.lam[:, worst]) / kl_lyapunov(r4.lam[0, worst])).numpy(), label="V, same run")
+    label(ax2, "t", "relative to t=0", logx=True)
+    ax2.set_title("K=4: monotone")
+    peak = int(ang8.argmax())
+    return {
+        "k8_initial_lam": ETF_ANGLE_RISE_K8.tolist(),
+        "k8_angle_start": ang8[0].item(),
+        "k8_angle_peak": ang8[peak].item(),
+        "k8_angle_rise": (ang8[peak] - ang8[0]).item(),
+        "k8_peak_time": times[peak].item(),
+        "k8_angle_end": ang8[-1].item(),
+        "k8_max_increase_V": v8.diff().max().item(),
+        "k4_trajectories": n4,
+        "k4_max_angle_increase": ang4.diff(dim=0).max().item(),
+        "figure": save(fig, out / "etf_angle_k8_vs_k4.png", "Natural distance vs the Lyapunov function"),
+    }
+
+
+def slowdown(out: Path) -> dict:
+    """Time to reach margin gamma on the symmetric manifold grows like exp(gamma) / (2 gamma)."""
+    gammas = torch.linspace(2.0, 30.0, 57, dtype=torch.float64)
+    k, lam0 = 8, 0.5
+    times = time_to_margin(gammas, lam0, k)
+    law = torch.exp(gammas) / (2 * gammas)
+    ratio = times / law
+    fit = gammas >= 10
+    # least squares of log t against the law's exponent gamma - log(2 gamma)
+    x, y = gammas[fit] - torch.log(2 * gammas[fit]), torch.log(times[fit])
+    slope = (((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()).item()
+    fig, (ax, ax2) = new_figure(2)
+    ax.plot(gammas.numpy(), times.numpy(), "o", ms=3, label="time_to_margin (event detection)")
+    ax.plot(gammas.numpy(), law.numpy(), label="exp(gamma) / (2 gamma)")
+    label(ax, "margin gamma", "gradient-flow time", logy=True)
+    ax2.plot(gammas.numpy(), ratio.numpy(), label="ratio")
+    ax2.axhline(1.0, color="k", lw=0.8)
+    label(ax2, "margin gamma", "time * 2 gamma exp(-gamma)")
+    return {
+        "K": k, "lam0": lam0,
+        "gammas": gammas.tolist(), "times": times.tolist(), "ratio": ratio.tolist(),
+        "ratio_at_gamma_25": ratio[gammas == 25.0].item(),
+        "ratio_at_gamma_30": ratio[-1].item(),
+        "fit_slope_gamma_ge_10": slope,
+        "figure": save(fig, out / "slowdown.png", "Exponential slowdown on the symmetric manifold"),
+    }
+
+
+@torch.no_grad()
+def _centred_singular_values(model: UFM) -> torch.Tensor:
+    k = model.num_classes
+    centre = torch.eye(k, dtype=model.W.dtype) - 1.0 / k
+    z = centre @ model.W @ model.class_means() @ centre
+    return torch.linalg.svdvals(z)[: k - 1]
+
+
+def random_vs_spectral(out: Path, gen: torch.Generator, steps: int) -> dict:
+    """Small random init: the centred logit spectrum follows the spectral dynamics qualitatively."""
+    k, d, lr = 8, 32, 1.0
+    model = UFM.random(k, d, std=0.05, generator=gen)
+    w0, h0 = model.W.detach().clone(), model.H.detach().clone()
+    record = set(torch.logspace(0, math.log10(steps), 200).round().long().tolist()) | {0}
+    rec_steps, sv = [], []
+    for t in tqdm(range(steps + 1), desc="random init", file=sys.stderr, leave=False):
+        if t in record:
+            rec_steps.append(t)
+            sv.append(_centred_singular_values(model))
+        if t < steps:
+            model.step(lr)
+    sv = torch.stack(sv)
+    # the spectral dynamics from the same scale: the singular values of W(0) and H(0), paired in
+    # order on the non-constant modes, as if the init had been aligned
+    a0 = torch.linalg.svdvals(w0).roll(1)
+    b0 = torch.linalg.svdvals(h0).roll(1)
+    pred = spectral_gd(a0, b0, lr=lr, steps=steps)
+    pred_sv = pred.lam[rec_steps, 1:].sort(dim=-1, descending=True).values
+    fig, (ax,) = new_figure()
+    s = torch.tensor(rec_steps[1:]).numpy()
+    for i in range(k - 1):
+        ax.plot(s, sv[1:, i].numpy(), color="C0", alpha=0.8, label="dense, random init" if i == 0 else None)
+        ax.plot(s, pred_sv[1:, i].numpy(), "--", color="C1", alpha=0.8, label="spectral dynamics" if i == 0 else None)
+    label(ax, "GD step", "singular values of the centred logits", logx=True, logy=True)
+    cv = lambda x: (x.std(correction=0) / x.mean()).item()  # noqa: E731
+    return {
+        "K": k, "d": d, "steps": steps, "init_std": 0.05,
+        "final_sv_dense": sv[-1].tolist(), "final_sv_spectral": pred_sv[-1].tolist(),
+        "final_cv_dense": cv(sv[-1]), "final_cv_spectral": cv(pred_sv[-1]),
+        "initial_cv": cv(sv[0]),
+        "figure": save(fig, out / "random_vs_spectral.png", "Small random init vs the spectral prediction"),
+    }
+
+
+def ce_vs_mse(out: Path, gen: torch.Generator) -> dict:
+    """Same spectral init: MSE modes decouple and settle at 1, CE modes grow without bound."""
+    a = _paired_spectrum(8, "walsh", gen, 0.1, 1.2)
+    times = torch.logspace(-1, 12, 131, dtype=torch.float64)
+    ce = spectral_flow(a, a, times)
+    mse = spectral_flow(a, a, times, loss="mse")
+    fig, (ax,) = new_figure()
+    for i in range(1, 8):
+        ax.plot(times.numpy(), ce.lam[:, i].numpy(), color="C0", label="CE" if i == 1 else None)
+        ax.plot(times.numpy(), mse.lam[:, i].numpy(), color="C1", label="MSE" if i == 1 else None)
+    label(ax, "t (gradient flow)", "lam_i = a_i b_i", logx=True, logy=True)
+    return {
+        "mse_max_abs_lam_minus_1_at_end": (mse.lam[-1] - 1).abs().max().item(),
+        "ce_min_lam_at_end": ce.lam[-1, 1:].min().item(),
+        "ce_min_lam_at_t_1e6": ce.lam[int(torch.searchsorted(times, torch.tensor(1e6, dtype=torch.float64))), 1:].min().item(),
+        "figure": save(fig, out / "ce_vs_mse.png", "CE vs MSE from the same spectral init"),
+    }
+
+
+def run(out: Path, quick: bool = False, seed: int = 0) -> dict:
+    """Run every section, write the figures and reports into ``out``, return the report dict."""
+    out.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    steps = 300 if quick else 2000
+    start = time.perf_counter()
+    sections = [
+        ("frozen_vectors", lambda: frozen_vectors(out, gen, steps)),
+        ("leakage", lambda: leakage_by_init(out, gen, steps)),
+        ("lyapunov", lambda: lyapunov(out, gen, quick)),
+        ("etf_angle", lambda: etf_angle_example(out, gen, quick)),
+        ("slowdown", lambda: slowdown(out)),
+        ("random_init", lambda: random_vs_spectral(out, gen, 2000 if quick else 20000)),
+        ("ce_vs_mse", lambda: ce_vs_mse(out, gen)),
+    ]
+    report: dict = {"config": {"quick": quick, "seed": seed, "torch": torch.__version__, "threads": torch.get_num_threads()}}
+    for name, section in tqdm(sections, desc="hadainit ufm", file=sys.stderr):
+        report[name] = section()
+    report["seconds"] = time.perf_counter() - start
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_report(report, out / "report.md")
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hadainit ufm", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--quick", action="store_true", help="a ~10-second version")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    report = run(args.out, args.quick, args.seed)
+    print((args.out / "report.md").read_text())
+    print(f"wrote {args.out}/report.json, report.md and figures in {report['seconds']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

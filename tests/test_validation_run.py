@@ -1,0 +1,64 @@
+"""The UFM validation run (`hadainit ufm --quick`) end to end: files, and the numbers that back each claim."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from hadainit.experiments.ufm import run
+
+FIGURES = [
+    "dense_vs_reduced.png",
+    "leakage.png",
+    "lyapunov.png",
+    "etf_angle_k8_vs_k4.png",
+    "slowdown.png",
+    "random_vs_spectral.png",
+    "ce_vs_mse.png",
+]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ufm")
+    return out, run(out, quick=True)
+
+
+def test_files_written(quick_run):
+    out, report = quick_run
+    for name in FIGURES:
+        data = (out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, name
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(report))
+    md = (out / "report.md").read_text()
+    for name in FIGURES:
+        assert f"`{name}`" in md  # every figure is cited next to its claim
+
+
+def test_headline_numbers_back_the_claims(quick_run):
+    _, r = quick_run
+    for basis in ("walsh", "fourier"):
+        assert r["frozen_vectors"][basis]["max_rel_diff_singular_values"] < 1e-10
+        assert r["frozen_vectors"][basis]["max_leakage_W"] < 1e-12
+    assert r["leakage"]["walsh (K=16)"]["max"] < 1e-12 and r["leakage"]["fourier (K=10)"]["max"] < 1e-12
+    assert r["leakage"]["Paley (K=12)"]["final"] > 1e-2 and r["leakage"]["random (K=16)"]["final"] > 1e-2
+    assert r["lyapunov"]["max_increase_V_balanced"] <= 0 and r["lyapunov"]["max_dV_dt_closed_form"] <= 0
+    assert r["lyapunov"]["unbalanced_V_rise"] > 0.1
+    assert r["etf_angle"]["k8_angle_rise"] > 0.015 and r["etf_angle"]["k8_max_increase_V"] <= 0
+    assert r["etf_angle"]["k4_max_angle_increase"] <= 0
+    assert 1 < r["slowdown"]["ratio_at_gamma_30"] < r["slowdown"]["ratio_at_gamma_25"] < 1.05
+    assert abs(r["slowdown"]["fit_slope_gamma_ge_10"] - 1) < 0.01
+    assert r["random_init"]["final_cv_dense"] < r["random_init"]["initial_cv"]
+    assert r["ce_vs_mse"]["mse_max_abs_lam_minus_1_at_end"] < 1e-6
+    assert r["ce_vs_mse"]["ce_min_lam_at_end"] > r["ce_vs_mse"]["ce_min_lam_at_t_1e6"] > 5
+
+
+def test_console_command(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "hadainit.experiments.cli", "ufm", "--out", str(tmp_path), "--quick"],
+        capture_output=True, text=True, check=True,
+    )
+    assert "# hadainit: UFM validation run" in proc.stdout
+    assert "hadainit ufm" in proc.stderr  # the progress bar goes to stderr
+    assert (tmp_path / "report.json").exists()

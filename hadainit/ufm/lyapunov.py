@@ -36,7 +36,7 @@ from torch import Tensor
 
 from .spectral import margins, softmax_spectrum
 
-__all__ = ["kl_lyapunov", "etf_angle", "coefficient_of_variation", "lyapunov_derivative"]
+__all__ = ["kl_lyapunov", "kl_to_uniform", "etf_angle", "coefficient_of_variation", "lyapunov_derivative"]
 
 
 def _lam_bar(lam: Tensor, *, positive: bool) -> Tensor:
@@ -63,11 +63,17 @@ def kl_lyapunov(lam: Tensor) -> Tensor:
     >>> float(kl_lyapunov(torch.tensor([0.0, 2.0, 2.0, 2.0])))
     0.0
     """
-    bar = _lam_bar(lam, positive=True)
-    mean = bar.mean(-1, keepdim=True)
-    # V = mean(x - log1p(x)) with x = lam/mean - 1 (mean(x) = 0): every term >= 0, no cancellation,
-    # and only second-order sensitive to round-off in the mean
-    return _x_minus_log1p((bar - mean) / mean).mean(-1)
+    return kl_to_uniform(_lam_bar(lam, positive=True))
+
+
+def kl_to_uniform(values: Tensor) -> Tensor:
+    """``KL(u || x / sum(x)) = log(mean(x) / geometric_mean(x))`` over the last dim, for x > 0.
+
+    Computed as ``mean(y - log1p(y))`` with ``y = x / mean(x) - 1`` (``mean(y) = 0``): every term
+    is >= 0, so nothing cancels near uniformity, and round-off in the mean enters only at second order.
+    """
+    mean = values.mean(-1, keepdim=True)
+    return _x_minus_log1p((values - mean) / mean).mean(-1)
 
 
 def _x_minus_log1p(x: Tensor) -> Tensor:

@@ -1,0 +1,85 @@
+"""An independent dense float64 reference for SPEC section 6, written straight from the formulas.
+
+Everything in memory, plain loops over classes, samples and pairs; a d x d
+pseudo-inverse for NC1 (what the library avoids). Used only by the tests.
+"""
+
+import itertools
+import math
+
+import torch
+
+
+def reference_metrics(features, labels, weight=None, bias=None, *, global_mean="unweighted", basis=None):
+    x = features.to(torch.float64)
+    k = int(labels.max()) + 1 if weight is None else weight.shape[0]
+    classes = [c for c in range(k) if (labels == c).any()]
+    kk = len(classes)
+    means = torch.stack([x[labels == c].mean(0) for c in classes])
+    counts = torch.tensor([(labels == c).sum().item() for c in classes], dtype=torch.float64)
+    if global_mean == "unweighted":
+        mu_g = means.mean(0)
+    else:
+        mu_g = x.mean(0)
+    m = means - mu_g
+    n, d = x.shape
+    sigma_w = torch.zeros(d, d, dtype=torch.float64)
+    for i in range(n):
+        row = classes.index(int(labels[i]))
+        diff = x[i] - means[row]
+        sigma_w += torch.outer(diff, diff)
+    sigma_w /= n
+    sigma_b = m.T @ m / kk
+    out = {"nc1": torch.trace(sigma_w @ torch.linalg.pinv(sigma_b, hermitian=True)).item() / kk}
+
+    def cv(v):
+        return (v.std(correction=0) / v.mean()).item()
+
+    def cos_stats(rows):
+        cosines = []
+        for a, b in itertools.permutations(range(kk), 2):
+            cosines.append((rows[a] @ rows[b] / (rows[a].norm() * rows[b].norm())).item())
+        cosines = torch.tensor(cosines, dtype=torch.float64)
+        return cosines.std(correction=0).item(), (cosines + 1 / (kk - 1)).abs().mean().item()
+
+    etf = (torch.eye(kk, dtype=torch.float64) - torch.ones(kk, kk, dtype=torch.float64) / kk) / math.sqrt(kk - 1)
+
+    def gap(g):
+        return (g / g.norm() - etf).norm().item()
+
+    out["equinorm_means"] = cv(m.norm(dim=1))
+    out["cos_std_means"], out["cos_etf_means"] = cos_stats(m)
+    out["etf_gap_means"] = gap(m @ m.T)
+    variances = [((x[labels == c] - means[j]) ** 2).sum(1).mean().item() for j, c in enumerate(classes)]
+    cdnv = []
+    for a, b in itertools.permutations(range(kk), 2):
+        cdnv.append((variances[a] + variances[b]) / (2 * ((means[a] - means[b]) ** 2).sum().item()))
+    out["cdnv"] = sum(cdnv) / len(cdnv)
+    out["within_class_trace"] = torch.trace(sigma_w).item()
+    if weight is not None:
+        w_all = weight.to(torch.float64)
+        w = w_all[classes]
+        out["equinorm_classifier"] = cv(w.norm(dim=1))
+        out["cos_std_classifier"], out["cos_etf_classifier"] = cos_stats(w)
+        out["etf_gap_classifier"] = gap(w @ w.T)
+        out["nc3"] = (w / w.norm() - m / m.norm()).norm().item()
+        out["nc3_duality"] = gap(w @ m.T)
+        logits = x @ w_all.T + (0 if bias is None else bias.to(torch.float64))
+        wrong = 0
+        for i in range(n):
+            dists = [((x[i] - means[j]) ** 2).sum().item() for j in range(kk)]
+            nearest = classes[min(range(kk), key=lambda j: dists[j])]
+            wrong += nearest != int(logits[i].argmax())
+        out["nc4"] = wrong / n
+        centre = torch.eye(kk, dtype=torch.float64) - 1 / kk
+        sigma = torch.linalg.svdvals(centre @ w @ m.T @ centre)[: kk - 1]
+        if kk - 1 > d:  # the logit matrix has rank <= d < K - 1
+            out["kl_lyapunov"] = math.inf
+        else:
+            out["kl_lyapunov"] = math.log(sigma.mean().item()) - sigma.log().mean().item()
+        if basis is not None:
+            left, right = basis
+            core = left.T @ w_all @ right
+            off = core - torch.diag(torch.diagonal(core))
+            out["leakage"] = (off.norm() / w_all.norm()).item()
+    return out

@@ -1,0 +1,215 @@
+"""SPEC section 6: the neural-collapse metrics against an independent dense reference and known geometry."""
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from hadainit import hadamard_, spectral_record
+from hadainit.bases import mode_pairs
+from hadainit.metrics import NearestMeanMismatch, NeuralCollapse
+from hadainit.metrics.functional import neural_collapse
+from hadainit.ufm import UFM, kl_lyapunov
+from tests.metrics_reference import reference_metrics
+
+
+def _data(k, d, n_per_class, seed=0, spread=0.5, offset=0.0):
+    gen = torch.Generator().manual_seed(seed)
+    means = torch.randn(k, d, generator=gen, dtype=torch.float64) + offset
+    labels = torch.arange(k).repeat(n_per_class)[torch.randperm(k * n_per_class, generator=gen)]
+    x = means[labels] + spread * torch.randn(k * n_per_class, d, generator=gen, dtype=torch.float64)
+    w = torch.randn(k, d, generator=gen, dtype=torch.float64)
+    b = torch.randn(k, generator=gen, dtype=torch.float64)
+    return x, labels, w, b
+
+
+def _close(got, want, rtol=1e-10, atol=1e-13):
+    assert set(want) <= set(got), set(want) - set(got)
+    for key, value in want.items():
+        if math.isinf(value):
+            assert got[key] == value, key
+            continue
+        assert abs(got[key] - value) <= rtol * abs(value) + atol, (key, got[key], value)
+
+
+def _streamed(x, labels, k, w=None, batch=37, **kwargs):
+    metric = NeuralCollapse(k, x.shape[1], **kwargs)
+    for i in range(0, x.shape[0], batch):
+        metric.update(x[i : i + batch], labels[i : i + batch])
+    metric.set_classifier(w)
+    return metric.compute()
+
+
+@pytest.mark.parametrize("k", [2, 3, 10, 100])
+@pytest.mark.parametrize("d", [4, 64, 512])
+def test_against_dense_reference(k, d):
+    n_per_class = 6 if k == 100 else 12
+    x, labels, w, b = _data(k, d, n_per_class, seed=k * 1000 + d)
+    q = torch.linalg.qr(torch.randn(k, k, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(d, min(k, d), dtype=torch.float64))[0]
+    basis = (q[:, : min(k, d)], v)
+    ref = reference_metrics(x, labels, w, b, basis=basis)
+    _close(neural_collapse(x, labels, w, b, basis=basis), ref)
+    streamed_ref = {key: val for key, val in ref.items() if key != "nc4"}  # NC4 streams separately
+    metric = NeuralCollapse(k, d)
+    for i in range(0, x.shape[0], 37):
+        metric.update(x[i : i + 37], labels[i : i + 37])
+    metric.set_classifier(w, basis=basis)
+    _close(metric.compute(), streamed_ref)
+
+
+@pytest.mark.parametrize("global_mean", ["unweighted", "weighted"])
+def test_global_mean_choices(global_mean):
+    x, labels, w, _ = _data(5, 16, 10, seed=3)
+    keep = (labels != 2) | (torch.arange(len(labels)) % 3 == 0)  # unequal class sizes
+    x, labels = x[keep], labels[keep]
+    ref = reference_metrics(x, labels, w, global_mean=global_mean)
+    _close(neural_collapse(x, labels, w, global_mean=global_mean), ref)
+    _close(_streamed(x, labels, 5, w, global_mean=global_mean), {k: v for k, v in ref.items() if k != "nc4"})
+
+
+def _etf_problem(k=10, d=32, n=8, scale=3.0, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    r = torch.linalg.qr(torch.randn(d, k, generator=gen, dtype=torch.float64))[0]
+    etf = math.sqrt(k / (k - 1)) * (torch.eye(k, dtype=torch.float64) - 1 / k) @ r.T  # unit-norm simplex ETF rows
+    labels = torch.arange(k).repeat(n)
+    return scale * etf[labels], labels, 0.7 * etf, gen
+
+
+def test_exact_etf_geometry_is_zero_and_grows_with_noise():
+    x, labels, w, gen = _etf_problem()
+    res = neural_collapse(x, labels, w, torch.zeros(10, dtype=torch.float64))
+    for key in ("nc1", "etf_gap_means", "etf_gap_classifier", "nc3", "nc3_duality", "nc4", "cdnv",
+                "equinorm_means", "equinorm_classifier", "cos_std_means", "cos_etf_means", "kl_lyapunov"):
+        assert abs(res[key]) < 1e-12, (key, res[key])
+    previous = res
+    for noise in (1e-3, 1e-2, 1e-1, 1.0):
+        noisy = x + noise * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+        cur = neural_collapse(noisy, labels, w)
+        for key in ("nc1", "cdnv", "etf_gap_means", "nc3"):
+            assert cur[key] > previous[key], (key, noise)
+        previous = cur
+    assert previous["nc4"] > 0
+
+
+def test_ufm_spectral_init_lyapunov_and_leakage():
+    gen = torch.Generator().manual_seed(4)
+    for k, basis in [(8, "walsh"), (10, "fourier")]:
+        a = 0.3 + torch.rand(k, generator=gen, dtype=torch.float64)
+        pairs = mode_pairs(k, basis)
+        a[pairs[:, 1]] = a[pairs[:, 0]]
+        model = UFM.from_spectrum(k, 20, a, basis=basis, samples_per_class=3, generator=gen)
+        model.gradient_descent(0.5, 50, record=())
+        lam = torch.stack(model.spectrum()).prod(0)
+        feats, labels = model.H.detach().T, model.labels
+        res = neural_collapse(feats, labels, model.W.detach(), basis=(model.left, model.right))
+        assert math.isclose(res["kl_lyapunov"], kl_lyapunov(lam).item(), rel_tol=1e-12)
+        assert res["leakage"] < 1e-14
+
+
+def test_hadamard_record_gives_the_leakage_basis():
+    x, labels, _, _ = _data(8, 32, 5, seed=6)
+    w = hadamard_(torch.empty(8, 32, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
+    assert spectral_record(w) is not None
+    assert neural_collapse(x, labels, w)["leakage"] < 1e-15
+    w2 = w + 0.01 * torch.randn(8, 32, dtype=torch.float64)
+    rec = spectral_record(w)
+    assert neural_collapse(x, labels, w2, basis=(rec.left, rec.right))["leakage"] > 1e-3
+
+
+def test_batch_order_and_size_do_not_matter():
+    x, labels, w, _ = _data(10, 64, 20, seed=7)
+    base = _streamed(x, labels, 10, w, batch=200)
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(1))
+    for batch in (1, 7, 64):
+        _close(_streamed(x[perm], labels[perm], 10, w, batch=batch), base, rtol=1e-12, atol=1e-14)
+
+
+def test_large_common_offset_is_stable():
+    # mean 1e3, within-class spread 1e-3: raw second moments lose everything in float32
+    x, labels, w, _ = _data(6, 16, 50, seed=8, spread=1e-3, offset=1e3)
+    ref = reference_metrics(x, labels, w)
+    got = _streamed(x, labels, 6, w, batch=64)
+    _close(got, {k: v for k, v in ref.items() if k != "nc4"}, rtol=1e-8, atol=0)
+    # the naive one-pass raw-moment covariance in float32 is far off
+    x32 = x.float()
+    raw = x32.T @ x32 / len(x32)
+    means = torch.stack([x32[labels == c].mean(0) for c in range(6)])
+    counts = torch.bincount(labels, minlength=6).float()
+    naive_trace = torch.trace(raw - (means.T * counts / len(x32)) @ means).item()
+    assert abs(naive_trace - ref["within_class_trace"]) > 10 * ref["within_class_trace"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_low_precision_features_accumulate_in_float64(dtype):
+    x, labels, w, _ = _data(5, 32, 20, seed=9)
+    xl = x.to(dtype)
+    metric = NeuralCollapse(5, 32)
+    metric.update(xl, labels)
+    assert metric.second.dtype == torch.float64 and metric.sums.dtype == torch.float64
+    metric.set_classifier(w)
+    _close(metric.compute(), {k: v for k, v in neural_collapse(xl.double(), labels, w).items() if k != "nc4"}, rtol=1e-12)
+
+
+def test_unseen_classes_are_excluded_with_a_warning():
+    x, labels, w, _ = _data(6, 16, 10, seed=10)
+    keep = (labels != 2) & (labels != 4)
+    with pytest.warns(UserWarning, match=r"classes never seen: \[2, 4\]"):
+        res = neural_collapse(x[keep], labels[keep], w)
+    assert res["num_classes_seen"] == 4 and all(math.isfinite(v) for v in res.values())
+    ref = reference_metrics(x[keep], labels[keep], w)
+    _close(res, ref)
+
+
+def test_nearest_mean_mismatch_streaming():
+    x, labels, w, b = _data(10, 32, 20, seed=11)
+    prev = NeuralCollapse(10, 32)
+    prev.update(x, labels)
+    prev.compute()
+    nc4 = NearestMeanMismatch(10, 32)
+    nc4.set_means(prev.class_means, prev.seen)
+    for i in range(0, len(x), 33):
+        nc4.update(x[i : i + 33], x[i : i + 33] @ w.T + b)
+    assert math.isclose(nc4.compute()["nc4"], reference_metrics(x, labels, w, b)["nc4"], rel_tol=1e-15)
+    with pytest.raises(ValueError, match="set_means"):
+        NearestMeanMismatch(10, 32).update(x, x @ w.T)
+
+
+@pytest.mark.parametrize(
+    "features, labels, exc, match",
+    [
+        (torch.randn(4, 8), torch.tensor([0, 1, 2, 5]), ValueError, r"labels must lie in \[0, 5\)"),
+        (torch.randn(4, 8), torch.tensor([0, 1, -1, 2]), ValueError, r"labels must lie"),
+        (torch.randn(4, 7), torch.tensor([0, 1, 2, 3]), ValueError, "feature_dim=8"),
+        (torch.tensor([[math.nan] * 8] * 4), torch.tensor([0, 1, 2, 3]), ValueError, "NaN or Inf"),
+        (torch.full((4, 8), math.inf), torch.tensor([0, 1, 2, 3]), ValueError, "NaN or Inf"),
+        (torch.randn(4, 2, 4), torch.tensor([0, 1, 2, 3]), ValueError, "2-D"),
+        (torch.randn(4, 8), torch.tensor([0.0, 1.0, 2.0, 3.0]), TypeError, "integer"),
+        (torch.randn(4, 8), torch.tensor([0, 1, 2]), ValueError, "one label per feature row"),
+        (torch.ones(4, 8, dtype=torch.int64), torch.tensor([0, 1, 2, 3]), TypeError, "floating"),
+    ],
+)
+def test_bad_input_leaves_state_unchanged(features, labels, exc, match):
+    metric = NeuralCollapse(5, 8)
+    metric.update(torch.randn(10, 8), torch.arange(10) % 5)
+    before = {name: getattr(metric, name).clone() for name in ("counts", "sums", "sq_norms", "second", "reference")}
+    with pytest.raises(exc, match=match):
+        metric.update(features, labels)
+    for name, value in before.items():
+        assert torch.equal(getattr(metric, name), value), name
+
+
+def test_argument_checks():
+    with pytest.raises(ValueError, match="global_mean"):
+        NeuralCollapse(3, 4, global_mean="median")
+    metric = NeuralCollapse(3, 4)
+    with pytest.raises(ValueError, match=r"weight must be \(3, 4\)"):
+        metric.set_classifier(torch.zeros(4, 4))
+    metric.update(torch.randn(6, 4), torch.arange(6) % 3)
+    with pytest.raises(ValueError, match="empty metric"):
+        metric.set_reference(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            neural_collapse(torch.randn(5, 4), torch.zeros(5, dtype=torch.int64), num_classes=3)

@@ -1,0 +1,1 @@
+"""The performance suite (`make bench`): ratios measured side by side in one process."""

@@ -1,0 +1,28 @@
+"""The benchmark suite runs end to end (tiny sizes) and writes its JSON; no timing is asserted here."""
+
+import json
+
+from benchmarks.__main__ import main
+
+
+def test_quick_suite_runs_and_checks_results(tmp_path, capsys):
+    out = tmp_path / "results.json"
+    assert main(["--quick", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    names = {row["benchmark"] for row in data["results"]}
+    assert names == {
+        "fwht vs dense x @ H",
+        "reduced vs dense GD step",
+        "reduced GD at scale",
+        "spectral_flow to t=1e12",
+        "NC metric update vs CNN step",
+        "NC metric compute()",
+        "initializers",
+    }
+    for row in data["results"]:
+        assert all(v > 0 for v in row["seconds"].values())
+        if "max_rel_err" in row:  # the fast transform computes the same thing as the dense product
+            assert row["max_rel_err"] < 1e-5
+        if "max_rel_diff_after_3_steps" in row:
+            assert row["max_rel_diff_after_3_steps"] < 1e-12
+    assert "benchmark" in capsys.readouterr().out

@@ -19,13 +19,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that the suite runs")
+    parser.add_argument("--only", default=None, help="run the rows whose function name contains this")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results.json"))
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     start = time.perf_counter()
-    results = run_suite(device, args.quick, progress=lambda msg: print(f"... {msg}", file=sys.stderr, flush=True))
+    results = run_suite(device, args.quick, only=args.only, progress=lambda msg: print(f"... {msg}", file=sys.stderr, flush=True))
     meta = {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),

@@ -1,4 +1,4 @@
-"""The ``hadainit`` console command: ``hadainit ufm --out DIR``, ``hadainit demo``."""
+"""The ``hadainit`` console command: ``hadainit ufm | train | compare | demo``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import sys
 
 COMMANDS = {
     "ufm": "hadainit.experiments.ufm",
+    "train": "hadainit.experiments.train",
+    "compare": "hadainit.experiments.compare",
     "demo": "hadainit.experiments.demo",
 }
 

@@ -1,7 +1,15 @@
 """Neural-collapse metrics (SPEC section 6): streaming torchmetrics and a functional form."""
 
 from . import functional
-from .collapse import NearestMeanMismatch, NeuralCollapse
-from .formulas import ClassStatistics, collapse_metrics
+from .collapse import ClassMeans, NearestMeanMismatch, NeuralCollapse
+from .formulas import ClassStatistics, class_mean_logit_kl, collapse_metrics
 
-__all__ = ["ClassStatistics", "NearestMeanMismatch", "NeuralCollapse", "collapse_metrics", "functional"]
+__all__ = [
+    "ClassMeans",
+    "ClassStatistics",
+    "NearestMeanMismatch",
+    "NeuralCollapse",
+    "class_mean_logit_kl",
+    "collapse_metrics",
+    "functional",
+]

@@ -25,7 +25,7 @@ from .. import _checks
 from .formulas import GLOBAL_MEAN_KINDS, ClassStatistics, collapse_metrics
 from .functional import check_batch, nearest_mean_disagreement
 
-__all__ = ["NeuralCollapse", "NearestMeanMismatch"]
+__all__ = ["ClassMeans", "NeuralCollapse", "NearestMeanMismatch"]
 
 
 def _distributed(process_group) -> bool:
@@ -82,6 +82,7 @@ class NeuralCollapse(Metric):
         self.register_buffer("reference", None)
         self._weight: Tensor | None = None
         self._basis: tuple[Tensor, Tensor] | None = None
+        self._use_record = True
         self.class_means: Tensor | None = None
         self.seen: Tensor | None = None
         if reference is not None:
@@ -101,13 +102,16 @@ class NeuralCollapse(Metric):
             )
         self.reference = reference.detach().to(device=self.counts.device, dtype=torch.float64).clone()
 
-    def set_classifier(self, weight: Tensor | None, *, basis: tuple[Tensor, Tensor] | None = None) -> None:
-        """The classifier W (K x d) used by the next ``compute()``; ``basis=(left, right)`` for the leakage."""
+    def set_classifier(
+        self, weight: Tensor | None, *, basis: tuple[Tensor, Tensor] | None = None, use_record: bool = True
+    ) -> None:
+        """The classifier W (K x d) used by the next ``compute()``; ``basis=(left, right)`` for the leakage
+        (default: the ``hadamard_`` record of ``weight`` unless ``use_record=False``)."""
         if weight is not None and weight.shape != (self.num_classes, self.feature_dim):
             raise ValueError(
                 f"weight must be ({self.num_classes}, {self.feature_dim}), got {tuple(weight.shape)}"
             )
-        self._weight, self._basis = weight, basis
+        self._weight, self._basis, self._use_record = weight, basis, use_record
 
     def _first_reference(self, x: Tensor, labels: Tensor) -> Tensor:
         k = self.num_classes
@@ -143,7 +147,8 @@ class NeuralCollapse(Metric):
         stats = self.statistics()
         self.class_means, self.seen = stats.means().clone(), stats.counts > 0
         return collapse_metrics(
-            stats, self._weight, global_mean=self.global_mean, basis=self._basis, rtol=self.rtol
+            stats, self._weight, global_mean=self.global_mean, basis=self._basis, rtol=self.rtol,
+            use_record=self._use_record,
         )
 
 
@@ -192,3 +197,31 @@ class NearestMeanMismatch(Metric):
         if self.total == 0:
             raise ValueError("NearestMeanMismatch.compute() before any update")
         return {"nc4": (self.mismatches / self.total).item()}
+
+
+class ClassMeans(Metric):
+    """Per-class feature means from one streaming pass (float64 sums): the light state
+    :class:`~hadainit.callbacks.SpectralMonitor` needs for the class-mean logit matrix.
+
+    ``compute()`` returns ``(means K x d, seen K bool)``.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = None
+
+    def __init__(self, num_classes: int, feature_dim: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_classes = _checks.positive_int(num_classes, "num_classes", minimum=2)
+        self.feature_dim = _checks.positive_int(feature_dim, "feature_dim")
+        self.add_state("counts", torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("sums", torch.zeros(num_classes, feature_dim, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, features: Tensor, labels: Tensor) -> None:  # type: ignore[override]
+        check_batch(features, labels, self.num_classes, self.feature_dim)
+        labels = labels.to(self.counts.device)
+        self.counts += torch.bincount(labels, minlength=self.num_classes)
+        self.sums.index_add_(0, labels, features.detach().to(device=self.counts.device, dtype=torch.float64))
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        return self.sums / self.counts.clamp_min(1).unsqueeze(1), self.counts > 0

@@ -31,7 +31,7 @@ from ..bases import leakage
 from ..init import spectral_record
 from ..ufm.lyapunov import kl_to_uniform
 
-__all__ = ["ClassStatistics", "GLOBAL_MEAN_KINDS", "collapse_metrics"]
+__all__ = ["ClassStatistics", "GLOBAL_MEAN_KINDS", "class_mean_logit_kl", "collapse_metrics"]
 
 GLOBAL_MEAN_KINDS = ("unweighted", "weighted")
 
@@ -72,11 +72,16 @@ def _normalized_gap(g: Tensor, target: Tensor) -> float:
     return torch.linalg.matrix_norm(g / torch.linalg.matrix_norm(g) - target).item()
 
 
-def _kl_of_logit_matrix(weight: Tensor, centred_means: Tensor) -> float:
-    """KL(u || sigma / sum sigma) of the double-centred class-mean logits' top K-1 singular values."""
-    k = centred_means.shape[0]
+def class_mean_logit_kl(weight: Tensor, means: Tensor) -> float:
+    """KL(u || sigma / sum sigma) of the top K-1 singular values of the double-centred ``W M^T``.
+
+    ``weight`` and ``means`` are K x d (rows of the same classes). Double centring removes the
+    bias and the global mean, so the means need not be centred. Infinite when rank-deficient.
+    """
+    k = means.shape[0]
+    weight = weight.to(torch.float64)
     centre = torch.eye(k, dtype=weight.dtype, device=weight.device) - 1.0 / k
-    sigma = torch.linalg.svdvals(centre @ weight @ centred_means.T @ centre)[: k - 1]
+    sigma = torch.linalg.svdvals(centre @ weight @ means.to(weight).T @ centre)[: k - 1]
     if not sigma[-1] > sigma[0] * max(weight.shape) * torch.finfo(sigma.dtype).eps:
         return math.inf  # rank-deficient (e.g. K - 1 > d): V is infinite, not a round-off number
     return kl_to_uniform(sigma).item()
@@ -89,6 +94,7 @@ def collapse_metrics(
     global_mean: str = "unweighted",
     basis: tuple[Tensor, Tensor] | None = None,
     rtol: float = 1e-12,
+    use_record: bool = True,
 ) -> dict[str, float]:
     """Every SPEC section 6 quantity that needs only the statistics (and the classifier).
 
@@ -104,6 +110,7 @@ def collapse_metrics(
         global_mean: ``"unweighted"`` mean of class means, or sample-``"weighted"``.
         basis: ``(left K x r, right d x r)`` for the leakage.
         rtol: eigenvalues of G below ``rtol * max`` do not count towards the rank.
+        use_record: without ``basis``, take the leakage basis from the ``hadamard_`` record.
     """
     if global_mean not in GLOBAL_MEAN_KINDS:
         raise ValueError(f"global_mean must be one of {GLOBAL_MEAN_KINDS}, got {global_mean!r}")
@@ -181,9 +188,9 @@ def collapse_metrics(
             etf_gap_classifier=_normalized_gap(w @ w.T, etf),
             nc3=torch.linalg.matrix_norm(w / torch.linalg.matrix_norm(w) - m / torch.linalg.matrix_norm(m)).item(),
             nc3_duality=_normalized_gap(wm, etf),
-            kl_lyapunov=_kl_of_logit_matrix(w, m),
+            kl_lyapunov=class_mean_logit_kl(w, m),
         )
-        if basis is None:
+        if basis is None and use_record:
             record = spectral_record(weight)
             basis = None if record is None else (record.left, record.right)
         if basis is not None:

@@ -1,0 +1,78 @@
+"""A tiny deterministic Lightning setup for the callback tests (importable by spawned DDP workers)."""
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import hadainit
+
+K, D = 5, 16
+
+
+class TinyModule(L.LightningModule):
+    def __init__(self, init: str = "hadamard", seed: int = 0, lr: float = 0.2) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.body = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, D), nn.Tanh())
+        self.fc = nn.Linear(D, K)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(0.3 * torch.randn(p.shape, generator=gen))
+        if init == "hadamard":
+            hadainit.hadamard_(self.fc.weight, generator=gen)
+        self.lr = lr
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = nn.functional.cross_entropy(self(x), y)
+        self.log("train/loss", loss, on_epoch=True, on_step=False, sync_dist=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val/loss", nn.functional.cross_entropy(self(x), y), sync_dist=True)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.5)
+
+
+def dataset(n: int = 200):
+    gen = torch.Generator().manual_seed(1)
+    y = torch.arange(n) % K
+    x = torch.randn(n, 8, generator=gen) + 1.5 * nn.functional.one_hot(y, 8).float()
+    return TensorDataset(x, y)
+
+
+class InterleavedSampler(torch.utils.data.Sampler):
+    """Rank r of w takes indices r, r + w, ... in order, read at iteration time: with batch size b per rank,
+    the union of the ranks' i-th batches is exactly the single-process i-th batch of size w * b.
+    (Lightning's own DistributedSampler always shuffles training data.)"""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __iter__(self):
+        dist = torch.distributed
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        return iter(range(rank, self.n, world))
+
+    def __len__(self) -> int:
+        dist = torch.distributed
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        return len(range(0, self.n, world))
+
+
+def loader(n: int = 200, batch_size: int = 20):
+    return DataLoader(dataset(n), batch_size=batch_size, sampler=InterleavedSampler(n))
+
+
+def trainer(callbacks, max_epochs=3, **kwargs):
+    opts = dict(max_epochs=max_epochs, callbacks=callbacks, logger=False, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+                num_sanity_val_steps=0)
+    opts.update(kwargs)
+    return L.Trainer(**opts)

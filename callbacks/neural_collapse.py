@@ -105,8 +105,9 @@ class NeuralCollapseMonitor(Callback):
         if self.num_classes is not None and self.num_classes != k:
             raise ValueError(f"num_classes={self.num_classes} but the classifier has {k} outputs")
         d = self._classifier.in_features
-        self._metric = NeuralCollapse(k, d, global_mean=self.global_mean)
-        self._nc4 = NearestMeanMismatch(k, d)
+        # validation without per-batch device syncs; non-finite features still raise at compute()
+        self._metric = NeuralCollapse(k, d, global_mean=self.global_mean, validate_args=False)
+        self._nc4 = NearestMeanMismatch(k, d, validate_args=False)
         self._capture = FeatureCapture(self._classifier)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -78,7 +78,7 @@ class SpectralMonitor(Callback):
             return
         self._classifier = find_classifier(pl_module, self.classifier_path)
         k, d = self._classifier.out_features, self._classifier.in_features
-        self._means = ClassMeans(k, d)
+        self._means = ClassMeans(k, d, validate_args=False)  # no per-batch device sync
         self._capture = FeatureCapture(self._classifier)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -213,3 +213,15 @@ def test_argument_checks():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             neural_collapse(torch.randn(5, 4), torch.zeros(5, dtype=torch.int64), num_classes=3)
+
+
+def test_without_per_batch_validation_non_finite_features_raise_at_compute():
+    metric = NeuralCollapse(3, 4, validate_args=False)
+    metric.update(torch.randn(6, 4), torch.arange(6) % 3)
+    metric.update(torch.tensor([[math.nan, 0.0, 0.0, 0.0]]), torch.tensor([1]))  # accepted without a sync
+    with pytest.raises(ValueError, match="non-finite features were accumulated"):
+        metric.compute()
+    nc4 = NearestMeanMismatch(3, 4)
+    nc4.set_means(torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        nc4.update(torch.randn(2, 4), torch.tensor([[0.0, math.inf, 0.0], [0.0, 0.0, 0.0]]))

@@ -28,6 +28,12 @@ from .functional import check_batch, nearest_mean_disagreement
 __all__ = ["ClassMeans", "NeuralCollapse", "NearestMeanMismatch"]
 
 
+def _check_finite_state(*states: Tensor) -> None:
+    if not all(torch.isfinite(s).all() for s in states):
+        raise ValueError("non-finite features were accumulated (NaN or Inf in the metric state): "
+                         "the monitored features are not finite")
+
+
 def _distributed(process_group) -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size(process_group) > 1
 
@@ -41,6 +47,8 @@ class NeuralCollapse(Metric):
         global_mean: ``"unweighted"`` (mean of class means, default) or ``"weighted"``.
         reference: optional K x d shift (e.g. last epoch's means); see the module docstring.
         rtol: relative eigenvalue cutoff for the rank of the between-class Gram matrix.
+        validate_args: check label range and finiteness in every ``update`` (one device sync per
+            batch). Without it, non-finite features are still caught, at ``compute()``.
 
     Call :meth:`set_classifier` before ``compute()`` for the classifier keys
     (see :func:`hadainit.metrics.functional.neural_collapse` for the key list).
@@ -65,11 +73,13 @@ class NeuralCollapse(Metric):
         global_mean: str = "unweighted",
         reference: Tensor | None = None,
         rtol: float = 1e-12,
+        validate_args: bool = True,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.num_classes = _checks.positive_int(num_classes, "num_classes", minimum=2)
         self.feature_dim = _checks.positive_int(feature_dim, "feature_dim")
+        self.validate_args = bool(validate_args)
         if global_mean not in GLOBAL_MEAN_KINDS:
             raise ValueError(f"global_mean must be one of {GLOBAL_MEAN_KINDS}, got {global_mean!r}")
         self.global_mean = global_mean
@@ -128,7 +138,7 @@ class NeuralCollapse(Metric):
     # ---------------------------------------------------------------- metric
     def update(self, features: Tensor, labels: Tensor) -> None:  # type: ignore[override]
         """Add a batch: features (B, d) of any float dtype, integer labels (B,)."""
-        check_batch(features, labels, self.num_classes, self.feature_dim)
+        check_batch(features, labels, self.num_classes, self.feature_dim, values=self.validate_args)
         x = features.detach().to(device=self.counts.device, dtype=torch.float64)
         labels = labels.to(self.counts.device)
         if self.reference is None:
@@ -144,6 +154,7 @@ class NeuralCollapse(Metric):
         return ClassStatistics(self.counts, self.sums, self.sq_norms, self.second, reference)
 
     def compute(self) -> dict[str, float]:
+        _check_finite_state(self.sums, self.second)
         stats = self.statistics()
         self.class_means, self.seen = stats.means().clone(), stats.counts > 0
         return collapse_metrics(
@@ -164,10 +175,11 @@ class NearestMeanMismatch(Metric):
     is_differentiable = False
     higher_is_better = False
 
-    def __init__(self, num_classes: int, feature_dim: int, **kwargs) -> None:
+    def __init__(self, num_classes: int, feature_dim: int, *, validate_args: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
         self.num_classes = _checks.positive_int(num_classes, "num_classes", minimum=2)
         self.feature_dim = _checks.positive_int(feature_dim, "feature_dim")
+        self.validate_args = bool(validate_args)
         self.add_state("mismatches", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self._means: Tensor | None = None
@@ -186,10 +198,9 @@ class NearestMeanMismatch(Metric):
             raise ValueError("NearestMeanMismatch needs class means: call set_means(...) first")
         if logits.dim() != 2 or logits.shape != (features.shape[0], self.num_classes):
             raise ValueError(f"logits must be ({features.shape[0]}, {self.num_classes}), got {tuple(logits.shape)}")
-        labels = logits.detach().argmax(1)  # validated as labels: range and finiteness of the features
-        check_batch(features, labels, self.num_classes, self.feature_dim)
-        if not torch.isfinite(logits).all():
-            raise ValueError("logits contain NaN or Inf")
+        check_batch(features, logits.detach().argmax(1), self.num_classes, self.feature_dim, values=False)
+        if self.validate_args and not (torch.isfinite(features).all() & torch.isfinite(logits).all()):
+            raise ValueError("features or logits contain NaN or Inf")
         self.mismatches += nearest_mean_disagreement(features, self._means, logits, self._seen).to(self.mismatches)
         self.total += features.shape[0]
 
@@ -210,18 +221,20 @@ class ClassMeans(Metric):
     is_differentiable = False
     higher_is_better = None
 
-    def __init__(self, num_classes: int, feature_dim: int, **kwargs) -> None:
+    def __init__(self, num_classes: int, feature_dim: int, *, validate_args: bool = True, **kwargs) -> None:
         super().__init__(**kwargs)
         self.num_classes = _checks.positive_int(num_classes, "num_classes", minimum=2)
         self.feature_dim = _checks.positive_int(feature_dim, "feature_dim")
+        self.validate_args = bool(validate_args)
         self.add_state("counts", torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("sums", torch.zeros(num_classes, feature_dim, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, features: Tensor, labels: Tensor) -> None:  # type: ignore[override]
-        check_batch(features, labels, self.num_classes, self.feature_dim)
+        check_batch(features, labels, self.num_classes, self.feature_dim, values=self.validate_args)
         labels = labels.to(self.counts.device)
         self.counts += torch.bincount(labels, minlength=self.num_classes)
         self.sums.index_add_(0, labels, features.detach().to(device=self.counts.device, dtype=torch.float64))
 
     def compute(self) -> tuple[Tensor, Tensor]:
+        _check_finite_state(self.sums)
         return self.sums / self.counts.clamp_min(1).unsqueeze(1), self.counts > 0

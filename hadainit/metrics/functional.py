@@ -15,8 +15,14 @@ from .formulas import ClassStatistics, collapse_metrics
 __all__ = ["check_batch", "class_statistics", "nearest_mean_disagreement", "neural_collapse"]
 
 
-def check_batch(features: Tensor, labels: Tensor, num_classes: int, feature_dim: int | None = None) -> None:
-    """Raise ``TypeError``/``ValueError`` naming what is wrong with a (features, labels) batch."""
+def check_batch(
+    features: Tensor, labels: Tensor, num_classes: int, feature_dim: int | None = None, *, values: bool = True
+) -> None:
+    """Raise ``TypeError``/``ValueError`` naming what is wrong with a (features, labels) batch.
+
+    Shapes and dtypes are always checked (host-side, free); ``values=True`` also checks the label
+    range and finiteness, with a single device synchronization.
+    """
     if not isinstance(features, Tensor) or not isinstance(labels, Tensor):
         raise TypeError(f"features and labels must be tensors, got {type(features).__name__}, {type(labels).__name__}")
     if features.dim() != 2:
@@ -31,11 +37,13 @@ def check_batch(features: Tensor, labels: Tensor, num_classes: int, feature_dim:
         )
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(
-            f"labels must lie in [0, {num_classes}), got values in [{labels.min().item()}, {labels.max().item()}]"
-        )
-    if not torch.isfinite(features).all():
+    if not values or labels.numel() == 0:
+        return
+    low, high = labels.aminmax()
+    flags = torch.stack((low < 0, high >= num_classes, ~torch.isfinite(features).all().to(low.device))).tolist()
+    if flags[0] or flags[1]:
+        raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{low.item()}, {high.item()}]")
+    if flags[2]:
         raise ValueError("features contain NaN or Inf")
 
 

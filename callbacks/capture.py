@@ -99,3 +99,24 @@ def eval_pass(
     finally:
         capture.active = False
         pl_module.train(was_training)
+
+
+def metric_checkpoint(metric) -> dict:
+    """A metric's partial sums (and NeuralCollapse's reference), for a callback's ``state_dict``:
+    a run resumed mid-epoch from a checkpoint continues the epoch's accumulation exactly."""
+    return {
+        "states": {name: value.detach().cpu().clone() for name, value in metric.metric_state.items()},
+        "update_count": metric.update_count,
+        "reference": None if getattr(metric, "reference", None) is None else metric.reference.detach().cpu().clone(),
+    }
+
+
+def restore_metric(metric, saved: dict | None) -> None:
+    if not saved:
+        return
+    device = next(iter(metric.metric_state.values())).device
+    for name, value in saved["states"].items():
+        setattr(metric, name, value.to(device))
+    if saved.get("reference") is not None:
+        metric.reference = saved["reference"].to(device)
+    metric._update_count = saved["update_count"]  # torchmetrics exposes it read-only; compute() warns at 0

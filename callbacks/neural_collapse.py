@@ -13,7 +13,15 @@ from hadainit.metrics import NearestMeanMismatch, NeuralCollapse
 from hadainit.metrics.formulas import GLOBAL_MEAN_KINDS
 
 from .basis import check_kind, initial_basis
-from .capture import FeatureCapture, default_inputs, default_labels, eval_pass, find_classifier
+from .capture import (
+    FeatureCapture,
+    default_inputs,
+    default_labels,
+    eval_pass,
+    find_classifier,
+    metric_checkpoint,
+    restore_metric,
+)
 from .plotting import plot_history
 
 MODES = ("train", "eval")
@@ -133,7 +141,8 @@ class NeuralCollapseMonitor(Callback):
         if self._means is not None:
             self._nc4.update(features, logits)
 
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # per batch, not per epoch: Lightning skips on_train_epoch_start when resuming mid-epoch
         self._capture.active = self.mode == "train" and self._due(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -173,11 +182,17 @@ class NeuralCollapseMonitor(Callback):
 
     # ---------------------------------------------------------------- resume
     def state_dict(self) -> dict:
-        return {"history": self.history, "means": self._means, "seen": self._seen, "basis": self._basis}
+        state = {"history": self.history, "means": self._means, "seen": self._seen, "basis": self._basis}
+        if hasattr(self, "_metric"):  # mid-epoch checkpoints carry the epoch's partial sums
+            state.update(metric=metric_checkpoint(self._metric), nc4=metric_checkpoint(self._nc4))
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = list(state_dict.get("history", []))
         self._means, self._seen = state_dict.get("means"), state_dict.get("seen")
         self._basis = state_dict.get("basis")
-        if self._means is not None and hasattr(self, "_nc4"):
-            self._nc4.set_means(self._means, self._seen)
+        if hasattr(self, "_nc4"):  # setup ran first (Lightning restores callbacks after setup)
+            if self._means is not None:
+                self._nc4.set_means(self._means, self._seen)
+            restore_metric(self._metric, state_dict.get("metric"))
+            restore_metric(self._nc4, state_dict.get("nc4"))

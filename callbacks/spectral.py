@@ -13,7 +13,7 @@ from hadainit.bases import leakage
 from hadainit.metrics import ClassMeans, class_mean_logit_kl
 
 from .basis import check_kind, initial_basis
-from .capture import FeatureCapture, default_labels, find_classifier
+from .capture import FeatureCapture, default_labels, find_classifier, metric_checkpoint, restore_metric
 from .plotting import plot_history
 
 
@@ -94,7 +94,8 @@ class SpectralMonitor(Callback):
     def _due(self, trainer: Trainer) -> bool:
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0 and not trainer.sanity_checking
 
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # per batch, not per epoch: Lightning skips on_train_epoch_start when resuming mid-epoch
         self._capture.active = self._due(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -150,6 +151,7 @@ class SpectralMonitor(Callback):
             "right": self.right,
             "history": self.history,
             "singular_values": self.singular_values,
+            "means": metric_checkpoint(self._means) if hasattr(self, "_means") else None,
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -157,3 +159,5 @@ class SpectralMonitor(Callback):
         self.left, self.right = state_dict["left"], state_dict["right"]
         self.history = list(state_dict.get("history", []))
         self.singular_values = list(state_dict.get("singular_values", []))
+        if hasattr(self, "_means"):  # setup ran first: continue a mid-epoch accumulation
+            restore_metric(self._means, state_dict.get("means"))

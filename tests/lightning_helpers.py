@@ -76,3 +76,31 @@ def trainer(callbacks, max_epochs=3, **kwargs):
                 num_sanity_val_steps=0)
     opts.update(kwargs)
     return L.Trainer(**opts)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader Lightning can resume mid-epoch: it remembers how many batches it yielded
+    (``state_dict``) and skips them on the first pass after ``load_state_dict``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._yielded = 0
+        self._skip = 0
+
+    def __iter__(self):
+        skip, self._skip = self._skip, 0
+        self._yielded = skip
+        for i, batch in enumerate(super().__iter__()):
+            if i >= skip:
+                self._yielded += 1
+                yield batch
+
+    def state_dict(self) -> dict:
+        return {"yielded": self._yielded}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._skip = state["yielded"]
+
+
+def resumable_loader(n: int = 200, batch_size: int = 20):
+    return ResumableLoader(dataset(n), batch_size=batch_size, shuffle=False)

@@ -1,0 +1,100 @@
+"""Faults: a run killed mid-epoch and resumed; DDP shards padded by the DistributedSampler."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from hadainit.callbacks import NeuralCollapseMonitor, SpectralMonitor
+from hadainit.metrics import NeuralCollapse
+from tests.lightning_helpers import TinyModule, resumable_loader, trainer
+
+
+class Killed(RuntimeError):
+    pass
+
+
+class CrashingModule(TinyModule):
+    """Dies in the middle of epoch 1, after some batches of it were trained and checkpointed."""
+
+    crash_at = (1, 3)
+
+    def training_step(self, batch, batch_idx):
+        if (self.current_epoch, batch_idx) == self.crash_at:
+            raise Killed("simulated kill mid-epoch")
+        return super().training_step(batch, batch_idx)
+
+
+def _monitors():
+    return [NeuralCollapseMonitor(mode="train"), SpectralMonitor()]
+
+
+def test_killed_mid_epoch_and_resumed_matches_an_uninterrupted_run(tmp_path):
+    full = _monitors()
+    trainer(full, max_epochs=3).fit(TinyModule(seed=0), resumable_loader())
+
+    first = _monitors()
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True)
+    with pytest.raises(Killed):
+        trainer(first + [ckpt], max_epochs=3, enable_checkpointing=True, default_root_dir=tmp_path).fit(
+            CrashingModule(seed=0), resumable_loader()
+        )
+    assert [h["epoch"] for h in first[0].history] == [0]  # died inside epoch 1
+    resumed = _monitors()
+    model = CrashingModule(seed=99)  # another init: only the checkpoint can restore weights and basis
+    model.crash_at = None
+    trainer(resumed, max_epochs=3, default_root_dir=tmp_path).fit(
+        model, resumable_loader(), ckpt_path=str(tmp_path / "last.ckpt")
+    )
+    for a, b in zip(full, resumed):
+        assert [h["epoch"] for h in b.history] == [0, 1, 2]
+        for ha, hb in zip(a.history, b.history):
+            for key, value in ha.items():
+                assert math.isclose(hb[key], value, rel_tol=1e-9, abs_tol=1e-12), (type(a).__name__, ha["epoch"], key)
+
+
+def _data():
+    gen = torch.Generator().manual_seed(3)
+    n, k, d = 301, 4, 6  # odd: 2 ranks need one padded sample
+    labels = torch.arange(n) % k
+    x = torch.randn(k, d, generator=gen, dtype=torch.float64)[labels] + 0.5 * torch.randn(n, d, generator=gen, dtype=torch.float64)
+    return x, labels
+
+
+def _metrics(x, labels):
+    metric = NeuralCollapse(4, 6)
+    for i in range(0, len(x), 50):
+        metric.update(x[i : i + 50], labels[i : i + 50])
+    return metric.compute()
+
+
+def _worker(rank, world, init_file, out_dir):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        x, labels = _data()
+        sampler = torch.utils.data.DistributedSampler(range(len(x)), num_replicas=world, rank=rank, shuffle=False)
+        idx = torch.tensor(list(sampler))
+        with open(f"{out_dir}/rank{rank}.json", "w") as fh:
+            json.dump({"indices": idx.tolist(), "metrics": _metrics(x[idx], labels[idx])}, fh)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_distributed_sampler_padding_is_counted_and_bounded(tmp_path):
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    seen = ranks[0]["indices"] + ranks[1]["indices"]
+    padded = [i for i in set(seen) if seen.count(i) > 1]
+    assert padded == [0] and len(seen) == 302  # the sampler repeats sample 0 to even out the shards
+    x, labels = _data()
+    # exact for the multiset of samples seen: the dataset plus the padded duplicate
+    with_dup = _metrics(torch.cat((x, x[:1])), torch.cat((labels, labels[:1])))
+    clean = _metrics(x, labels)
+    for key, value in ranks[0]["metrics"].items():
+        assert math.isclose(value, with_dup[key], rel_tol=1e-12, abs_tol=1e-14), key
+        # and the duplicate moves the dataset's metrics by O((W - 1) / N) at most (here a few 1e-3)
+        assert abs(value - clean[key]) <= 4 * (1 / 301) * max(abs(clean[key]), 1e-12) + 1e-12, key

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from hadainit.metrics import NearestMeanMismatch, NeuralCollapse
 from hadainit.metrics.formulas import GLOBAL_MEAN_KINDS
@@ -159,9 +159,15 @@ class NeuralCollapseMonitor(Callback):
             eval_pass(trainer, pl_module, self._capture, loader, self.eval_batches, self.inputs_from_batch,
                       self.labels_from_batch, self._consume)
         self._metric.set_classifier(self._classifier.weight, basis=self._basis or None, use_record=False)
-        results = self._metric.compute()  # synced across ranks: every rank gets the same values
-        if self._means is not None:
-            results.update(self._nc4.compute())
+        try:
+            results = self._metric.compute()  # synced across ranks: every rank gets the same values
+            if self._means is not None:
+                results.update(self._nc4.compute())
+        except ValueError as err:  # undefined geometry (e.g. collapsed or non-finite features): say so, go on
+            rank_zero_warn(f"epoch {trainer.current_epoch}: neural-collapse metrics not logged: {err}")
+            self._metric.reset()
+            self._nc4.reset()
+            return
         self._means, self._seen = self._metric.class_means, self._metric.seen
         self._metric.reset()
         self._nc4.reset()

@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from hadainit.bases import leakage
 from hadainit.metrics import ClassMeans, class_mean_logit_kl
@@ -125,10 +125,14 @@ class SpectralMonitor(Callback):
             return
         values, sv = self.measure(self._classifier.weight)
         if self._means.update_count:
-            means, seen = self._means.compute()  # synced across ranks
-            if int(seen.sum()) >= 2:
-                w = self._classifier.weight.detach()[seen.to(self._classifier.weight.device)]
-                values["kl_lyapunov"] = class_mean_logit_kl(w, means[seen].to(w.device))
+            try:
+                means, seen = self._means.compute()  # synced across ranks
+            except ValueError as err:  # non-finite features: say so, log the rest
+                rank_zero_warn(f"epoch {trainer.current_epoch}: spectral/kl_lyapunov not logged: {err}")
+            else:
+                if int(seen.sum()) >= 2:
+                    w = self._classifier.weight.detach()[seen.to(self._classifier.weight.device)]
+                    values["kl_lyapunov"] = class_mean_logit_kl(w, means[seen].to(w.device))
             self._means.reset()
         self.history.append({"epoch": trainer.current_epoch, **values})
         self.singular_values.append(sv)

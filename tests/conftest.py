@@ -2,8 +2,14 @@ import os
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 torch.set_num_threads(2)
+
+# property tests: a quick profile for `make test`, a long one under HADAINIT_SLOW=1 (`make test-slow`)
+settings.register_profile("quick", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("long" if os.environ.get("HADAINIT_SLOW") == "1" else "quick")
 
 
 def pytest_collection_modifyitems(config, items):

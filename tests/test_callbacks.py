@@ -216,3 +216,14 @@ def test_initial_basis_recovery():
     assert initial_basis(lost, "walsh").kind == "walsh"
     with pytest.raises(ValueError, match="init_basis"):
         NeuralCollapseMonitor(init_basis="dct")
+
+
+def test_undefined_geometry_warns_and_training_goes_on():
+    class Dead(TinyModule):
+        def forward(self, x):
+            return self.fc(0.0 * self.body(x) + 1.0)  # every feature identical: NC undefined
+
+    monitor = NeuralCollapseMonitor()
+    with pytest.warns(UserWarning, match="neural-collapse metrics not logged: all class means coincide"):
+        trainer([monitor, SpectralMonitor()], max_epochs=2).fit(Dead(), loader())
+    assert monitor.history == []

@@ -142,26 +142,32 @@ def collapse_metrics(
     cap = min(k - 1, m.shape[1])
     top = eigval[0].item()
     rank = int((eigval[:cap] > rtol * top).sum()) if top > 0 else 0
-    out: dict[str, float] = {"num_classes_seen": float(k)}
-    if rank == 0:
-        warnings.warn("all class means coincide: Sigma_B = 0, NC1 is infinite", stacklevel=3)
-        out.update(nc1=math.inf, nc1_rank=0.0, nc1_eig_ratio=0.0)
-    else:
-        u = eigvec[:, :rank]
-        proj = u.T @ m  # rank x d
-        a = proj @ sigma_w @ proj.T
-        out.update(
-            nc1=(torch.diagonal(a) / eigval[:rank].pow(2)).sum().item(),
-            nc1_rank=float(rank),
-            nc1_eig_ratio=(eigval[rank - 1] / top).item(),
-        )
     norms = torch.linalg.vector_norm(m, dim=1)
+    if rank == 0:
+        raise ValueError(
+            "all class means coincide (the between-class covariance is zero): the neural-collapse metrics are undefined"
+        )
+    if not (norms > 0).all():
+        classes = seen.nonzero().flatten()[norms == 0].tolist()
+        raise ValueError(f"the means of classes {classes} equal the global mean: their angles are undefined")
+    u = eigvec[:, :rank]
+    proj = u.T @ m  # rank x d
+    a = proj @ sigma_w @ proj.T
+    out: dict[str, float] = {
+        "num_classes_seen": float(k),
+        "nc1": (torch.diagonal(a) / eigval[:rank].pow(2)).sum().item(),
+        "nc1_rank": float(rank),
+        "nc1_eig_ratio": (eigval[rank - 1] / top).item(),
+    }
     cos_std, cos_etf = _pair_cosine_stats(m)
     etf = _etf(k, m)
     sq = torch.diagonal(gram)
     pair_dist = sq.unsqueeze(0) + sq.unsqueeze(1) - 2 * gram  # ||mu_k - mu_l||^2, centred: no big offsets
     off = ~torch.eye(k, dtype=torch.bool, device=m.device)
-    cdnv = ((var_k.unsqueeze(0) + var_k.unsqueeze(1)) / (2 * pair_dist))[off].mean().item()
+    # coinciding means (distance 0, up to round-off) make a pair's normalized variance infinite
+    pair_dist = torch.where(pair_dist > 1e-13 * sq.max(), pair_dist, torch.zeros_like(pair_dist))
+    ratio = (var_k.unsqueeze(0) + var_k.unsqueeze(1)) / (2 * pair_dist)
+    cdnv = torch.where(pair_dist > 0, ratio, torch.full_like(ratio, math.inf))[off].mean().item()
     out.update(
         equinorm_means=_cv(norms),
         cos_std_means=cos_std,
@@ -178,7 +184,12 @@ def collapse_metrics(
                 f"got {tuple(weight.shape)}"
             )
         w_all = w_all.to(m.device)
+        if not torch.isfinite(w_all).all():
+            raise ValueError("the classifier weight contains NaN or Inf")
         w = w_all[seen]
+        zero_rows = seen.nonzero().flatten()[torch.linalg.vector_norm(w, dim=1) == 0].tolist()
+        if zero_rows:
+            raise ValueError(f"classifier rows {zero_rows} are zero: the classifier's angles are undefined")
         w_cos_std, w_cos_etf = _pair_cosine_stats(w)
         wm = w @ m.T
         out.update(

@@ -42,7 +42,9 @@ class NeuralCollapseMonitor(Callback):
       unchanged.
 
     The metric state is synced across ranks and every rank computes the same
-    values. NC4 compares with the class means of the previous evaluation (it
+    values. Lightning's ``DistributedSampler`` pads the shards by repeating up
+    to ``world_size - 1`` samples; those are counted twice (exact for what the
+    ranks saw, off by at most ``(world_size - 1) / N`` in weight from the dataset). NC4 compares with the class means of the previous evaluation (it
     needs means before the pass), so it appears from the second evaluation on.
 
     Args:

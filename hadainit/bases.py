@@ -118,6 +118,8 @@ def softmax_basis(
     >>> bool((D - torch.diag(torch.diagonal(D))).abs().max() < 1e-14)
     True
     """
+    if kind not in BASIS_KINDS:
+        raise ValueError(f"unknown basis kind {kind!r}; expected one of {('auto',) + SOFTMAX_DIAGONALIZING}")
     if kind not in ("auto",) + SOFTMAX_DIAGONALIZING:
         raise ValueError(
             f"kind {kind!r} does not diagonalize the softmax; expected one of "

@@ -1,0 +1,112 @@
+"""Every row of docs/bad_inputs.md, executed: input -> exception type and message."""
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from hadainit import fwht, hadamard_, hadamard_matrix, softmax_basis, spectral_init
+from hadainit.callbacks import NeuralCollapseMonitor, SpectralMonitor
+from hadainit.experiments import data
+from hadainit.metrics import NeuralCollapse
+from hadainit.metrics.functional import neural_collapse
+from hadainit.ufm import UFM, kl_lyapunov, spectral_flow, spectral_gd, time_to_margin
+from tests.lightning_helpers import TinyModule, loader, trainer
+
+TABLE = Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md"
+nan = math.nan
+labels4 = torch.tensor([0, 1, 2, 3])
+
+
+def _fit(callback, module=None):
+    trainer([callback], max_epochs=1).fit(module or TinyModule(), loader())
+
+
+class _NoLinear(TinyModule):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv1d(1, 1, 1))
+        self.fc = nn.Identity()
+
+
+def _zero_row_weight():
+    w = torch.randn(4, 6)
+    w[1] = 0
+    return w
+
+
+CASES = {
+    "hadamard-order": lambda _: hadamard_matrix(6),
+    "hadamard-type": lambda _: hadamard_matrix(4.0),
+    "fwht-length": lambda _: fwht(torch.randn(3, 12)),
+    "fwht-dtype": lambda _: fwht(torch.ones(4, dtype=torch.int64)),
+    "basis-k": lambda _: softmax_basis(1),
+    "basis-walsh": lambda _: softmax_basis(12, "walsh"),
+    "basis-kind": lambda _: softmax_basis(8, "dct"),
+    "init-dims": lambda _: hadamard_(torch.empty(10)),
+    "init-k-gt-d": lambda _: hadamard_(torch.empty(11, 10)),
+    "init-k-lt-2": lambda _: hadamard_(torch.empty(1, 10)),
+    "init-int": lambda _: hadamard_(torch.empty(4, 8, dtype=torch.int64)),
+    "init-gain": lambda _: hadamard_(torch.empty(4, 8), gain=-1.0),
+    "spectral-unpaired": lambda _: spectral_init(6, 8, [1.0, 1.0, 2.0, 3.0, 3.0, 1.0], basis="fourier"),
+    "spectral-d-lt-k": lambda _: spectral_init(8, 4, [1.0] * 8),
+    "spectral-nan": lambda _: spectral_init(4, 8, [1.0, nan, 1.0, 1.0]),
+    "gd-walsh": lambda _: spectral_gd([1.0] * 6, [1.0] * 6, lr=0.1, steps=1, basis="walsh"),
+    "gd-unpaired": lambda _: spectral_gd([0.0, 1.0, 2.0, 1.0, 1.0], [1.0] * 5, lr=0.1, steps=1),
+    "gd-nonsoftmax": lambda _: spectral_gd([1.0] * 12, [1.0] * 12, lr=0.1, steps=1, basis="hadamard"),
+    "gd-nan": lambda _: spectral_gd([1.0, nan, 1.0, 1.0], [1.0] * 4, lr=0.1, steps=1),
+    "gd-lr": lambda _: spectral_gd([1.0] * 4, [1.0] * 4, lr=0, steps=1),
+    "flow-times": lambda _: spectral_flow([1.0] * 4, [1.0] * 4, [1.0, 0.5]),
+    "lyapunov-zero": lambda _: kl_lyapunov(torch.tensor([1.0, 1.0, 0.0, 2.0])),
+    "lyapunov-negative": lambda _: kl_lyapunov(torch.tensor([1.0, 1.0, -1.0, 2.0])),
+    "lyapunov-nan": lambda _: kl_lyapunov(torch.tensor([1.0, nan, 1.0, 1.0])),
+    "margin-lam0": lambda _: time_to_margin(3.0, -1.0, 4),
+    "ufm-shapes": lambda _: UFM(torch.zeros(4, 6), torch.zeros(6, 5), samples_per_class=2),
+    "ufm-loss": lambda _: UFM.random(4, 6).loss("hinge"),
+    "ufm-decay": lambda _: UFM.random(4, 6).loss("ce", (-1.0, 0.0)),
+    "metric-dims": lambda _: NeuralCollapse(5, 8).update(torch.randn(4, 2, 4), labels4),
+    "metric-feature-dim": lambda _: NeuralCollapse(5, 8).update(torch.randn(4, 7), labels4),
+    "metric-labels-range": lambda _: NeuralCollapse(5, 8).update(torch.randn(4, 8), torch.tensor([0, 1, 2, 5])),
+    "metric-labels-float": lambda _: NeuralCollapse(5, 8).update(torch.randn(4, 8), labels4.float()),
+    "metric-nan": lambda _: NeuralCollapse(5, 8).update(torch.full((4, 8), nan), labels4),
+    "metric-degenerate": lambda _: neural_collapse(torch.ones(20, 6), torch.arange(20) % 4),
+    "metric-zero-row": lambda _: neural_collapse(torch.randn(20, 6), torch.arange(20) % 4, _zero_row_weight()),
+    "callback-path": lambda _: _fit(NeuralCollapseMonitor(classifier="head")),
+    "callback-not-linear": lambda _: _fit(SpectralMonitor(classifier="body")),
+    "callback-no-linear": lambda _: _fit(NeuralCollapseMonitor(), _NoLinear()),
+    "callback-mode": lambda _: NeuralCollapseMonitor(mode="test"),
+    "callback-every": lambda _: SpectralMonitor(every_n_epochs=0),
+    "dataset-name": lambda tmp: data.cifar("mnist", tmp, train=True, augment=False),
+    "dataset-missing": lambda tmp: data.cifar("cifar10", tmp, train=True, augment=False),
+}
+
+EXCEPTIONS = {"ValueError": ValueError, "TypeError": TypeError, "FileNotFoundError": FileNotFoundError}
+
+
+def _rows():
+    rows = {}
+    for line in TABLE.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and re.fullmatch(r"[a-z]+(-[a-z0-9]+)+", cells[0]):
+            rows[cells[0]] = (cells[2], cells[3].strip("`"))
+    return rows
+
+
+ROWS = _rows()
+
+
+def test_table_and_cases_cover_each_other():
+    assert len(ROWS) >= 40
+    assert set(ROWS) == set(CASES)
+
+
+@pytest.mark.parametrize("row_id", sorted(ROWS))
+def test_row(row_id, tmp_path):
+    exc_name, message = ROWS[row_id]
+    with pytest.raises(EXCEPTIONS[exc_name]) as info:
+        CASES[row_id](tmp_path)
+    assert type(info.value) is EXCEPTIONS[exc_name]
+    assert message in str(info.value), (message, str(info.value))

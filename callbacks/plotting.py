@@ -37,9 +37,12 @@ def label(ax, xlabel: str, ylabel: str, *, logx: bool = False, logy: bool = Fals
     ax.grid(True, alpha=0.3)
 
 
+NOT_PLOTTED = ("epoch", "num_classes_seen", "nc1_rank")  # bookkeeping, not quantities to watch
+
+
 def plot_history(history: list[dict], path: Path, title: str) -> str | None:
-    """One PNG with a panel per scalar quantity against epoch (log scale where all values are positive)."""
-    keys = [k for k in (history[0] if history else {}) if k != "epoch" and isinstance(history[0][k], (int, float))]
+    """One PNG with a panel per scalar quantity against epoch (log scale where positive values span a decade)."""
+    keys = [k for k in (history[0] if history else {}) if k not in NOT_PLOTTED and isinstance(history[0][k], (int, float))]
     if not keys:
         return None
     cols = min(4, len(keys))
@@ -50,7 +53,7 @@ def plot_history(history: list[dict], path: Path, title: str) -> str | None:
         values = [h.get(key, math.nan) for h in history]
         ax.plot(epochs, values, "o-", ms=3)
         finite = [v for v in values if math.isfinite(v)]
-        label(ax, "epoch", key, logy=bool(finite) and min(finite) > 0, legend=False)
+        label(ax, "epoch", key, logy=bool(finite) and min(finite) > 0 and max(finite) > 10 * min(finite), legend=False)
     for ax in list(axes.flat)[len(keys):]:
         ax.set_visible(False)
     return save(fig, path, title)

@@ -215,10 +215,10 @@ def test_time_to_margin_matches_the_symmetric_manifold_integral():
 
 
 def test_exponential_slowdown_law():
-    gammas = torch.linspace(5.0, 25.0, 9, dtype=torch.float64)
+    gammas = torch.linspace(5.0, 30.0, 11, dtype=torch.float64)  # t up to ~4e11: deep in the slowdown
     lam0, k = 0.5, 8
     ratio = time_to_margin(gammas, lam0, k) * 2 * gammas * torch.exp(-gammas)
-    assert (ratio.diff() < 0).all() and (ratio > 1).all() and ratio[-1] < 1.05
+    assert (ratio.diff() < 0).all() and (ratio > 1).all() and ratio[-1] < 1.04
     # closed form on the symmetric manifold: t = (Ei(g) - Ei(lam0)) / 2 + (K - 1)/2 log(g / lam0),
     # and Ei(g) ~ e^g / g (1 + 1/g + ...): the ratio tends to 1 like 1 + 1/gamma
     for g, r in zip(gammas.tolist(), ratio.tolist()):

@@ -12,6 +12,8 @@ loss are computed from the small softmax masses directly, never as ``1 - (1 - ep
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -21,16 +23,18 @@ from ..hadamard import fwht
 __all__ = ["class0_logits", "margins", "softmax_spectrum"]
 
 
-def _fourier_half_index(num_classes: int, device) -> Tensor:
+@functools.lru_cache(maxsize=32)
+def _fourier_half_index(num_classes: int, device: torch.device) -> Tensor:
     """Mode index of each real-FFT frequency f = 0 .. K//2 (the cos mode of each pair)."""
     k = num_classes
-    idx = [0] + [2 * f - 1 for f in range(1, (k - 1) // 2 + 1)]
+    idx = torch.cat((torch.zeros(1, dtype=torch.int64), 2 * torch.arange(1, (k - 1) // 2 + 1) - 1))
     if k % 2 == 0:
-        idx.append(k - 1)
-    return torch.tensor(idx, device=device)
+        idx = torch.cat((idx, torch.tensor([k - 1])))
+    return idx.to(device)
 
 
-def _fourier_mode_frequency(num_classes: int, device) -> Tensor:
+@functools.lru_cache(maxsize=32)
+def _fourier_mode_frequency(num_classes: int, device: torch.device) -> Tensor:
     """Frequency f of each mode: 0, 1, 1, 2, 2, ..., (K/2 for even K)."""
     modes = torch.arange(num_classes, device=device)
     return (modes + 1) // 2

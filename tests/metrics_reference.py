@@ -16,7 +16,6 @@ def reference_metrics(features, labels, weight=None, bias=None, *, global_mean="
     classes = [c for c in range(k) if (labels == c).any()]
     kk = len(classes)
     means = torch.stack([x[labels == c].mean(0) for c in classes])
-    counts = torch.tensor([(labels == c).sum().item() for c in classes], dtype=torch.float64)
     if global_mean == "unweighted":
         mu_g = means.mean(0)
     else:

@@ -11,7 +11,7 @@ from hadainit.bases import softmax_basis
 from hadainit.callbacks import NeuralCollapseMonitor, SpectralMonitor, principal_angles
 from hadainit.init import spectral_record
 from hadainit.metrics.functional import neural_collapse
-from tests.lightning_helpers import D, K, TinyModule, dataset, loader, trainer
+from tests.lightning_helpers import K, TinyModule, dataset, loader, trainer
 
 
 def _features(module, data):

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .. import _checks
 from ..bases import leakage
-from ..init import compose_spectral, random_orthonormal, spectral_factors
+from ..init import compose_spectral, spectral_factors
 
 __all__ = ["UFM", "GDHistory", "RECORDABLE"]
 

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from hadainit.bases import leakage
+from hadainit.drift import leakage
 from hadainit.metrics import ClassMeans, class_mean_logit_kl
 
 from .basis import check_kind, initial_basis

@@ -5,7 +5,8 @@ callbacks live in :mod:`hadainit.callbacks`, the validation runs in
 :mod:`hadainit.experiments`.
 """
 
-from .bases import basis_matrix, leakage, mode_pairs, softmax_basis
+from .bases import basis_matrix, mode_pairs, softmax_basis
+from .drift import InitialBasis, drift, initial_basis, leakage
 from .hadamard import constructible_orders, fwht, hadamard_matrix, is_constructible
 from .init import DEFAULT_GAIN, hadamard_, spectral_init, spectral_record
 
@@ -13,11 +14,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_GAIN",
+    "InitialBasis",
     "basis_matrix",
     "constructible_orders",
+    "drift",
     "fwht",
     "hadamard_",
     "hadamard_matrix",
+    "initial_basis",
     "is_constructible",
     "leakage",
     "mode_pairs",

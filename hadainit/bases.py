@@ -33,7 +33,6 @@ __all__ = [
     "basis_matrix",
     "mode_pairs",
     "check_spectrum",
-    "leakage",
 ]
 
 BASIS_KINDS = ("auto", "walsh", "fourier", "hadamard")
@@ -170,30 +169,3 @@ def check_spectrum(
         t[..., pairs[:, 0]] = mean
         t[..., pairs[:, 1]] = mean
     return t
-
-
-def leakage(weight: Tensor, left: Tensor, right: Tensor) -> Tensor:
-    """Frozen-singular-vector leakage ``||offdiag(left^T W right)||_F / ||W||_F``.
-
-    Zero while ``W`` stays of the form ``left @ diag(s) @ right^T``.
-
-    Args:
-        weight: W, shape (K, d).
-        left: K x r basis (orthonormal columns), e.g. ``Q``.
-        right: d x r basis (orthonormal columns), e.g. the initial ``V``.
-    """
-    if (
-        weight.dim() != 2
-        or left.dim() != 2
-        or right.dim() != 2
-        or left.shape[0] != weight.shape[0]
-        or right.shape[0] != weight.shape[1]
-        or left.shape[1] != right.shape[1]
-    ):
-        raise ValueError(
-            f"leakage needs W (K, d), left (K, r), right (d, r); got {tuple(weight.shape)}, "
-            f"{tuple(left.shape)}, {tuple(right.shape)}"
-        )
-    core = left.T @ weight @ right
-    off = core - torch.diag_embed(torch.diagonal(core))
-    return torch.linalg.matrix_norm(off) / torch.linalg.matrix_norm(weight)

@@ -77,8 +77,23 @@ def reference_metrics(features, labels, weight=None, bias=None, *, global_mean="
         else:
             out["kl_lyapunov"] = math.log(sigma.mean().item()) - sigma.log().mean().item()
         if basis is not None:
-            left, right = basis
-            core = left.T @ w_all @ right
-            off = core - torch.diag(torch.diagonal(core))
-            out["leakage"] = (off.norm() / w_all.norm()).item()
+            out.update(reference_drift(w_all, basis.left, basis.right))
     return out
+
+
+def reference_drift(w, left, right):
+    """SPEC 6 drift from projection matrices; the angle from scipy's subspace_angles."""
+    import scipy.linalg
+
+    w = w.to(torch.float64)
+    core = left.T @ w @ right
+    kept = left @ torch.diag(torch.diagonal(core)) @ right.T
+    in_span = (left @ left.T) @ w @ (right @ right.T)
+    r = right.shape[1]
+    vh = torch.linalg.svd(w, full_matrices=False)[2][:r].T
+    return {
+        "drift": ((w - kept).norm() / w.norm()).item(),
+        "drift_offdiag": ((core - torch.diag(torch.diagonal(core))).norm() / w.norm()).item(),
+        "drift_out_of_span": ((w - in_span).norm() / w.norm()).item(),
+        "drift_angle": float(scipy.linalg.subspace_angles(right.numpy(), vh.numpy()).max()),
+    }

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from hadainit.bases import basis_matrix, check_spectrum, leakage, mode_pairs, resolve_basis, softmax_basis
+from hadainit.bases import basis_matrix, check_spectrum, mode_pairs, resolve_basis, softmax_basis
+from hadainit.drift import leakage
 from hadainit.hadamard import hadamard_matrix
 
 WALSH_K = [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]

@@ -6,9 +6,9 @@ import warnings
 import pytest
 import torch
 
-from hadainit import hadamard_, spectral_record
+from hadainit import InitialBasis, hadamard_, initial_basis
 from hadainit.bases import mode_pairs
-from hadainit.metrics import NearestMeanMismatch, NeuralCollapse
+from hadainit.metrics import ClassMeans, NearestMeanMismatch, NeuralCollapse
 from hadainit.metrics.functional import neural_collapse
 from hadainit.ufm import UFM, kl_lyapunov
 from tests.metrics_reference import reference_metrics
@@ -48,7 +48,7 @@ def test_against_dense_reference(k, d):
     x, labels, w, b = _data(k, d, n_per_class, seed=k * 1000 + d)
     q = torch.linalg.qr(torch.randn(k, k, dtype=torch.float64))[0]
     v = torch.linalg.qr(torch.randn(d, min(k, d), dtype=torch.float64))[0]
-    basis = (q[:, : min(k, d)], v)
+    basis = InitialBasis("custom", q[:, : min(k, d)], v)
     ref = reference_metrics(x, labels, w, b, basis=basis)
     _close(neural_collapse(x, labels, w, b, basis=basis), ref)
     streamed_ref = {key: val for key, val in ref.items() if key != "nc4"}  # NC4 streams separately
@@ -103,19 +103,50 @@ def test_ufm_spectral_init_lyapunov_and_leakage():
         model.gradient_descent(0.5, 50, record=())
         lam = torch.stack(model.spectrum()).prod(0)
         feats, labels = model.H.detach().T, model.labels
-        res = neural_collapse(feats, labels, model.W.detach(), basis=(model.left, model.right))
+        res = neural_collapse(feats, labels, model.W.detach(), basis=InitialBasis(basis, model.left, model.right))
         assert math.isclose(res["kl_lyapunov"], kl_lyapunov(lam).item(), rel_tol=1e-12)
-        assert res["leakage"] < 1e-14
+        assert res["drift"] < 1e-14 and res["drift_out_of_span"] < 1e-14
 
 
-def test_hadamard_record_gives_the_leakage_basis():
+def test_drift_keys_only_with_an_explicit_basis():
     x, labels, _, _ = _data(8, 32, 5, seed=6)
     w = hadamard_(torch.empty(8, 32, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
-    assert spectral_record(w) is not None
-    assert neural_collapse(x, labels, w)["leakage"] < 1e-15
+    assert "drift" not in neural_collapse(x, labels, w)  # no hidden attribute is read
+    basis = initial_basis(w.clone(), "walsh")
+    assert neural_collapse(x, labels, w, basis=basis)["drift"] < 1e-15
     w2 = w + 0.01 * torch.randn(8, 32, dtype=torch.float64)
-    rec = spectral_record(w)
-    assert neural_collapse(x, labels, w2, basis=(rec.left, rec.right))["leakage"] > 1e-3
+    res = neural_collapse(x, labels, w2, basis=basis)
+    assert res["drift"] > 1e-3 and res["drift_out_of_span"] > res["drift_offdiag"]
+
+
+def test_set_classifier_makes_the_next_compute_fresh():
+    # issue 10 item 8: compute() after set_classifier returned the previous classifier's cached values
+    x, labels, w, _ = _data(6, 16, 10, seed=11)
+    metric = NeuralCollapse(6, 16)
+    metric.update(x, labels)
+    metric.set_classifier(w)
+    first = metric.compute()["nc3"]
+    w2 = torch.randn(6, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    metric.set_classifier(w2)
+    second = metric.compute()["nc3"]
+    assert math.isclose(first, neural_collapse(x, labels, w)["nc3"], rel_tol=1e-12)
+    assert math.isclose(second, neural_collapse(x, labels, w2)["nc3"], rel_tol=1e-12)
+    assert first != second
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
+def test_labels_of_every_integer_dtype(dtype):
+    # issue 10 item 10: uint8/int16 labels crashed inside index_add_
+    x, labels, w, _ = _data(5, 8, 6, seed=12)
+    ref = neural_collapse(x, labels, w)
+    _close(neural_collapse(x, labels.to(dtype), w), ref)
+    metric = NeuralCollapse(5, 8)
+    metric.update(x, labels.to(dtype))
+    metric.set_classifier(w)
+    _close(metric.compute(), {k: v for k, v in ref.items() if k != "nc4"})
+    means = ClassMeans(5, 8)
+    means.update(x, labels.to(dtype))
+    assert torch.allclose(means.compute()[0], metric.class_means)
 
 
 def test_batch_order_and_size_do_not_matter():
@@ -204,7 +235,7 @@ def test_argument_checks():
     with pytest.raises(ValueError, match="global_mean"):
         NeuralCollapse(3, 4, global_mean="median")
     metric = NeuralCollapse(3, 4)
-    with pytest.raises(ValueError, match=r"weight must be \(3, 4\)"):
+    with pytest.raises(ValueError, match=r"weight must be a \(3, 4\)"):
         metric.set_classifier(torch.zeros(4, 4))
     metric.update(torch.randn(6, 4), torch.arange(6) % 3)
     with pytest.raises(ValueError, match="empty metric"):

@@ -22,6 +22,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from .. import _checks
+from ..drift import InitialBasis
 from .formulas import GLOBAL_MEAN_KINDS, ClassStatistics, collapse_metrics
 from .functional import check_batch, nearest_mean_disagreement
 
@@ -91,8 +92,7 @@ class NeuralCollapse(Metric):
         self.add_state("second", torch.zeros(d, d, dtype=f64), dist_reduce_fx="sum")
         self.register_buffer("reference", None)
         self._weight: Tensor | None = None
-        self._basis: tuple[Tensor, Tensor] | None = None
-        self._use_record = True
+        self._basis: InitialBasis | None = None
         self.class_means: Tensor | None = None
         self.seen: Tensor | None = None
         if reference is not None:
@@ -112,16 +112,17 @@ class NeuralCollapse(Metric):
             )
         self.reference = reference.detach().to(device=self.counts.device, dtype=torch.float64).clone()
 
-    def set_classifier(
-        self, weight: Tensor | None, *, basis: tuple[Tensor, Tensor] | None = None, use_record: bool = True
-    ) -> None:
-        """The classifier W (K x d) used by the next ``compute()``; ``basis=(left, right)`` for the leakage
-        (default: the ``hadamard_`` record of ``weight`` unless ``use_record=False``)."""
-        if weight is not None and weight.shape != (self.num_classes, self.feature_dim):
-            raise ValueError(
-                f"weight must be ({self.num_classes}, {self.feature_dim}), got {tuple(weight.shape)}"
-            )
-        self._weight, self._basis, self._use_record = weight, basis, use_record
+    def set_classifier(self, weight: Tensor | None, *, basis: InitialBasis | None = None) -> None:
+        """The classifier W (K x d) used by the next ``compute()`` (None: no classifier keys);
+        ``basis`` (:func:`hadainit.drift.initial_basis`) adds the drift keys. The next ``compute()``
+        is fresh: values cached for another classifier are dropped."""
+        if weight is not None and (not isinstance(weight, Tensor) or weight.shape != (self.num_classes, self.feature_dim)):
+            shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+            raise ValueError(f"weight must be a ({self.num_classes}, {self.feature_dim}) tensor, got {shape}")
+        if basis is not None and not isinstance(basis, InitialBasis):
+            raise TypeError(f"basis must be an InitialBasis (hadainit.drift.initial_basis), got {type(basis).__name__}")
+        self._weight, self._basis = weight, basis
+        self._computed = None  # torchmetrics caches compute(); it depends on the classifier too
 
     def _first_reference(self, x: Tensor, labels: Tensor) -> Tensor:
         k = self.num_classes
@@ -140,7 +141,7 @@ class NeuralCollapse(Metric):
         """Add a batch: features (B, d) of any float dtype, integer labels (B,)."""
         check_batch(features, labels, self.num_classes, self.feature_dim, values=self.validate_args)
         x = features.detach().to(device=self.counts.device, dtype=torch.float64)
-        labels = labels.to(self.counts.device)
+        labels = labels.to(device=self.counts.device, dtype=torch.int64)  # any integer dtype indexes
         if self.reference is None:
             self.reference = self._first_reference(x, labels)
         shifted = x - self.reference[labels]
@@ -157,10 +158,7 @@ class NeuralCollapse(Metric):
         _check_finite_state(self.sums, self.second)
         stats = self.statistics()
         self.class_means, self.seen = stats.means().clone(), stats.counts > 0
-        return collapse_metrics(
-            stats, self._weight, global_mean=self.global_mean, basis=self._basis, rtol=self.rtol,
-            use_record=self._use_record,
-        )
+        return collapse_metrics(stats, self._weight, global_mean=self.global_mean, basis=self._basis, rtol=self.rtol)
 
 
 class NearestMeanMismatch(Metric):
@@ -231,7 +229,7 @@ class ClassMeans(Metric):
 
     def update(self, features: Tensor, labels: Tensor) -> None:  # type: ignore[override]
         check_batch(features, labels, self.num_classes, self.feature_dim, values=self.validate_args)
-        labels = labels.to(self.counts.device)
+        labels = labels.to(device=self.counts.device, dtype=torch.int64)
         self.counts += torch.bincount(labels, minlength=self.num_classes)
         self.sums.index_add_(0, labels, features.detach().to(device=self.counts.device, dtype=torch.float64))
 

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..bases import leakage
-from ..init import spectral_record
+from ..drift import InitialBasis, drift
 from ..ufm.lyapunov import kl_to_uniform
 
 __all__ = ["ClassStatistics", "GLOBAL_MEAN_KINDS", "class_mean_logit_kl", "collapse_metrics"]
@@ -92,25 +91,22 @@ def collapse_metrics(
     weight: Tensor | None = None,
     *,
     global_mean: str = "unweighted",
-    basis: tuple[Tensor, Tensor] | None = None,
+    basis: InitialBasis | None = None,
     rtol: float = 1e-12,
-    use_record: bool = True,
 ) -> dict[str, float]:
     """Every SPEC section 6 quantity that needs only the statistics (and the classifier).
 
     Classes with no sample are excluded (with a warning naming them). The
     classifier-dependent keys appear only when ``weight`` (K x d) is given;
-    ``leakage`` only when a basis is known (``basis=(left, right)`` or the
-    record left by :func:`hadainit.hadamard_`). NC4 needs per-sample features:
+    the drift keys (:data:`hadainit.drift.DRIFT_KEYS`) only with ``basis``. NC4 needs per-sample features:
     see :func:`hadainit.metrics.functional.nearest_mean_disagreement`.
 
     Args:
         stats: the sufficient statistics.
         weight: the classifier W (K x d); its bias only enters NC4, which needs samples.
         global_mean: ``"unweighted"`` mean of class means, or sample-``"weighted"``.
-        basis: ``(left K x r, right d x r)`` for the leakage.
+        basis: the classifier's initial basis (:func:`hadainit.drift.initial_basis`), for the drift keys.
         rtol: eigenvalues of G below ``rtol * max`` do not count towards the rank.
-        use_record: without ``basis``, take the leakage basis from the ``hadamard_`` record.
     """
     if global_mean not in GLOBAL_MEAN_KINDS:
         raise ValueError(f"global_mean must be one of {GLOBAL_MEAN_KINDS}, got {global_mean!r}")
@@ -201,10 +197,6 @@ def collapse_metrics(
             nc3_duality=_normalized_gap(wm, etf),
             kl_lyapunov=class_mean_logit_kl(w, m),
         )
-        if basis is None and use_record:
-            record = spectral_record(weight)
-            basis = None if record is None else (record.left, record.right)
         if basis is not None:
-            left, right = (b.to(device=m.device, dtype=torch.float64) for b in basis)
-            out["leakage"] = leakage(w_all, left, right).item()
+            out.update(drift(w_all, basis))
     return out

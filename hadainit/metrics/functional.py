@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..drift import InitialBasis
 from .formulas import ClassStatistics, collapse_metrics
 
 __all__ = ["check_batch", "class_statistics", "nearest_mean_disagreement", "neural_collapse"]
@@ -53,7 +54,7 @@ def class_statistics(
     """The shifted sufficient statistics of ``formulas``; ``reference=None`` shifts by the exact class means."""
     check_batch(features, labels, num_classes)
     x = features.detach().to(torch.float64)
-    labels = labels.to(x.device)
+    labels = labels.to(device=x.device, dtype=torch.int64)
     counts = torch.bincount(labels, minlength=num_classes).to(torch.float64)
     if reference is None:
         raw = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, labels, x)
@@ -92,7 +93,7 @@ def neural_collapse(
     *,
     num_classes: int | None = None,
     global_mean: str = "unweighted",
-    basis: tuple[Tensor, Tensor] | None = None,
+    basis: InitialBasis | None = None,
 ) -> dict[str, float]:
     """All SPEC section 6 metrics of in-memory features, as a dict of floats.
 
@@ -101,8 +102,8 @@ def neural_collapse(
     ``within_class_trace``; with ``weight``: ``equinorm_classifier``,
     ``cos_std_classifier``, ``cos_etf_classifier``, ``etf_gap_classifier``,
     ``nc3``, ``nc3_duality``, ``nc4`` (nearest mean of these same features vs
-    ``argmax(W h + bias)``), ``kl_lyapunov``, and ``leakage`` when a basis is
-    known.
+    ``argmax(W h + bias)``), ``kl_lyapunov``, and the drift keys
+    (:data:`hadainit.drift.DRIFT_KEYS`) when ``basis`` is given.
 
     Args:
         features: (N, d) floating features, any dtype (computed in float64).
@@ -110,7 +111,7 @@ def neural_collapse(
         weight, bias: the classifier, (K, d) and (K,).
         num_classes: K; default ``weight.shape[0]`` or ``labels.max() + 1``.
         global_mean: ``"unweighted"`` (mean of class means) or ``"weighted"``.
-        basis: ``(left, right)`` for the leakage; default: the ``hadamard_`` record of ``weight``.
+        basis: the classifier's initial basis (:func:`hadainit.drift.initial_basis`), for the drift keys.
 
     >>> feats, labels = torch.randn(60, 8), torch.arange(60) % 3
     >>> sorted(neural_collapse(feats, labels))[:3]

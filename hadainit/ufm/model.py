@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _checks
-from ..bases import leakage
+from ..drift import leakage
 from ..init import compose_spectral, spectral_factors
 
 __all__ = ["UFM", "GDHistory", "RECORDABLE"]

@@ -1,6 +1,7 @@
 """Lightning callbacks (installed as ``hadainit.callbacks``): neural-collapse and spectral monitors."""
 
-from .neural_collapse import NeuralCollapseMonitor
-from .spectral import SpectralMonitor, principal_angles
+from .base import MonitorBase
+from .neural_collapse import NC_KEYS, NeuralCollapseMonitor
+from .spectral import SPECTRAL_KEYS, SpectralMonitor
 
-__all__ = ["NeuralCollapseMonitor", "SpectralMonitor", "principal_angles"]
+__all__ = ["MonitorBase", "NC_KEYS", "NeuralCollapseMonitor", "SPECTRAL_KEYS", "SpectralMonitor"]

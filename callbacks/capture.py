@@ -1,4 +1,4 @@
-"""Shared plumbing of the monitors: find the classifier, capture its inputs, pass over data, plot."""
+"""Shared plumbing of the monitors: find the classifier, capture its calls, pass over data, checkpoint metrics."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
+from torchmetrics import Metric
 
 
 def default_labels(batch: Any) -> Tensor:
@@ -30,93 +31,153 @@ def default_inputs(batch: Any) -> Any:
     raise ValueError("cannot find inputs in the batch: pass inputs_from_batch=... to the callback")
 
 
-def find_classifier(module: nn.Module, path: str | None) -> nn.Linear:
-    """The classifier: the ``nn.Linear`` at attribute ``path`` (e.g. ``"fc"``, ``"model.head"``), or the last one."""
-    if path is None:
-        linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
-        if not linears:
-            raise ValueError(
-                f"{type(module).__name__} has no nn.Linear layer to monitor; pass classifier='attribute.path'"
-            )
-        return linears[-1]
-    target: Any = module
-    for part in path.split("."):
-        if not hasattr(target, part):
-            raise ValueError(f"classifier path {path!r} does not exist on {type(module).__name__} (no {part!r})")
-        target = getattr(target, part)
-    if not isinstance(target, nn.Linear):
-        raise ValueError(f"classifier {path!r} is a {type(target).__name__}, not an nn.Linear")
-    return target
+def _describe(linears: list[tuple[str, nn.Linear]]) -> str:
+    return ", ".join(f"{name or '<root>'} ({m.in_features}->{m.out_features})" for name, m in linears) or "none"
+
+
+def find_classifier(module: nn.Module, path: str | None, num_classes: int | None) -> tuple[str, nn.Linear]:
+    """The classifier ``(path, layer)``: the ``nn.Linear`` at attribute ``path`` (e.g. ``"fc"``,
+    ``"model.head"``), else the one whose ``out_features`` equals ``num_classes``.
+
+    Raises ``ValueError`` rather than guess: no match, several matches, or several
+    ``nn.Linear`` layers and no known number of classes.
+    """
+    if path is not None:
+        target: Any = module
+        for part in path.split("."):
+            if not hasattr(target, part):
+                raise ValueError(f"classifier path {path!r} does not exist on {type(module).__name__} (no {part!r})")
+            target = getattr(target, part)
+        if not isinstance(target, nn.Linear):
+            raise ValueError(f"classifier {path!r} is a {type(target).__name__}, not an nn.Linear")
+        if num_classes is not None and target.out_features != num_classes:
+            raise ValueError(f"classifier {path!r} has {target.out_features} outputs, but num_classes={num_classes}")
+        return path, target
+    linears = [(name, m) for name, m in module.named_modules() if isinstance(m, nn.Linear)]
+    if num_classes is None:
+        if len(linears) == 1:
+            return linears[0]
+        raise ValueError(
+            f"{type(module).__name__} has {len(linears)} nn.Linear layers [{_describe(linears)}] and the number of "
+            "classes is unknown: pass num_classes=K (the layer with K outputs is the classifier) or classifier='path'"
+        )
+    matches = [(name, m) for name, m in linears if m.out_features == num_classes]
+    if len(matches) != 1:
+        what = "no nn.Linear layer" if not matches else f"{len(matches)} nn.Linear layers"
+        raise ValueError(
+            f"{what} of {type(module).__name__} with out_features == num_classes = {num_classes} "
+            f"(layers: {_describe(linears)}); pass classifier='attribute.path'"
+        )
+    return matches[0]
+
+
+def has_forward(module: nn.Module) -> bool:
+    """Whether the module defines ``forward`` (the defaults of nn.Module and LightningModule raise)."""
+    from lightning.pytorch import LightningModule
+
+    return type(module).forward not in (nn.Module.forward, LightningModule.forward)
 
 
 class FeatureCapture:
-    """A forward hook on the classifier keeping the last call's input features and logits (detached)."""
+    """A forward hook on the classifier that keeps every call's (input features, logits), detached.
+
+    A training step may call the classifier several times (two augmented views,
+    chunks, an auxiliary call): every call is kept until :meth:`take`.
+    """
 
     def __init__(self, classifier: nn.Linear) -> None:
         self.active = False
-        self.features: Tensor | None = None
-        self.logits: Tensor | None = None
+        self.calls: list[tuple[Tensor, Tensor]] = []
         self._handle = classifier.register_forward_hook(self._hook)
 
     def _hook(self, module: nn.Module, inputs: tuple, output: Tensor) -> None:
         if self.active:
-            self.features = inputs[0].detach().flatten(1)
-            self.logits = output.detach()
+            self.calls.append((inputs[0].detach(), output.detach()))
 
-    def take(self) -> tuple[Tensor | None, Tensor | None]:
-        features, logits = self.features, self.logits
-        self.features = self.logits = None
-        return features, logits
+    def take(self) -> list[tuple[Tensor, Tensor]]:
+        calls, self.calls = self.calls, []
+        return calls
 
     def remove(self) -> None:
         self._handle.remove()
+        self.calls = []
 
 
 def eval_pass(
     trainer,
     pl_module,
-    capture: FeatureCapture,
     loader,
-    max_batches: int | None,
-    inputs_from_batch: Callable,
-    labels_from_batch: Callable,
-    consume: Callable[[Tensor, Tensor, Tensor], None],
+    max_batches: int | float | None,
+    forward: Callable[[Any, Any], Any],
+    consume: Callable[[Any], None],
 ) -> None:
-    """One pass in eval mode and no_grad over ``loader``, feeding each batch's features to ``consume``."""
+    """One pass in eval mode and ``no_grad`` over ``loader`` (at most ``max_batches`` batches).
+
+    ``forward(pl_module, batch)`` runs the model (the classifier's hook captures);
+    ``consume(batch)`` takes the captured calls. The global RNG state is restored
+    afterwards, so the pass does not change the training run (e.g. its shuffling).
+    """
     was_training = pl_module.training
+    devices = [pl_module.device] if pl_module.device.type == "cuda" else []
     pl_module.eval()
-    capture.active = True
     try:
-        with torch.no_grad(), trainer.precision_plugin.forward_context():
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), trainer.precision_plugin.forward_context():
             for i, batch in enumerate(loader):
                 if max_batches is not None and i >= max_batches:
                     break
                 batch = trainer.strategy.batch_to_device(batch)
-                pl_module(inputs_from_batch(batch))
-                features, logits = capture.take()
-                if features is not None:
-                    consume(features, labels_from_batch(batch), logits)
+                forward(pl_module, batch)
+                consume(batch)
     finally:
-        capture.active = False
         pl_module.train(was_training)
 
 
-def metric_checkpoint(metric) -> dict:
-    """A metric's partial sums (and NeuralCollapse's reference), for a callback's ``state_dict``:
+class RunningMean(Metric):
+    """The sample-weighted mean of a tensor over a pass (float64 sums, DDP-exact): the classifier
+    averaged over the training steps that produced the features of a ``mode="train"`` epoch."""
+
+    full_state_update = False
+
+    def __init__(self, shape: tuple[int, ...], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("total", torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("weight", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, value: Tensor, weight: int) -> None:  # type: ignore[override]
+        self.total.add_(value.detach().to(self.total), alpha=float(weight))
+        self.weight += weight
+
+    def compute(self) -> Tensor:
+        return self.total / self.weight
+
+
+def metric_checkpoint(metric: Metric) -> dict:
+    """A metric's partial sums (and a reference point, if it has one), for a callback's ``state_dict``:
     a run resumed mid-epoch from a checkpoint continues the epoch's accumulation exactly."""
+    reference = getattr(metric, "reference", None)
     return {
         "states": {name: value.detach().cpu().clone() for name, value in metric.metric_state.items()},
         "update_count": metric.update_count,
-        "reference": None if getattr(metric, "reference", None) is None else metric.reference.detach().cpu().clone(),
+        "reference": None if reference is None else reference.detach().cpu().clone(),
     }
 
 
-def restore_metric(metric, saved: dict | None) -> None:
-    if not saved:
-        return
-    device = next(iter(metric.metric_state.values())).device
-    for name, value in saved["states"].items():
-        setattr(metric, name, value.to(device))
+def restore_metric(metric: Metric, saved: dict, name: str) -> None:
+    """Load :func:`metric_checkpoint` output, raising ``ValueError`` naming a missing or misshapen state."""
+    if not isinstance(saved, dict) or "states" not in saved or "update_count" not in saved:
+        raise ValueError(f"checkpoint state {name!r} must be a dict with 'states' and 'update_count'")
+    current = metric.metric_state
+    states = saved["states"]
+    for key, value in current.items():
+        if key not in states:
+            raise ValueError(f"checkpoint state {name}.{key} is missing")
+        if not isinstance(states[key], Tensor) or states[key].shape != value.shape:
+            got = tuple(states[key].shape) if isinstance(states[key], Tensor) else type(states[key]).__name__
+            raise ValueError(f"checkpoint state {name}.{key} has shape {got}, expected {tuple(value.shape)}")
+    device = next(iter(current.values())).device
+    for key in current:
+        setattr(metric, key, states[key].to(device=device, dtype=current[key].dtype))
     if saved.get("reference") is not None:
         metric.reference = saved["reference"].to(device)
-    metric._update_count = saved["update_count"]  # torchmetrics exposes it read-only; compute() warns at 0
+    metric._update_count = int(saved["update_count"])  # torchmetrics exposes it read-only; compute() warns at 0
+    metric._computed = None

@@ -1,19 +1,26 @@
-"""Matplotlib helpers (Agg backend: no display needed), shared by the callbacks and the validation runs."""
+"""Matplotlib helpers shared by the callbacks and the validation runs.
+
+Figures are built as ``matplotlib.figure.Figure`` objects, never through pyplot,
+and matplotlib is imported only when a figure is made: importing hadainit never
+changes the user's matplotlib backend.
+"""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+#: History keys that are bookkeeping, not quantities to watch.
+NOT_PLOTTED = ("epoch", "step", "epochs_done", "num_classes_seen", "nc1_rank", "num_samples", "num_ignored")
 
 
-def new_figure(ncols: int = 1, width: float = 6.0, height: float = 4.2):
-    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
-    return fig, list(axes[0])
+def new_figure(ncols: int = 1, width: float = 6.0, height: float = 4.2, nrows: int = 1):
+    """A ``Figure`` and its axes as a flat list (row-major)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width * ncols, height * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, [ax for row in axes for ax in row]
 
 
 def save(fig, path: Path, title: str | None = None) -> str:
@@ -21,8 +28,23 @@ def save(fig, path: Path, title: str | None = None) -> str:
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path).name
+
+
+def spans_decade(values) -> bool:
+    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return bool(finite) and min(finite) > 0 and max(finite) > 10 * min(finite)
+
+
+def epoch_axis(ax, xs, xlabel: str = "epochs completed") -> None:
+    """Logarithmic epoch axis when the run spans more than a decade; symlog keeps epoch 0 (the initialization)."""
+    positive = [x for x in xs if math.isfinite(x) and x > 0]
+    if positive and max(positive) > 10 * min(positive):
+        if any(x <= 0 for x in xs):
+            ax.set_xscale("symlog", linthresh=1.0)
+        else:
+            ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
 
 
 def label(ax, xlabel: str, ylabel: str, *, logx: bool = False, logy: bool = False, legend: bool = True) -> None:
@@ -37,23 +59,31 @@ def label(ax, xlabel: str, ylabel: str, *, logx: bool = False, logy: bool = Fals
     ax.grid(True, alpha=0.3)
 
 
-NOT_PLOTTED = ("epoch", "num_classes_seen", "nc1_rank")  # bookkeeping, not quantities to watch
+def history_keys(history: list[dict], keys=None) -> list[str]:
+    """Scalar keys over all rows, in first-seen order (a key that appears late, like nc4, is kept)."""
+    seen: dict[str, None] = {}
+    for row in history:
+        for key, value in row.items():
+            if key not in NOT_PLOTTED and isinstance(value, (int, float)) and not isinstance(value, bool):
+                seen.setdefault(key)
+    return [k for k in seen if keys is None or k in keys]
 
 
-def plot_history(history: list[dict], path: Path, title: str) -> str | None:
-    """One PNG with a panel per scalar quantity against epoch (log scale where positive values span a decade)."""
-    keys = [k for k in (history[0] if history else {}) if k not in NOT_PLOTTED and isinstance(history[0][k], (int, float))]
+def plot_history(history: list[dict], path: Path, title: str, keys=None, x_key: str = "epochs_done"):
+    """One ``Figure`` with a panel per scalar quantity against ``x_key``, saved to ``path``; None if nothing to plot."""
+    keys = history_keys(history, keys)
     if not keys:
         return None
     cols = min(4, len(keys))
     rows = math.ceil(len(keys) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows), squeeze=False)
-    epochs = [h["epoch"] for h in history]
-    for ax, key in zip(axes.flat, keys):
-        values = [h.get(key, math.nan) for h in history]
-        ax.plot(epochs, values, "o-", ms=3)
-        finite = [v for v in values if math.isfinite(v)]
-        label(ax, "epoch", key, logy=bool(finite) and min(finite) > 0 and max(finite) > 10 * min(finite), legend=False)
-    for ax in list(axes.flat)[len(keys):]:
+    fig, axes = new_figure(cols, 4.0, 3.0, nrows=rows)
+    for ax, key in zip(axes, keys):
+        points = [(h[x_key], h[key]) for h in history if key in h and x_key in h]
+        xs, ys = [p[0] for p in points], [p[1] for p in points]
+        ax.plot(xs, ys, "o-", ms=3)
+        epoch_axis(ax, xs)
+        label(ax, ax.get_xlabel(), key, logy=spans_decade(ys), legend=False)
+    for ax in axes[len(keys):]:
         ax.set_visible(False)
-    return save(fig, path, title)
+    save(fig, path, title)
+    return fig

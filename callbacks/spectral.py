@@ -1,167 +1,108 @@
-"""SpectralMonitor: drift of the classifier's singular vectors from its initialization, and the KL Lyapunov value."""
+"""SpectralMonitor: the classifier's drift from its initial singular basis, and the class-mean logit spectrum."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Literal
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch import Trainer
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
 
-from hadainit.drift import leakage
-from hadainit.metrics import ClassMeans, class_mean_logit_kl
+from hadainit.drift import DRIFT_KEYS, drift
+from hadainit.metrics.logits import LOGIT_KEYS, LogitSpectrum
 
-from .basis import check_kind, initial_basis
-from .capture import FeatureCapture, default_labels, find_classifier, metric_checkpoint, restore_metric
-from .plotting import plot_history
+from .base import MonitorBase
+from .plotting import epoch_axis, label, new_figure, save
+
+SV_KEYS = ("sv_max", "sv_min", "sv_cv")
+#: Every key :class:`SpectralMonitor` logs: the same for every initialization.
+SPECTRAL_KEYS = DRIFT_KEYS + SV_KEYS + LOGIT_KEYS + ("num_samples", "num_ignored")
+
+InitBasis = Literal["auto", "walsh", "fourier", "hadamard", "svd"]
 
 
-def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Principal angles (radians, ascending) between the column spans of a and b (orthonormal columns)."""
-    cos = torch.linalg.svdvals(a.T @ b).clamp(-1.0, 1.0)
-    return torch.arccos(cos).flip(0)
+class SpectralMonitor(MonitorBase):
+    """Log ``<name>/<key>`` (default name ``spectral``): how far the classifier W left its initial
+    singular basis, its singular values, and the class-mean logit spectrum of SPEC section 7.
 
-
-class SpectralMonitor(Callback):
-    """Log ``spectral/<key>`` every ``every_n_epochs``: how far the classifier W left its initial singular basis.
-
-    * When the weight was set by :func:`hadainit.hadamard_` (its basis kind is
-      recorded, or given as ``init_basis``), ``leakage = ||offdiag(Q^T W V)||_F / ||W||_F``
-      with ``V`` recovered from W(0) (see :mod:`hadainit.callbacks.basis`): zero while
-      the singular vectors stay frozen. Otherwise the initial basis is the SVD of
-      W(0) (arbitrary within repeated singular values, which is why the known
-      basis is preferred) and the drift is the largest principal angle between the
-      initial and current top-r left and right singular subspaces.
+    * Drift (:mod:`hadainit.drift`), the same keys for every init: ``drift`` (the full residual
+      ``||W - Q diag(Q^T W V0) V0^T||_F / ||W||_F``), split exactly into ``drift_offdiag``
+      (in span(V0), off the diagonal) and ``drift_out_of_span``, and ``drift_angle`` (largest
+      principal angle between span(V0) and W's row space). The basis is the ``hadamard_`` basis
+      when known (``init_basis``, or the record ``hadamard_`` left on the weight), else the SVD of
+      W(0), with a warning: arbitrary within repeated singular values. It is kept in
+      ``state_dict``: a resumed run measures drift from the true initialization.
     * ``sv_max``, ``sv_min``, ``sv_cv``: the singular values of W (all of them in ``history``).
-    * ``kl_lyapunov``: KL(u || sigma / sum sigma) of the double-centred class-mean logit matrix,
-      class means accumulated from the training forward passes of the epoch (synced under DDP).
-
-    The initial basis is in ``state_dict``: a run resumed from a checkpoint keeps
-    measuring drift from the true initialization, not from the resumed weights.
+    * The logit spectrum (:mod:`hadainit.metrics.logits`, needs K >= 3): ``logit_leakage``, the
+      modes ``lam`` (full list in ``history``; min/mean/max logged), ``etf_angle``,
+      ``kl_lyapunov_modes`` (V(lam); ``inf`` when a mode is <= 0), ``kl_lyapunov`` (singular
+      values of the centred class-mean logits), sample and class-mean margins, ``logit_norm``.
+      They come from the logits the network produced in the measured pass (``mode`` as in
+      :class:`NeuralCollapseMonitor`). On a real network V is a diagnostic and can rise.
 
     Args:
-        classifier: attribute path of the ``nn.Linear`` (default: the last one).
-        init_basis: the ``hadamard_`` basis kind of the classifier, if its record may be lost
-            (``ddp_spawn``, deepcopy); default: read the record.
-        every_n_epochs: log after every n-th epoch.
-        plot_dir: if given, ``spectral.png`` is written there at the end of fit (rank zero).
-        labels_from_batch: how to read labels from a batch.
+        init_basis: the classifier's basis kind at initialization: ``"walsh"``, ``"fourier"``,
+            ``"hadamard"``, ``"auto"`` (walsh for powers of two, else fourier), or ``"svd"``
+            (no known basis). Default: the ``hadamard_`` record if any (lost by ``deepcopy`` and
+            under ``ddp_spawn``), else the SVD of W(0) with a warning.
+        num_classes: K, to find the classifier (see :class:`NeuralCollapseMonitor`).
+        **kwargs: the shared options of :class:`~hadainit.callbacks.base.MonitorBase` (see
+            :class:`NeuralCollapseMonitor`); ``metrics`` chooses among :data:`SPECTRAL_KEYS`.
     """
 
-    def __init__(
-        self,
-        *,
-        classifier: str | None = None,
-        init_basis: str | None = None,
-        every_n_epochs: int = 1,
-        plot_dir: str | Path | None = None,
-        labels_from_batch: Callable = default_labels,
-    ) -> None:
-        if not isinstance(every_n_epochs, int) or isinstance(every_n_epochs, bool) or every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be a positive int, got {every_n_epochs!r}")
-        if classifier is not None and not isinstance(classifier, str):
-            raise TypeError(f"classifier must be an attribute path string, got {type(classifier).__name__}")
-        self.classifier_path = classifier
-        self.init_basis = check_kind(init_basis)
-        self.every_n_epochs = every_n_epochs
-        self.plot_dir = None if plot_dir is None else Path(plot_dir)
-        self.labels_from_batch = labels_from_batch
-        self.history: list[dict] = []
-        self.singular_values: list[list[float]] = []
-        self.basis_kind: str | None = None
-        self.left: torch.Tensor | None = None
-        self.right: torch.Tensor | None = None
+    PREFIX = "spectral"
+    KEYS = SPECTRAL_KEYS
+    PLOT_NAME = "spectral"
+    TITLE = "Classifier drift and logit spectrum"
+    needs_basis = True
 
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
-        self._classifier = find_classifier(pl_module, self.classifier_path)
-        k, d = self._classifier.out_features, self._classifier.in_features
-        self._means = ClassMeans(k, d, validate_args=False)  # no per-batch device sync
-        self._capture = FeatureCapture(self._classifier)
+    def __init__(self, *, init_basis: InitBasis | None = None, num_classes: int | None = None, **kwargs) -> None:
+        if init_basis is not None and init_basis not in ("auto", "walsh", "fourier", "hadamard", "svd"):
+            raise ValueError(f"init_basis must be one of auto, walsh, fourier, hadamard, svd or None, got {init_basis!r}")
+        super().__init__(num_classes=num_classes, **kwargs)
+        self.init_basis = init_basis
 
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        # after the DDP broadcast of the weights, and after a resumed run's load_state_dict
-        if self.left is None:
-            basis = initial_basis(self._classifier.weight, self.init_basis)
-            self.basis_kind, self.left, self.right = basis.kind, basis.left, basis.right
+    def _build(self, num_classes: int, feature_dim: int) -> dict:
+        return {"logits": LogitSpectrum(num_classes)} if num_classes >= 3 else {}
 
-    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage == "fit" and hasattr(self, "_capture"):
-            self._capture.remove()
+    def _consume(self, features: Tensor, labels: Tensor, logits: Tensor) -> None:
+        if "logits" in self._metrics:
+            self._metrics["logits"].update(logits, labels)
 
-    def _due(self, trainer: Trainer) -> bool:
-        return (trainer.current_epoch + 1) % self.every_n_epochs == 0 and not trainer.sanity_checking
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        # per batch, not per epoch: Lightning skips on_train_epoch_start when resuming mid-epoch
-        self._capture.active = self._due(trainer)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        features, _ = self._capture.take()
-        if features is not None:
-            if self._means.device != features.device:
-                self._means.to(features.device)
-            self._means.update(features, self.labels_from_batch(batch))
-
-    def measure(self, weight: torch.Tensor) -> tuple[dict, list[float]]:
-        """The basis-drift values and the singular values of ``weight`` (without the class-mean KL)."""
-        w = weight.detach().to(torch.float64).cpu()
-        sv = torch.linalg.svdvals(w)
-        out = {"sv_max": sv[0].item(), "sv_min": sv[-1].item(), "sv_cv": (sv.std(correction=0) / sv.mean()).item()}
-        if self.basis_kind == "svd":
-            r = self.left.shape[1]
-            u, _, vh = torch.linalg.svd(w, full_matrices=False)
-            out["angle_left_max"] = principal_angles(self.left, u[:, :r]).max().item()
-            out["angle_right_max"] = principal_angles(self.right, vh[:r].T).max().item()
-        else:
-            out["leakage"] = leakage(w, self.left, self.right).item()
-        return out, sv.tolist()
-
-    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._capture.active = False
-        if not self._due(trainer):
-            return
-        values, sv = self.measure(self._classifier.weight)
-        if self._means.update_count:
+    def _compute(self, trainer: Trainer) -> dict:
+        w = self._classifier.weight.detach()
+        values = drift(w, self.basis)
+        sv = torch.linalg.svdvals(w.to(device="cpu", dtype=torch.float64))
+        values.update(sv_max=sv[0].item(), sv_min=sv[-1].item(), sv_cv=(sv.std(correction=0) / sv.mean()).item(),
+                      singular_values=sv.tolist())
+        spectrum = self._metrics.get("logits")
+        if spectrum is not None and spectrum.update_count:
             try:
-                means, seen = self._means.compute()  # synced across ranks
-            except ValueError as err:  # non-finite features: say so, log the rest
-                rank_zero_warn(f"epoch {trainer.current_epoch}: spectral/kl_lyapunov not logged: {err}")
-            else:
-                if int(seen.sum()) >= 2:
-                    w = self._classifier.weight.detach()[seen.to(self._classifier.weight.device)]
-                    values["kl_lyapunov"] = class_mean_logit_kl(w, means[seen].to(w.device))
-            self._means.reset()
-        self.history.append({"epoch": trainer.current_epoch, **values})
-        self.singular_values.append(sv)
-        for key, value in values.items():
-            pl_module.log(f"spectral/{key}", torch.tensor(value, dtype=torch.float64), on_epoch=True, sync_dist=False)
+                values.update(spectrum.compute())  # synced across ranks
+            except ValueError as err:  # e.g. a class never seen, or collapsed logits: the drift is still logged
+                rank_zero_warn(f"SpectralMonitor({self.name!r}) epoch {trainer.current_epoch}: "
+                               f"logit spectrum not logged: {err}")
+        elif spectrum is not None:
+            self._warn_once("no-logits", f"SpectralMonitor({self.name!r}): no logits were captured, so the logit "
+                            "spectrum is not logged (is the classifier called in the step?)")
+        return values
 
-    @rank_zero_only
-    def _plot(self) -> None:
-        if self.plot_dir is not None and self.history:
-            self.plot_dir.mkdir(parents=True, exist_ok=True)
-            plot_history(self.history, self.plot_dir / "spectral.png", f"Classifier spectrum (basis: {self.basis_kind})")
-
-    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._plot()
-
-    def state_dict(self) -> dict:
-        return {
-            "basis_kind": self.basis_kind,
-            "left": self.left,
-            "right": self.right,
-            "history": self.history,
-            "singular_values": self.singular_values,
-            "means": metric_checkpoint(self._means) if hasattr(self, "_means") else None,
-        }
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.basis_kind = state_dict["basis_kind"]
-        self.left, self.right = state_dict["left"], state_dict["right"]
-        self.history = list(state_dict.get("history", []))
-        self.singular_values = list(state_dict.get("singular_values", []))
-        if hasattr(self, "_means"):  # setup ran first: continue a mid-epoch accumulation
-            restore_metric(self._means, state_dict.get("means"))
+    def _figures(self, directory: Path) -> list:
+        rows = [r for r in self.history if "lam" in r]
+        if not rows:
+            return []
+        fig, (ax, ax2) = new_figure(2)
+        xs = [r["epochs_done"] for r in rows]
+        modes = list(zip(*[r["lam"] for r in rows]))
+        for i, mode in enumerate(modes, start=1):
+            ax.plot(xs, mode, "-", lw=1, alpha=0.8, label=f"mode {i}" if len(modes) <= 10 else None)
+        epoch_axis(ax, xs)
+        label(ax, ax.get_xlabel(), "lam_i = diag(Q^T Z_c Q), i >= 1")
+        for key in ("logit_leakage", "etf_angle", "kl_lyapunov", "kl_lyapunov_modes"):
+            ax2.plot(xs, [r[key] for r in rows], "o-", ms=3, label=key)
+        epoch_axis(ax2, xs)
+        label(ax2, ax2.get_xlabel(), "value", logy=True)
+        save(fig, directory / f"{self.name}_logit_spectrum.png", f"Class-mean logit spectrum ({self.name})")
+        return [("logit_spectrum", fig)]

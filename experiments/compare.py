@@ -11,7 +11,7 @@ from pathlib import Path
 from hadainit.callbacks.plotting import label, new_figure, save
 
 TABLE_KEYS = ("val/acc", "train/acc", "nc/nc1", "nc/cdnv", "nc/etf_gap_means", "nc/etf_gap_classifier", "nc/nc3",
-              "nc/nc4", "nc/kl_lyapunov", "spectral/leakage", "spectral/angle_right_max", "spectral/kl_lyapunov")
+              "nc/nc4", "nc/kl_lyapunov", "spectral/drift", "spectral/drift_out_of_span", "spectral/logit_leakage", "spectral/kl_lyapunov")
 
 
 def load_run(run_dir: Path) -> dict:

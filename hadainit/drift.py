@@ -196,7 +196,7 @@ def _unit_scale(w: Tensor, name: str = "weight") -> Tensor:
     """W divided by its largest entry: every drift value is scale-invariant, so nothing over- or underflows."""
     top = w.abs().max()
     if not top > 0:
-        raise ValueError(f"{name} is zero: its drift (relative to ||W||_F) is undefined")
+        raise ValueError(f"{name} is zero: its drift is undefined (it is relative to the norm of W)")
     return w / top
 
 

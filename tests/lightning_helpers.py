@@ -11,6 +11,8 @@ K, D = 5, 16
 
 
 class TinyModule(L.LightningModule):
+    num_classes = K  # how the monitors tell the classifier from the hidden nn.Linear layers
+
     def __init__(self, init: str = "hadamard", seed: int = 0, lr: float = 0.2) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
@@ -104,3 +106,69 @@ class ResumableLoader(DataLoader):
 
 def resumable_loader(n: int = 200, batch_size: int = 20):
     return ResumableLoader(dataset(n), batch_size=batch_size, shuffle=False)
+
+
+def assert_same_history(a: list[dict], b: list[dict], rel: float = 1e-9, abs_: float = 1e-12, what: str = "") -> None:
+    """Two monitor histories agree row by row (scalars and lists such as the singular values)."""
+    import math
+
+    assert [h["epoch"] for h in a] == [h["epoch"] for h in b], what
+    for ha, hb in zip(a, b):
+        assert set(ha) == set(hb), (what, ha["epoch"])
+        for key, value in ha.items():
+            for x, y in zip(value if isinstance(value, list) else [value], hb[key] if isinstance(value, list) else [hb[key]]):
+                assert math.isclose(x, y, rel_tol=rel, abs_tol=abs_), (what, ha["epoch"], key, x, y)
+
+
+def digits(split: str = "train"):
+    """scikit-learn's bundled handwritten digits (K = 10, 8x8, no download): a fixed 1,437 / 360 split."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x, dtype=torch.float32) / 16.0
+    y = torch.tensor(y, dtype=torch.int64)
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    cut = int(0.8 * len(y))
+    idx = order[:cut] if split == "train" else order[cut:]
+    return TensorDataset(x[idx], y[idx])
+
+
+class DigitsMLP(L.LightningModule):
+    """A real small network: 64 -> 64 -> 32 -> 10 MLP on the digits, classifier ``fc``."""
+
+    def __init__(self, init: str = "hadamard", seed: int = 0, lr: float = 0.05, num_classes: int = 10) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.body = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU())
+        self.fc = nn.Linear(32, num_classes)
+        if init == "hadamard":
+            hadainit.hadamard_(self.fc.weight, generator=torch.Generator().manual_seed(seed))
+            nn.init.zeros_(self.fc.bias)
+        self.lr = lr
+        self.num_classes = num_classes
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val/loss", nn.functional.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+def digits_loader(split: str = "train", batch_size: int = 64, shuffle: bool = False):
+    return DataLoader(digits(split), batch_size=batch_size, shuffle=shuffle)
+
+
+def features_of(module, data, body: str = "body"):
+    """The classifier's input features of ``data`` in eval mode (an independent pass)."""
+    module.eval()
+    with torch.no_grad():
+        x, y = data.tensors
+        return getattr(module, body)(x), y

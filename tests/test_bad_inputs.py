@@ -5,14 +5,18 @@ import re
 from pathlib import Path
 
 import pytest
+import lightning as L
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from hadainit import fwht, hadamard_, hadamard_matrix, softmax_basis, spectral_init
 from hadainit.callbacks import NeuralCollapseMonitor, SpectralMonitor
+from hadainit.drift import InitialBasis, drift, initial_basis
 from hadainit.experiments import data
 from hadainit.metrics import NeuralCollapse
 from hadainit.metrics.functional import neural_collapse
+from hadainit.metrics.logits import LogitSpectrum
 from hadainit.ufm import UFM, kl_lyapunov, spectral_flow, spectral_gd, time_to_margin
 from tests.lightning_helpers import TinyModule, loader, trainer
 
@@ -30,6 +34,32 @@ class _NoLinear(TinyModule):
         super().__init__()
         self.body = nn.Sequential(nn.Conv1d(1, 1, 1))
         self.fc = nn.Identity()
+
+
+class _TwoHeads(TinyModule):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(16, 5)
+
+
+class _Unnamed(TinyModule):
+    num_classes = None
+
+
+class _NoForward(TinyModule):
+    forward = L.LightningModule.forward
+
+    def training_step(self, batch, batch_idx):
+        return nn.functional.cross_entropy(self.fc(self.body(batch[0])), batch[1])
+
+
+def _basis():
+    return initial_basis(hadamard_(torch.empty(4, 8), generator=torch.Generator().manual_seed(0)), "walsh")
+
+
+def _fed(metric, *args):
+    metric.update(*args)
+    return metric
 
 
 def _zero_row_weight():
@@ -77,13 +107,35 @@ CASES = {
     "callback-path": lambda _: _fit(NeuralCollapseMonitor(classifier="head")),
     "callback-not-linear": lambda _: _fit(SpectralMonitor(classifier="body")),
     "callback-no-linear": lambda _: _fit(NeuralCollapseMonitor(), _NoLinear()),
+    "callback-ambiguous": lambda _: _fit(SpectralMonitor(), _TwoHeads()),
+    "callback-unknown-k": lambda _: _fit(NeuralCollapseMonitor(), _Unnamed()),
+    "callback-same-name": lambda _: trainer(
+        [NeuralCollapseMonitor(classifier="fc"), NeuralCollapseMonitor(classifier="head")], max_epochs=1).fit(
+        _TwoHeads(), loader()),
+    "callback-eval-no-forward": lambda _: _fit(NeuralCollapseMonitor(mode="eval"), _NoForward()),
+    "callback-labels": lambda _: trainer([NeuralCollapseMonitor()], max_epochs=1).fit(
+        TinyModule(), DataLoader(TensorDataset(torch.randn(4, 8), torch.tensor([0, 1, 7, 2])), batch_size=4)),
+    "callback-capture": lambda _: NeuralCollapseMonitor(capture="always"),
+    "callback-metrics": lambda _: SpectralMonitor(metrics=["drift", "leakage"]),
+    "callback-init-basis": lambda _: SpectralMonitor(init_basis="dct"),
+    "callback-wrong-basis": lambda _: _fit(SpectralMonitor(init_basis="fourier"), TinyModule(init="default")),
+    "callback-state": lambda _: SpectralMonitor().load_state_dict({"version": 2, "history": []}),
+    "callback-manual": lambda _: NeuralCollapseMonitor().update(torch.randn(4, 16), labels4),
+    "drift-zero": lambda _: drift(torch.zeros(4, 8), _basis()),
+    "drift-basis-type": lambda _: drift(torch.randn(4, 8), (_basis().left, _basis().right)),
+    "drift-basis-state": lambda _: InitialBasis.from_state_dict({"kind": "walsh"}),
+    "drift-not-orthonormal": lambda _: InitialBasis("custom", 2 * _basis().left, _basis().right),
+    "logits-shape": lambda _: LogitSpectrum(5).update(torch.randn(4, 3), labels4),
+    "logits-k": lambda _: LogitSpectrum(2),
+    "logits-unseen": lambda _: _fed(LogitSpectrum(5), torch.randn(4, 5), labels4).compute(),
     "callback-mode": lambda _: NeuralCollapseMonitor(mode="test"),
     "callback-every": lambda _: SpectralMonitor(every_n_epochs=0),
     "dataset-name": lambda tmp: data.cifar("mnist", tmp, train=True, augment=False),
     "dataset-missing": lambda tmp: data.cifar("cifar10", tmp, train=True, augment=False),
 }
 
-EXCEPTIONS = {"ValueError": ValueError, "TypeError": TypeError, "FileNotFoundError": FileNotFoundError}
+EXCEPTIONS = {"ValueError": ValueError, "TypeError": TypeError, "FileNotFoundError": FileNotFoundError,
+              "RuntimeError": RuntimeError}
 
 
 def _rows():

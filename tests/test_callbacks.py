@@ -8,10 +8,12 @@ from torch import nn
 
 from hadainit import DEFAULT_GAIN
 from hadainit.bases import softmax_basis
-from hadainit.callbacks import NeuralCollapseMonitor, SpectralMonitor, principal_angles
-from hadainit.init import spectral_record
+from hadainit.callbacks import NeuralCollapseMonitor, SpectralMonitor
+from hadainit.drift import InitialBasis, drift
 from hadainit.metrics.functional import neural_collapse
-from tests.lightning_helpers import K, TinyModule, dataset, loader, trainer
+from hadainit.metrics.logits import logit_spectrum
+from tests.lightning_helpers import K, TinyModule, assert_same_history, dataset, loader, trainer
+from tests.metrics_reference import reference_drift
 
 
 def _features(module, data):
@@ -34,18 +36,31 @@ def _init_basis(weight):
 
 def test_eval_mode_matches_functional_metrics_of_the_final_model():
     module = TinyModule()
-    basis = _init_basis(module.fc.weight)
     monitor = NeuralCollapseMonitor(mode="eval")
     trainer([monitor], max_epochs=2).fit(module, loader())
     data = dataset()
-    ref = neural_collapse(_features(module, data), data.tensors[1], module.fc.weight.detach(), basis=basis)
+    ref = neural_collapse(_features(module, data), data.tensors[1], module.fc.weight.detach())
     last = monitor.history[-1]
-    assert last["epoch"] == 1 and len(monitor.history) == 2
+    assert [h["epoch"] for h in monitor.history] == [-1, 0, 1]  # the first one at initialization
     for key, value in ref.items():
         if key == "nc4":  # the callback's NC4 uses the previous evaluation's means
             continue
         assert math.isclose(last[key], value, rel_tol=1e-9, abs_tol=1e-12), key
     assert "nc4" in last and "nc4" not in monitor.history[0]
+
+
+def test_values_at_initialization_are_those_of_the_initial_model():
+    module = TinyModule()
+    data = dataset()
+    ref = neural_collapse(_features(module, data), data.tensors[1], module.fc.weight.detach())
+    module.train()
+    monitor = NeuralCollapseMonitor()
+    t = trainer([monitor], max_epochs=1)
+    t.fit(module, loader())
+    first = monitor.history[0]
+    assert first["epoch"] == -1 and first["step"] == 0 and first["epochs_done"] == 0.0
+    for key in ("nc1", "cdnv", "nc3", "kl_lyapunov"):
+        assert math.isclose(first[key], ref[key], rel_tol=1e-9), key
 
 
 def test_train_mode_accumulates_the_training_forward_passes():
@@ -56,45 +71,54 @@ def test_train_mode_accumulates_the_training_forward_passes():
     data = dataset()
     ref = neural_collapse(_features(module, data), data.tensors[1], module.fc.weight.detach())
     for key in ("nc1", "cdnv", "etf_gap_means", "nc3", "kl_lyapunov"):
-        assert math.isclose(monitor.history[0][key], ref[key], rel_tol=1e-9), key
+        assert math.isclose(monitor.history[-1][key], ref[key], rel_tol=1e-9), key
         assert t.callback_metrics[f"nc/{key}"].dtype == torch.float64
         assert math.isclose(t.callback_metrics[f"nc/{key}"].item(), ref[key], rel_tol=1e-12)
+    assert monitor.history[-1]["num_samples"] == 200
 
 
 def test_spectral_monitor_values():
-    module = TinyModule()
+    module = TinyModule(lr=0.0)
     left, right = _init_basis(module.fc.weight)
-    assert torch.allclose(right, spectral_record(module.fc.weight).right, atol=1e-6)  # float32 W0
+    module.lr = 0.2
     monitor = SpectralMonitor()
     trainer([monitor], max_epochs=2).fit(module, loader())
     w = module.fc.weight.detach().double()
-    core = left.T @ w @ right
-    off = core - torch.diag(torch.diagonal(core))
-    assert monitor.basis_kind == "fourier"
-    assert math.isclose(monitor.history[-1]["leakage"], (off.norm() / w.norm()).item(), rel_tol=1e-12)
-    assert monitor.history[-1]["leakage"] > 1e-4  # a real network does move the singular vectors
-    assert torch.allclose(torch.tensor(monitor.singular_values[-1], dtype=torch.float64), torch.linalg.svdvals(w))
+    assert monitor.basis.kind == "fourier"
+    ref = reference_drift(w, left, right)
+    for key, value in ref.items():
+        assert math.isclose(monitor.history[-1][key], value, rel_tol=1e-6, abs_tol=1e-8), key  # float32 W0
+    assert monitor.history[-1]["drift"] > 1e-2  # a real network does move the singular vectors
+    assert torch.allclose(torch.tensor(monitor.history[-1]["singular_values"], dtype=torch.float64),
+                          torch.linalg.svdvals(w))
     assert monitor.history[-1]["kl_lyapunov"] > 0
 
 
-def test_spectral_monitor_default_init_uses_principal_angles():
+def test_spectral_monitor_logit_spectrum_matches_a_frozen_network():
+    module = TinyModule(lr=0.0)
+    monitor = SpectralMonitor()
+    trainer([monitor], max_epochs=1).fit(module, loader())
+    data = dataset()
+    ref = logit_spectrum(_features(module, data), data.tensors[1], module.fc.weight.detach(), module.fc.bias.detach())
+    for key, value in ref.items():
+        got = monitor.history[-1][key]
+        if isinstance(value, list):
+            assert torch.allclose(torch.tensor(got), torch.tensor(value), rtol=1e-6, atol=1e-6), key
+        else:
+            assert math.isclose(got, value, rel_tol=1e-5, abs_tol=1e-6), key  # float32 logits vs float64
+
+
+def test_default_init_gets_the_same_drift_keys_and_a_warning():
     frozen = TinyModule(init="default", lr=0.0)
     monitor = SpectralMonitor()
-    trainer([monitor], max_epochs=1).fit(frozen, loader())
-    assert monitor.basis_kind == "svd"
-    assert monitor.history[0]["angle_left_max"] < 1e-6 and monitor.history[0]["angle_right_max"] < 1e-6
+    with pytest.warns(UserWarning, match="initial basis is not known"):
+        trainer([monitor], max_epochs=1).fit(frozen, loader())
+    assert monitor.basis.kind == "svd"
+    assert monitor.history[-1]["drift"] < 1e-6 and monitor.history[-1]["drift_angle"] < 1e-3
     moving = TinyModule(init="default")
-    monitor = SpectralMonitor()
+    monitor = SpectralMonitor(init_basis="svd")  # chosen, not guessed: no warning
     trainer([monitor], max_epochs=2).fit(moving, loader())
-    assert monitor.history[-1]["angle_right_max"] > 1e-3
-
-
-def test_principal_angles_closed_form():
-    e = torch.eye(4, dtype=torch.float64)
-    theta = 0.3
-    rotated = torch.stack((e[0], math.cos(theta) * e[1] + math.sin(theta) * e[2]), dim=1)
-    angles = principal_angles(e[:, :2], rotated)
-    assert torch.allclose(angles, torch.tensor([theta, 0.0], dtype=torch.float64), atol=1e-7)
+    assert monitor.history[-1]["drift"] > 1e-3
 
 
 def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path):
@@ -117,10 +141,8 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(tmp_path):
         TinyModule(seed=123), loader(), ckpt_path=str(tmp_path / "last.ckpt")
     )
     for a, b in zip(full, resumed):
-        assert [h["epoch"] for h in b.history] == [0, 1, 2, 3]
-        for ha, hb in zip(a.history, b.history):
-            for key, value in ha.items():
-                assert math.isclose(hb[key], value, rel_tol=1e-9, abs_tol=1e-12), (type(a).__name__, key)
+        assert [h["epoch"] for h in b.history] == [-1, 0, 1, 2, 3]
+        assert_same_history(a.history, b.history, what=type(a).__name__)
 
 
 def test_no_work_during_sanity_check_and_every_n_epochs():
@@ -129,21 +151,21 @@ def test_no_work_during_sanity_check_and_every_n_epochs():
     trainer([monitor, spectral], max_epochs=4, num_sanity_val_steps=2, limit_val_batches=2).fit(
         TinyModule(), loader(), loader()
     )
-    assert [h["epoch"] for h in monitor.history] == [1, 3]
-    assert [h["epoch"] for h in spectral.history] == [2]
+    assert [h["epoch"] for h in monitor.history] == [-1, 1, 3]
+    assert [h["epoch"] for h in spectral.history] == [-1, 2]
 
 
 def test_bf16_mixed_precision_on_cpu():
     monitor = NeuralCollapseMonitor()
     trainer([monitor, SpectralMonitor()], max_epochs=1, precision="bf16-mixed").fit(TinyModule(), loader())
-    assert all(math.isfinite(v) for v in monitor.history[0].values())
+    assert all(math.isfinite(v) for v in monitor.history[-1].values())
 
 
 def test_plots_written(tmp_path):
     trainer([NeuralCollapseMonitor(plot_dir=tmp_path), SpectralMonitor(plot_dir=tmp_path)], max_epochs=2).fit(
         TinyModule(), loader()
     )
-    for name in ("neural_collapse.png", "spectral.png"):
+    for name in ("nc.png", "spectral.png", "spectral_logit_spectrum.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -151,6 +173,12 @@ def test_plots_written(tmp_path):
     "kwargs, exc, match",
     [
         (dict(mode="test"), ValueError, "mode"),
+        (dict(capture="always"), ValueError, "capture"),
+        (dict(mode="eval", capture="manual"), ValueError, "use the hook"),
+        (dict(name="a/b"), ValueError, "name"),
+        (dict(metrics=["nc1", "nc9"]), ValueError, r"unknown metrics \['nc9'\]"),
+        (dict(metrics="nc1"), TypeError, "list of key names"),
+        (dict(ignore_index=1.5), TypeError, "ignore_index"),
         (dict(every_n_epochs=0), ValueError, "every_n_epochs"),
         (dict(mode="train", eval_batches=3), ValueError, "mode='eval'"),
         (dict(global_mean="median"), ValueError, "global_mean"),
@@ -176,15 +204,15 @@ def test_bad_classifier_paths():
             self.fc = nn.Identity()
 
     with pytest.raises(ValueError, match="no nn.Linear"):
-        trainer([NeuralCollapseMonitor()], max_epochs=1).fit(NoLinear(), loader())
-    with pytest.raises(ValueError, match="num_classes=7"):
+        trainer([NeuralCollapseMonitor(num_classes=K)], max_epochs=1).fit(NoLinear(), loader())
+    with pytest.raises(ValueError, match="num_classes = 7"):
         trainer([NeuralCollapseMonitor(num_classes=7)], max_epochs=1).fit(TinyModule(), loader())
 
 
 def test_ddp_spawn_two_processes_equal_single_process():
     # torch.multiprocessing drops the hadamard_ record from the weight: the kind is given explicitly
     def monitors():
-        return [NeuralCollapseMonitor(init_basis="fourier"), SpectralMonitor(init_basis="fourier")]
+        return [NeuralCollapseMonitor(), SpectralMonitor(init_basis="fourier")]
 
     single = trainer(monitors(), max_epochs=2)
     single.fit(TinyModule(), loader(batch_size=40))
@@ -197,33 +225,12 @@ def test_ddp_spawn_two_processes_equal_single_process():
         assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-8), (key, a, b)  # float32 training, 2 reductions
 
 
-def test_initial_basis_recovery():
-    import copy
-
-    from hadainit import hadamard_
-    from hadainit.callbacks.basis import initial_basis
-
-    w = hadamard_(torch.empty(8, 20, dtype=torch.float64), zero_mean=True, generator=torch.Generator().manual_seed(0))
-    rec = spectral_record(w)
-    basis = initial_basis(w)
-    assert basis.kind == "walsh"
-    assert torch.allclose(basis.right[:, 1:], rec.right[:, 1:], atol=1e-14)  # recovered from W0 itself
-    assert torch.allclose(basis.right.T @ basis.right, torch.eye(8, dtype=torch.float64), atol=1e-12)
-    core = basis.left.T @ w @ basis.right
-    assert (core - torch.diag(torch.diagonal(core))).abs().max() < 1e-14
-    lost = copy.deepcopy(torch.nn.Parameter(w))  # the documented limitation: deepcopy drops the record
-    assert spectral_record(lost) is None and initial_basis(lost).kind == "svd"
-    assert initial_basis(lost, "walsh").kind == "walsh"
-    with pytest.raises(ValueError, match="init_basis"):
-        NeuralCollapseMonitor(init_basis="dct")
-
-
 def test_undefined_geometry_warns_and_training_goes_on():
     class Dead(TinyModule):
         def forward(self, x):
             return self.fc(0.0 * self.body(x) + 1.0)  # every feature identical: NC undefined
 
     monitor = NeuralCollapseMonitor()
-    with pytest.warns(UserWarning, match="neural-collapse metrics not logged: all class means coincide"):
+    with pytest.warns(UserWarning, match="values not logged: all class means coincide"):
         trainer([monitor, SpectralMonitor()], max_epochs=2).fit(Dead(), loader())
     assert monitor.history == []

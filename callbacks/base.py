@@ -1,0 +1,518 @@
+"""The life cycle the monitors share: find the classifier, capture its calls, decide when, compute, log, plot, resume.
+
+A monitor measures at the end of every ``every_n_epochs``-th training epoch
+(``mode="train"``: the features of that epoch's training steps; ``"eval"``: one
+extra eval-mode pass) or at the end of each validation run (``mode="val"``, also
+under ``trainer.validate``), and once at initialization, before the first step.
+
+Values are written to every logger of the trainer (with the epoch and global
+step) and to ``trainer.callback_metrics`` as float64 scalars as soon as they are
+computed, so ``ModelCheckpoint(monitor=...)`` and ``EarlyStopping`` see them. They
+are global already (the metric states are synced across DDP ranks, every rank
+computes the same numbers), so they are not reduced again.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Literal
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from torch import Tensor
+from torchmetrics import Metric
+
+from hadainit.drift import InitialBasis
+
+from .capture import (
+    FeatureCapture,
+    default_inputs,
+    default_labels,
+    eval_pass,
+    find_classifier,
+    has_forward,
+    metric_checkpoint,
+    restore_metric,
+)
+from .plotting import plot_history
+
+Mode = Literal["train", "eval", "val"]
+Capture = Literal["hook", "manual"]
+MODES = ("train", "eval", "val")
+CAPTURES = ("hook", "manual")
+STATE_VERSION = 2
+
+
+class SampleCount(Metric):
+    """Samples fed to a monitor and samples it excluded (labels equal to the ignore index)."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("samples", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("ignored", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, samples: Tensor, ignored: Tensor) -> None:  # type: ignore[override]
+        self.samples += samples
+        self.ignored += ignored
+
+    def compute(self) -> dict[str, float]:
+        return {"num_samples": self.samples.item(), "num_ignored": self.ignored.item()}
+
+
+def _positive_int(value, name: str, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
+
+
+class MonitorBase(Callback):
+    """Shared by :class:`NeuralCollapseMonitor` and :class:`SpectralMonitor`; see the module docstring."""
+
+    PREFIX: ClassVar[str]
+    KEYS: ClassVar[tuple[str, ...]]  # every scalar key the monitor can log
+    PLOT_NAME: ClassVar[str]
+    TITLE: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        num_classes: int | None = None,
+        classifier: str | None = None,
+        mode: Mode = "train",
+        every_n_epochs: int = 1,
+        eval_loader: Any = None,
+        eval_batches: int | None = None,
+        name: str | None = None,
+        metrics: list[str] | None = None,
+        plot: bool = True,
+        plot_dir: str | Path | None = None,
+        log_at_init: bool = True,
+        capture: Capture = "hook",
+        ignore_index: int | None = -100,
+        labels_from_batch: Callable[[Any], Tensor] = default_labels,
+        inputs_from_batch: Callable[[Any], Any] = default_inputs,
+        forward_fn: Callable[[LightningModule, Any], Any] | None = None,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if capture not in CAPTURES:
+            raise ValueError(f"capture must be one of {CAPTURES}, got {capture!r}")
+        _positive_int(every_n_epochs, "every_n_epochs")
+        _positive_int(eval_batches, "eval_batches", allow_none=True)
+        if mode != "eval" and (eval_loader is not None or eval_batches is not None):
+            raise ValueError("eval_loader / eval_batches only apply to mode='eval'")
+        if mode == "eval" and capture == "manual":
+            raise ValueError("capture='manual' feeds the monitor from your training or validation step; "
+                             "mode='eval' makes its own pass: use the hook")
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2):
+            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+        if classifier is not None and not isinstance(classifier, str):
+            raise TypeError(f"classifier must be an attribute path string, got {type(classifier).__name__}")
+        if name is not None and (not isinstance(name, str) or not name or "/" in name):
+            raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
+        if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+            raise TypeError(f"ignore_index must be an int or None, got {type(ignore_index).__name__}")
+        if metrics is not None:
+            if isinstance(metrics, str) or not all(isinstance(m, str) for m in metrics):
+                raise TypeError(f"metrics must be a list of key names, got {metrics!r}")
+            unknown = sorted(set(metrics) - set(self.KEYS))
+            if unknown:
+                raise ValueError(f"unknown metrics {unknown} for {type(self).__name__}; choose from {list(self.KEYS)}")
+        for fn_name, fn in (("labels_from_batch", labels_from_batch), ("inputs_from_batch", inputs_from_batch)):
+            if not callable(fn):
+                raise TypeError(f"{fn_name} must be callable, got {type(fn).__name__}")
+        if forward_fn is not None and not callable(forward_fn):
+            raise TypeError(f"forward_fn must be callable, got {type(forward_fn).__name__}")
+        self.num_classes = num_classes
+        self.classifier_path = classifier
+        self.mode = mode
+        self.every_n_epochs = every_n_epochs
+        self.eval_loader = eval_loader
+        self.eval_batches = eval_batches
+        self.name = name or (self.PREFIX if mode == "train" else f"{self.PREFIX}_{mode}")
+        self.metrics = None if metrics is None else tuple(metrics)
+        self.plot = bool(plot)
+        self.plot_dir = None if plot_dir is None else Path(plot_dir)
+        self.log_at_init = bool(log_at_init)
+        self.capture = capture
+        self.ignore_index = ignore_index
+        self.labels_from_batch = labels_from_batch
+        self.inputs_from_batch = inputs_from_batch
+        self.forward_fn = forward_fn
+        self.history: list[dict] = []
+        self.basis: InitialBasis | None = None
+        self._loaded = False
+        self._pending_metrics: dict | None = None
+        self._hook: FeatureCapture | None = None
+        self._active = False
+        self._finished_epoch: int | None = None
+        self._warned: set[str] = set()
+
+    # --------------------------------------------------------------- identity
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(name=self.name, classifier=self.classifier_path, mode=self.mode)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_warn(message)
+
+    # ------------------------------------------------------ subclass interface
+    def _build(self, num_classes: int, feature_dim: int) -> dict[str, Metric]:
+        """The metrics accumulating one measurement (a dict name -> Metric)."""
+        raise NotImplementedError
+
+    def _consume(self, features: Tensor, labels: Tensor, logits: Tensor) -> None:
+        raise NotImplementedError
+
+    def _compute(self, trainer: Trainer) -> dict:
+        """The values of one measurement; ``ValueError`` when undefined (warned, not logged)."""
+        raise NotImplementedError
+
+    def _figures(self, directory: Path) -> list:
+        """Figures beyond the history panels (saved under ``directory``); default none."""
+        return []
+
+    needs_basis: ClassVar[bool] = False
+    init_basis: Any = None
+
+    # ------------------------------------------------------------------ setup
+    def _reset(self) -> None:
+        self.history = []
+        self.basis = None
+        self._pending_metrics = None
+        self._finished_epoch = None
+        self._warned = set()
+
+    def _known_num_classes(self, trainer: Trainer, pl_module: LightningModule) -> int | None:
+        """``num_classes``, else the module's or the datamodule's ``num_classes`` (hyperparameter or attribute)."""
+        hparams = getattr(pl_module, "hparams", None)
+        for value in (
+            self.num_classes,
+            hparams.get("num_classes") if isinstance(hparams, dict) else None,
+            getattr(pl_module, "num_classes", None),
+            getattr(trainer.datamodule, "num_classes", None),
+        ):
+            if isinstance(value, int) and not isinstance(value, bool) and value >= 2:
+                return value
+        return None
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit" and not self._loaded:
+            self._reset()  # a second fit with the same instance starts afresh
+        self._classifier_name, self._classifier = find_classifier(
+            pl_module, self.classifier_path, self._known_num_classes(trainer, pl_module)
+        )
+        others = [cb for cb in trainer.callbacks if isinstance(cb, MonitorBase) and cb is not self and cb.name == self.name]
+        if others:
+            raise ValueError(
+                f"two monitors log under {self.name!r}/: give each a distinct name=... "
+                f"({type(self).__name__} and {type(others[0]).__name__})"
+            )
+        if self.mode == "eval" and self.forward_fn is None and not has_forward(pl_module):
+            raise ValueError(f"{type(pl_module).__name__} has no forward(): mode='eval' needs forward_fn=... "
+                             "(or use mode='train', which captures the training steps' calls)")
+        k, d = self._classifier.out_features, self._classifier.in_features
+        self._metrics = self._build(k, d)
+        self._metrics["count"] = SampleCount()
+        if self._pending_metrics is not None:
+            self._restore_metrics(self._pending_metrics)
+            self._pending_metrics = None
+        if self._hook is not None:
+            self._hook.remove()
+        self._hook = FeatureCapture(self._classifier)
+        self._plot_dir = self.plot_dir
+        if self._plot_dir is None and self.plot and trainer.loggers:
+            log_dir = trainer.log_dir  # a collective under DDP: called on every rank
+            self._plot_dir = None if log_dir is None else Path(log_dir)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self._active = False
+        if stage == "fit":
+            self._loaded = False
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        resumed_without_state = trainer.ckpt_path is not None and not self._loaded
+        if resumed_without_state:
+            self._warn_once("resume", f"{type(self).__name__}({self.name!r}): the checkpoint has no state of this "
+                            "callback; its history starts now and its initial basis is taken from the resumed weights")
+        if self.needs_basis and self.basis is None:
+            # after the DDP broadcast of the weights and after a resumed run's load_state_dict
+            self.basis = self._initial_basis(self._classifier.weight, "svd" if resumed_without_state else self.init_basis)
+
+    def _initial_basis(self, weight: Tensor, kind) -> InitialBasis:
+        from hadainit.drift import initial_basis
+
+        if kind is not None:
+            return initial_basis(weight, kind)  # the user's word: an error if the weights do not fit it
+        try:
+            basis = initial_basis(weight)  # the hadamard_ record's kind, if the weight carries one
+        except ValueError as err:  # a record that does not fit the weights (they were loaded from elsewhere)
+            self._warn_once("stale", f"{type(self).__name__}({self.name!r}): the hadamard_ record on the weight does "
+                            f"not fit its values ({err}); using the SVD of W(0)")
+            basis = initial_basis(weight, "svd")
+        if basis.guessed:
+            self._warn_once("guessed", f"{type(self).__name__}({self.name!r}): the classifier's initial basis is not "
+                            "known (no init_basis=... and no hadamard_ record on the weight): drift is measured from the "
+                            "SVD of W(0), arbitrary within repeated singular values. Pass init_basis='walsh'|'fourier'|"
+                            "'hadamard' for a hadamard_ init, or init_basis='svd' to silence this.")
+        return basis
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.log_at_init and not self.history and trainer.global_step == 0:
+            self._measure_init(trainer, pl_module)
+
+    # ----------------------------------------------------------- when to work
+    def _due(self, trainer: Trainer) -> bool:
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0 and not trainer.sanity_checking
+
+    def _set_active(self, active: bool) -> None:
+        """Measure the coming batches (or not): the hook captures unless the user feeds ``update()``."""
+        self._active = active
+        if self._hook is not None:
+            self._hook.active = active and self.capture == "hook"
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # decided per batch: Lightning skips on_train_epoch_start when resuming mid-epoch
+        self._set_active(self.mode == "train" and self._due(trainer))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._hook is not None and self._hook.calls:
+            self._consume_calls(self._hook.take(), batch)
+        self._set_active(False)
+        # measure before the epoch's validation runs, so checkpoint callbacks see this epoch's values
+        if self.mode != "val" and self._due(trainer) and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            self._finish_epoch(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._set_active(False)
+        if self.mode != "val" and self._due(trainer) and self._finished_epoch != trainer.current_epoch:
+            self._finish_epoch(trainer, pl_module)
+
+    def _finish_epoch(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._finished_epoch = trainer.current_epoch
+        if self.mode == "eval":
+            loader = self.eval_loader if self.eval_loader is not None else trainer.train_dataloader
+            limit = self.eval_batches if self.eval_batches is not None else (
+                None if self.eval_loader is not None else trainer.num_training_batches)
+            self._pass(trainer, pl_module, loader, limit)
+        self._measure(trainer, trainer.current_epoch, trainer.current_epoch + 1.0)
+
+    def _val_active(self, trainer: Trainer) -> bool:
+        if self.mode != "val" or trainer.sanity_checking:
+            return False
+        return trainer.state.fn != "fit" or self._due(trainer)
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._set_active(self._val_active(trainer))
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._hook is not None and self._hook.calls:
+            self._consume_calls(self._hook.take(), batch)
+        self._set_active(False)
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._val_active(trainer):
+            self._measure(trainer, trainer.current_epoch, self._epochs_done(trainer))
+
+    @staticmethod
+    def _epochs_done(trainer: Trainer) -> float:
+        """Training epochs completed, with the fraction of the current one (validation may run mid-epoch)."""
+        batches = trainer.num_training_batches
+        if trainer.state.fn != "fit" or not math.isfinite(batches) or batches < 1:
+            return float(trainer.current_epoch)
+        return trainer.current_epoch + trainer.fit_loop.epoch_loop.batch_progress.current.ready / batches
+
+    # -------------------------------------------------------------- the data
+    def update(self, features: Tensor, labels: Tensor, logits: Tensor | None = None) -> None:
+        """Feed the monitor from your own step (``capture="manual"``): the classifier's input features and
+        the labels (and its logits; default: computed with the current classifier). Calls outside the
+        batches the monitor measures (other epochs, the sanity check) are ignored."""
+        if self.capture != "manual":
+            raise RuntimeError(f"{type(self).__name__}({self.name!r}) captures through a forward hook; "
+                               "construct it with capture='manual' to feed it with update()")
+        if not self._active:
+            return
+        if logits is None:
+            with torch.no_grad():
+                logits = self._classifier(features.detach())
+        self._consume_calls([(features.detach(), logits.detach())], labels=labels)
+
+    def _consume_calls(self, calls: list[tuple[Tensor, Tensor]], batch: Any = None, labels: Tensor | None = None) -> None:
+        labels = self.labels_from_batch(batch) if labels is None else labels
+        if not isinstance(labels, Tensor):
+            raise TypeError(f"labels must be a tensor, got {type(labels).__name__}: pass labels_from_batch=...")
+        labels = labels.reshape(-1)
+        if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
+            raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+        k, d = self._classifier.out_features, self._classifier.in_features
+        for features, logits in calls:
+            features, logits = features.reshape(-1, d), logits.reshape(-1, k)
+            if features.shape[0] != labels.shape[0]:
+                self._warn_once("rows", f"{type(self).__name__}({self.name!r}): a call of the classifier with "
+                                f"{features.shape[0]} rows does not match the batch's {labels.shape[0]} labels and is "
+                                "skipped (only calls with one row per label are measured; for other layouts use "
+                                "capture='manual' and update(features, labels))")
+                continue
+            y = labels.to(features.device)
+            keep = y != self.ignore_index if self.ignore_index is not None else torch.ones_like(y, dtype=torch.bool)
+            bad = keep & ((y < 0) | (y >= k))
+            n_keep, n_bad = torch.stack((keep.sum(), bad.sum())).tolist()  # one device sync per call
+            if n_bad:
+                raise ValueError(f"{type(self).__name__}({self.name!r}): labels must lie in [0, {k}) or equal "
+                                 f"ignore_index={self.ignore_index}; got {y[bad][:5].tolist()}")
+            if n_keep < y.shape[0]:
+                features, logits, y = features[keep], logits[keep], y[keep]
+            count = self._metrics["count"]
+            if count.device != features.device:
+                for metric in self._metrics.values():
+                    metric.to(features.device)
+            count.update(torch.tensor(float(n_keep)), torch.tensor(float(labels.shape[0] - n_keep)))
+            if n_keep:
+                self._consume(features, y, logits)
+
+    def _forward(self, pl_module: LightningModule, batch: Any) -> Any:
+        if self.forward_fn is not None:
+            return self.forward_fn(pl_module, batch)
+        return pl_module(self.inputs_from_batch(batch))
+
+    def _pass(self, trainer: Trainer, pl_module: LightningModule, loader, limit) -> None:
+        """An eval-mode pass over ``loader`` feeding the monitor through the hook (also with capture='manual')."""
+        self._active = True
+        self._hook.active = True
+        try:
+            eval_pass(trainer, pl_module, loader, limit, self._forward,
+                      lambda batch: self._consume_calls(self._hook.take(), batch))
+        finally:
+            self._set_active(False)
+
+    def _measure_init(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.forward_fn is None and not has_forward(pl_module):
+            self._warn_once("init", f"{type(self).__name__}({self.name!r}): no values at initialization: "
+                            f"{type(pl_module).__name__} has no forward(); pass forward_fn=...")
+            return
+        if self.mode == "val":
+            loader, limit = self._val_loader(trainer), trainer.num_val_batches
+            limit = limit[0] if isinstance(limit, list) and limit else None
+        else:
+            loader = self.eval_loader if self.eval_loader is not None else trainer.train_dataloader
+            limit = self.eval_batches if self.eval_batches is not None else (
+                None if self.eval_loader is not None else trainer.num_training_batches)
+        if loader is None:
+            self._warn_once("init", f"{type(self).__name__}({self.name!r}): no data loader at initialization")
+            return
+        self._pass(trainer, pl_module, loader, None if limit is None or not math.isfinite(limit) else int(limit))
+        self._measure(trainer, -1, 0.0)
+
+    @staticmethod
+    def _val_loader(trainer: Trainer):
+        loop = trainer.fit_loop.epoch_loop.val_loop
+        loop.setup_data()  # Lightning sets up the validation data lazily, at the first validation run
+        loaders = trainer.val_dataloaders
+        if isinstance(loaders, (list, tuple)):
+            return loaders[0] if loaders else None
+        return loaders
+
+    # ---------------------------------------------------------- measure, log
+    def _measure(self, trainer: Trainer, epoch: int, epochs_done: float) -> None:
+        try:
+            values = self._compute(trainer)
+            values.update(self._metrics["count"].compute())
+        except ValueError as err:  # undefined (collapsed or non-finite features, a class missing): say so, go on
+            rank_zero_warn(f"{type(self).__name__}({self.name!r}) epoch {epoch}: values not logged: {err}")
+            values = None
+        finally:
+            for metric in self._metrics.values():
+                metric.reset()
+        if values is None:
+            return
+        row = {"epoch": epoch, "step": trainer.global_step, "epochs_done": epochs_done, **values}
+        self.history.append(row)
+        self._publish(trainer, row)
+
+    def _selected(self, key: str) -> bool:
+        return key in self.KEYS and (self.metrics is None or key in self.metrics)
+
+    def _publish(self, trainer: Trainer, row: dict) -> None:
+        scalars = {f"{self.name}/{k}": float(v) for k, v in row.items()
+                   if self._selected(k) and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for key, value in scalars.items():
+            trainer.callback_metrics[key] = torch.tensor(value, dtype=torch.float64)
+        for logger in trainer.loggers:  # loggers write on rank zero only
+            logger.log_metrics({**scalars, "epoch": row["epoch"]}, step=trainer.global_step)
+
+    # ------------------------------------------------------------------- plot
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._plot(trainer)
+
+    @rank_zero_only
+    def _plot(self, trainer: Trainer) -> None:
+        if not self.plot or self._plot_dir is None or not self.history:
+            return
+        self._plot_dir.mkdir(parents=True, exist_ok=True)
+        keys = [k for k in self.KEYS if self._selected(k)]
+        figures = [(self.PLOT_NAME, plot_history(self.history, self._plot_dir / f"{self.name}.png",
+                                                 f"{self.TITLE} ({self.name})", keys))]
+        figures += self._figures(self._plot_dir)
+        for tag, fig in figures:
+            if fig is None:
+                continue
+            for logger in trainer.loggers:
+                experiment = getattr(logger, "experiment", None)
+                try:
+                    if hasattr(experiment, "add_figure"):  # TensorBoard
+                        experiment.add_figure(f"{self.name}/{tag}", fig, global_step=trainer.global_step)
+                    elif hasattr(logger, "log_image"):  # e.g. Weights & Biases
+                        logger.log_image(key=f"{self.name}/{tag}", images=[fig])
+                except Exception as err:  # a logger that cannot take images must not end the run
+                    rank_zero_warn(f"{type(self).__name__}: could not send the figure to {type(logger).__name__}: {err}")
+
+    # ----------------------------------------------------------------- resume
+    def state_dict(self) -> dict:
+        state = {"version": STATE_VERSION, "history": self.history,
+                 "basis": None if self.basis is None else self.basis.state_dict()}
+        if getattr(self, "_metrics", None):  # mid-epoch checkpoints carry the epoch's partial sums
+            state["metrics"] = {name: metric_checkpoint(m) for name, m in self._metrics.items()}
+        return state
+
+    def _restore_metrics(self, saved: dict) -> None:
+        if not isinstance(saved, dict):
+            raise ValueError(f"checkpoint state 'metrics' must be a dict, got {type(saved).__name__}")
+        for name, metric in self._metrics.items():
+            if name not in saved:
+                raise ValueError(f"checkpoint state metrics.{name} is missing")
+            restore_metric(metric, saved[name], f"metrics.{name}")
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"{type(self).__name__} state must be a dict, got {type(state_dict).__name__}")
+        if state_dict.get("version") != STATE_VERSION:
+            raise ValueError(f"{type(self).__name__} state has version {state_dict.get('version')!r}, "
+                             f"expected {STATE_VERSION} (a checkpoint of another hadainit version)")
+        for key in ("history", "basis"):
+            if key not in state_dict:
+                raise ValueError(f"{type(self).__name__} state is missing the key {key!r}")
+        history = state_dict["history"]
+        if not isinstance(history, list) or not all(isinstance(row, dict) for row in history):
+            raise ValueError(f"{type(self).__name__} state 'history' must be a list of dicts")
+        classifier = getattr(self, "_classifier", None)
+        shape = None if classifier is None else (classifier.out_features, classifier.in_features)
+        basis = state_dict["basis"]
+        self.basis = None if basis is None else InitialBasis.from_state_dict(basis, shape=shape, name="state 'basis'")
+        self.history = [dict(row) for row in history]
+        saved = state_dict.get("metrics")
+        if saved is not None:
+            if getattr(self, "_metrics", None):
+                self._restore_metrics(saved)
+            else:
+                self._pending_metrics = saved
+        self._loaded = True

@@ -1,0 +1,208 @@
+"""The theory measured on a real network: the class-mean logit spectrum (SPEC section 7).
+
+For features ``h``, classifier ``W`` and bias ``c``, the class-mean logit matrix is
+``Z = W Mu + c 1^T`` (K x K; column k holds the mean logits of the samples of class k).
+With ``P = I - 11^T/K`` and the softmax basis ``Q`` (walsh or fourier, class k on row k),
+``Z_c = P Z P`` drops what softmax ignores (shifts of a sample's logits), the bias and
+the constant mode, and ``F = Q^T Z_c Q`` is ``Z_c`` in the basis where the spectral UFM
+is exactly diagonal:
+
+* ``logit_leakage = ||offdiag(F)||_F / ||Z_c||_F``: 0 for the spectral UFM at all times and
+  at neural collapse for any init (``Z_c -> c P``); how far a real network is from the
+  regime where the exact theory holds.
+* ``lam = diag(F)`` without mode 0 (the UFM's ``a * b``); in the fourier basis each
+  (cos, sin) pair is averaged, as the exact theory needs them equal. ``etf_angle(lam)``
+  is defined for any lam. ``kl_lyapunov_modes = V(lam)`` needs every mode > 0: when some
+  mode is <= 0 it is reported as ``inf`` (KL(u || lam_hat) grows without bound as a mode
+  falls to 0, and is undefined below) and ``modes_nonpositive`` counts those modes.
+* ``kl_lyapunov``: KL(u || sigma / sum sigma) of the top K-1 singular values of ``Z_c``
+  (SPEC 6; ``inf`` when rank-deficient). In the spectral UFM both equal V(lam).
+* margins: per sample ``z_y - max_{j != y} z_j`` (mean, min, fraction > 0); per class from
+  ``Z`` (``Z[k, k] - max_{j != k} Z[j, k]``: mean, min); ``logit_norm`` the mean over samples
+  of ``||z - mean(z) 1||``, the part of the logits softmax sees.
+
+On a real network V is a diagnostic, not a Lyapunov function: it can rise.
+The streaming :class:`LogitSpectrum` needs only the logits and labels (the
+classifier's own outputs, so every value belongs to the weights that produced
+them); :func:`logit_spectrum` computes the same from features and ``(W, c)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from .. import _checks
+from ..bases import mode_pairs, resolve_basis, softmax_basis
+from ..ufm.lyapunov import etf_angle, kl_to_uniform
+
+__all__ = ["LOGIT_KEYS", "LogitSpectrum", "logit_spectrum", "spectrum_of_class_mean_logits"]
+
+#: The scalar keys of :class:`LogitSpectrum` (``lam``, the full spectrum, comes besides them).
+LOGIT_KEYS = (
+    "logit_leakage", "lam_min", "lam_mean", "lam_max", "modes_nonpositive", "etf_angle", "kl_lyapunov_modes",
+    "kl_lyapunov", "margin_mean", "margin_min", "margin_positive", "class_margin_mean", "class_margin_min",
+    "logit_norm",
+)
+
+
+def _check_logits(logits: Tensor, labels: Tensor, num_classes: int) -> None:
+    if not isinstance(logits, Tensor) or not isinstance(labels, Tensor):
+        raise TypeError(f"logits and labels must be tensors, got {type(logits).__name__}, {type(labels).__name__}")
+    if logits.dim() != 2 or logits.shape[1] != num_classes:
+        raise ValueError(f"logits must be (batch, {num_classes}), got shape {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be floating point, got dtype {logits.dtype}")
+    if labels.dim() != 1 or labels.shape[0] != logits.shape[0]:
+        raise ValueError(f"labels must be 1-D with one label per row ({logits.shape[0]}), got shape {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+
+
+def _sample_margins(z: Tensor, labels: Tensor) -> Tensor:
+    true = z.gather(1, labels.unsqueeze(1)).squeeze(1)
+    others = z.scatter(1, labels.unsqueeze(1), -math.inf)
+    return true - others.max(1).values
+
+
+def spectrum_of_class_mean_logits(z: Tensor, basis: str = "auto") -> dict:
+    """The spectral keys of a K x K class-mean logit matrix ``Z`` (column k: mean logits of class k).
+
+    Returns the scale-free keys of the module docstring (not the per-sample ones) and
+    ``lam`` (a list of the K - 1 non-constant modes, pairs averaged for fourier).
+    """
+    k = z.shape[0]
+    if z.dim() != 2 or z.shape != (k, k) or k < 3:
+        raise ValueError(f"the class-mean logit matrix must be K x K with K >= 3, got shape {tuple(z.shape)}")
+    z = z.to(torch.float64)
+    if not torch.isfinite(z).all():
+        raise ValueError("the class-mean logits contain NaN or Inf")
+    kind = resolve_basis(k, basis)
+    q = softmax_basis(k, kind, device=z.device)
+    zc = z - z.mean(0, keepdim=True) - z.mean(1, keepdim=True) + z.mean()  # P Z P
+    top = zc.abs().max()
+    if not top > 0:
+        raise ValueError("the centred class-mean logits are zero (all classes have the same mean logits)")
+    zc = zc / top  # every key below is scale-free (the margins are taken from z itself)
+    f = q.T @ zc @ q
+    diag = torch.diagonal(f).clone()
+    leakage = torch.linalg.matrix_norm(f - torch.diag(diag)) / torch.linalg.matrix_norm(zc)
+    pairs = mode_pairs(k, kind).to(z.device)
+    if pairs.numel():
+        mean = (diag[pairs[:, 0]] + diag[pairs[:, 1]]) / 2
+        diag[pairs[:, 0]], diag[pairs[:, 1]] = mean, mean
+    unit = diag[1:]  # lam / top: scale-free keys come from here, nothing over- or underflows
+    lam = unit * top
+    sigma = torch.linalg.svdvals(zc)[: k - 1]
+    full_rank = bool(sigma[-1] > sigma[0] * k * torch.finfo(sigma.dtype).eps)
+    nonpositive = int((unit <= 0).sum())
+    class_margin = torch.diagonal(z) - (z - torch.diag(torch.full((k,), math.inf, dtype=z.dtype, device=z.device))).max(0).values
+    return {
+        "logit_leakage": leakage.item(),
+        "lam_min": lam.min().item(),
+        "lam_mean": lam.mean().item(),
+        "lam_max": lam.max().item(),
+        "modes_nonpositive": float(nonpositive),
+        "etf_angle": etf_angle(torch.cat((unit.new_zeros(1), unit))).item(),  # raises when every mode is 0
+        "kl_lyapunov_modes": kl_to_uniform(unit).item() if nonpositive == 0 else math.inf,
+        "kl_lyapunov": kl_to_uniform(sigma).item() if full_rank else math.inf,
+        "class_margin_mean": class_margin.mean().item(),
+        "class_margin_min": class_margin.min().item(),
+        "lam": lam.tolist(),
+    }
+
+
+class LogitSpectrum(Metric):
+    """Streaming class-mean logit spectrum, margins and logit norm (module docstring), DDP-exact.
+
+    States: per-class counts and logit sums (K x K), the sums of margins, centred logit norms and
+    positive margins, and the smallest margin (``dist_reduce_fx="min"``); all float64.
+
+    Args:
+        num_classes: K >= 3 (K - 1 >= 2 non-constant modes).
+        basis: ``"auto"`` (walsh for powers of two, else fourier), ``"walsh"`` or ``"fourier"``.
+
+    >>> metric = LogitSpectrum(4)
+    >>> metric.update(torch.eye(4) * 3.0, torch.arange(4))
+    >>> metric.compute()["lam"]  # the class-mean logits 3 I: a simplex ETF, every mode 3
+    [3.0, 3.0, 3.0]
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = None
+
+    def __init__(self, num_classes: int, *, basis: str = "auto", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_classes = _checks.positive_int(num_classes, "num_classes", minimum=3)
+        self.basis = resolve_basis(num_classes, basis)
+        if self.basis == "hadamard":
+            raise ValueError("the logit spectrum needs a softmax-diagonalizing basis ('walsh' or 'fourier')")
+        k, f64 = num_classes, torch.float64
+        self.add_state("counts", torch.zeros(k, dtype=f64), dist_reduce_fx="sum")
+        self.add_state("logit_sums", torch.zeros(k, k, dtype=f64), dist_reduce_fx="sum")
+        self.add_state("margin_sum", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
+        self.add_state("margin_positive", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
+        self.add_state("norm_sum", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
+        self.add_state("margin_min", torch.full((), math.inf, dtype=f64), dist_reduce_fx="min")
+
+    def update(self, logits: Tensor, labels: Tensor) -> None:  # type: ignore[override]
+        """Add a batch of logits (B, K) and integer labels (B,) in [0, K)."""
+        _check_logits(logits, labels, self.num_classes)
+        z = logits.detach().to(device=self.counts.device, dtype=torch.float64)
+        labels = labels.to(device=z.device, dtype=torch.int64)
+        if z.shape[0] == 0:
+            return
+        self.counts += torch.bincount(labels, minlength=self.num_classes)
+        self.logit_sums.index_add_(0, labels, z)
+        margin = _sample_margins(z, labels)
+        self.margin_sum += margin.sum()
+        self.margin_positive += (margin > 0).sum()
+        self.margin_min = torch.minimum(self.margin_min, margin.min())
+        self.norm_sum += torch.linalg.vector_norm(z - z.mean(1, keepdim=True), dim=1).sum()
+
+    def class_mean_logits(self) -> Tensor:
+        """``Z`` (K x K, column k = mean logits of class k); raises if a class has no sample."""
+        if not (self.counts > 0).all():
+            missing = (self.counts == 0).nonzero().flatten().tolist()
+            raise ValueError(f"classes {missing} have no sample: the class-mean logit spectrum needs every class")
+        return (self.logit_sums / self.counts.unsqueeze(1)).T
+
+    def compute(self) -> dict:
+        if not torch.isfinite(self.logit_sums).all() or not torch.isfinite(self.norm_sum):
+            raise ValueError("non-finite logits were accumulated (NaN or Inf in the metric state)")
+        total = self.counts.sum()
+        out = spectrum_of_class_mean_logits(self.class_mean_logits(), self.basis)
+        out.update(
+            margin_mean=(self.margin_sum / total).item(),
+            margin_min=self.margin_min.item(),
+            margin_positive=(self.margin_positive / total).item(),
+            logit_norm=(self.norm_sum / total).item(),
+        )
+        return out
+
+
+def logit_spectrum(
+    features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor | None = None, *, basis: str = "auto",
+    batch_size: int = 65536,
+) -> dict:
+    """:class:`LogitSpectrum` of in-memory features ``(N, d)`` through the classifier ``(W, c)``, float64."""
+    if not isinstance(weight, Tensor) or weight.dim() != 2:
+        raise ValueError(f"weight must be a (K, d) tensor, got {getattr(weight, 'shape', type(weight).__name__)}")
+    k, d = weight.shape
+    if not isinstance(features, Tensor) or features.dim() != 2 or features.shape[1] != d:
+        raise ValueError(f"features must be (N, {d}), got {tuple(getattr(features, 'shape', ()))}")
+    if bias is not None and (not isinstance(bias, Tensor) or bias.shape != (k,)):
+        raise ValueError(f"bias must have shape ({k},), got {tuple(getattr(bias, 'shape', ()))}")
+    w = weight.detach().to(device=features.device, dtype=torch.float64)
+    c = None if bias is None else bias.detach().to(w)
+    if not torch.isfinite(w).all() or (c is not None and not torch.isfinite(c).all()):
+        raise ValueError("the classifier weight or bias contains NaN or Inf")
+    metric = LogitSpectrum(k, basis=basis).to(features.device)
+    for i in range(0, features.shape[0], batch_size):
+        z = features[i : i + batch_size].detach().to(torch.float64) @ w.T
+        metric.update(z if c is None else z + c, labels[i : i + batch_size])
+    return metric.compute()

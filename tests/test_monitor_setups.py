@@ -401,3 +401,16 @@ def test_constructor_choices_are_typed_for_lightning_cli():
     assert typing.get_args(hints["mode"]) == ("train", "eval", "val")
     assert typing.get_args(hints["capture"]) == ("hook", "manual")
     assert set(NC_KEYS) >= {"nc1", "nc4", "cdnv"}
+
+
+# ------------------------------------------- accumulation, torch.compile
+def test_gradient_accumulation_and_torch_compile():
+    x, y = dataset().tensors
+    for module, kwargs in [(TinyModule(lr=0.0), {"accumulate_grad_batches": 3}),
+                           (torch.compile(TinyModule(lr=0.0), backend="aot_eager"), {})]:
+        nc, sp = NeuralCollapseMonitor(), SpectralMonitor()
+        trainer([nc, sp], max_epochs=1, **kwargs).fit(module, loader())
+        inner = getattr(module, "_orig_mod", module)
+        ref = neural_collapse(_features(inner, x), y, inner.fc.weight.detach())
+        assert nc.history[-1]["num_samples"] == 200 and sp.history[-1]["num_samples"] == 200
+        assert math.isclose(nc.history[-1]["nc1"], ref["nc1"], rel_tol=1e-9)

@@ -171,8 +171,8 @@ class MonitorBase(Callback):
     def _consume(self, features: Tensor, labels: Tensor, logits: Tensor) -> None:
         raise NotImplementedError
 
-    def _compute(self, trainer: Trainer) -> dict:
-        """The values of one measurement; ``ValueError`` when undefined (warned, not logged)."""
+    def _compute(self, trainer: Trainer, epochs_done: float) -> dict:
+        """The values of one measurement after ``epochs_done`` epochs; ``ValueError`` when undefined (warned)."""
         raise NotImplementedError
 
     def _figures(self, directory: Path) -> list:
@@ -425,7 +425,7 @@ class MonitorBase(Callback):
     # ---------------------------------------------------------- measure, log
     def _measure(self, trainer: Trainer, epoch: int, epochs_done: float) -> None:
         try:
-            values = self._compute(trainer)
+            values = self._compute(trainer, epochs_done)
             values.update(self._metrics["count"].compute())
         except ValueError as err:  # undefined (collapsed or non-finite features, a class missing): say so, go on
             rank_zero_warn(f"{type(self).__name__}({self.name!r}) epoch {epoch}: values not logged: {err}")

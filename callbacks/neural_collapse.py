@@ -110,7 +110,7 @@ class NeuralCollapseMonitor(MonitorBase):
         if self._step_weight is not None:
             self._metrics["classifier"].update(self._step_weight, features.shape[0])
 
-    def _compute(self, trainer: Trainer) -> dict:
+    def _compute(self, trainer: Trainer, epochs_done: float) -> dict:
         nc = self._metrics["nc"]
         if not nc.update_count:
             raise ValueError("no samples were captured (is the classifier called in the step?)")

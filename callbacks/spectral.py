@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -12,13 +13,18 @@ from torch import Tensor
 
 from hadainit.drift import DRIFT_KEYS, drift
 from hadainit.metrics.logits import LOGIT_KEYS, LogitSpectrum
+from hadainit.ufm.forecast import baseline_forecast, fit_forecast, spectral_margin
 
 from .base import MonitorBase
 from .plotting import epoch_axis, label, new_figure, save
 
 SV_KEYS = ("sv_max", "sv_min", "sv_cv")
+#: With ``forecast=True``, from the measurement after the first fit on (see :class:`SpectralMonitor`).
+FORECAST_KEYS = ("forecast_time_scale", "forecast_fit_error", "forecast_final_margin", "forecast_epochs_to_margin",
+                 "forecast_margin", "forecast_margin_error", "baseline_margin_error", "forecast_spectrum_error",
+                 "baseline_spectrum_error")
 #: Every key :class:`SpectralMonitor` logs: the same for every initialization.
-SPECTRAL_KEYS = DRIFT_KEYS + SV_KEYS + LOGIT_KEYS + ("num_samples", "num_ignored")
+SPECTRAL_KEYS = DRIFT_KEYS + SV_KEYS + LOGIT_KEYS + FORECAST_KEYS + ("num_samples", "num_ignored")
 
 InitBasis = Literal["auto", "walsh", "fourier", "hadamard", "svd"]
 
@@ -41,6 +47,15 @@ class SpectralMonitor(MonitorBase):
       values of the centred class-mean logits), sample and class-mean margins, ``logit_norm``.
       They come from the logits the network produced in the measured pass (``mode`` as in
       :class:`NeuralCollapseMonitor`). On a real network V is a diagnostic and can rise.
+    * ``forecast=True`` (:mod:`hadainit.ufm.forecast`): after each measurement the reduced
+      flow is refitted to the last ``forecast_window`` measurements (started at the first of
+      them with positive modes; one time scale, ``forecast_time_scale``) and the naive
+      baseline beside it. Logged: the forecast margin at ``max_epochs``
+      (``forecast_final_margin``), the epoch it reaches ``forecast_target_margin``
+      (``forecast_epochs_to_margin``, ``inf`` if never), and, once the next measurement
+      arrives, what the previous fits predicted for it and their errors (spectral margin
+      and relative spectrum; forecast and baseline). The keys appear once a fit exists
+      (three measurements after initialization with positive modes).
 
     Args:
         init_basis: the classifier's basis kind at initialization: ``"walsh"``, ``"fourier"``,
@@ -58,11 +73,33 @@ class SpectralMonitor(MonitorBase):
     TITLE = "Classifier drift and logit spectrum"
     needs_basis = True
 
-    def __init__(self, *, init_basis: InitBasis | None = None, num_classes: int | None = None, **kwargs) -> None:
+    def __init__(
+        self,
+        *,
+        init_basis: InitBasis | None = None,
+        num_classes: int | None = None,
+        forecast: bool = False,
+        forecast_window: int = 5,
+        forecast_target_margin: float | None = None,
+        **kwargs,
+    ) -> None:
         if init_basis is not None and init_basis not in ("auto", "walsh", "fourier", "hadamard", "svd"):
             raise ValueError(f"init_basis must be one of auto, walsh, fourier, hadamard, svd or None, got {init_basis!r}")
+        if forecast_target_margin is not None and not (isinstance(forecast_target_margin, (int, float))
+                                                       and math.isfinite(forecast_target_margin)):
+            raise ValueError(f"forecast_target_margin must be a finite number, got {forecast_target_margin!r}")
+        if isinstance(forecast_window, bool) or not isinstance(forecast_window, int) or forecast_window < 3:
+            raise ValueError(f"forecast_window must be an int >= 3 (a start and two epochs to fit), got {forecast_window!r}")
         super().__init__(num_classes=num_classes, **kwargs)
         self.init_basis = init_basis
+        self.forecast = bool(forecast)
+        self.forecast_window = forecast_window
+        self.forecast_target_margin = forecast_target_margin
+        self._forecasts: tuple | None = None
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._forecasts = None
 
     def _build(self, num_classes: int, feature_dim: int) -> dict:
         return {"logits": LogitSpectrum(num_classes)} if num_classes >= 3 else {}
@@ -71,7 +108,7 @@ class SpectralMonitor(MonitorBase):
         if "logits" in self._metrics:
             self._metrics["logits"].update(logits, labels)
 
-    def _compute(self, trainer: Trainer) -> dict:
+    def _compute(self, trainer: Trainer, epochs_done: float) -> dict:
         w = self._classifier.weight.detach()
         values = drift(w, self.basis)
         sv = torch.linalg.svdvals(w.to(device="cpu", dtype=torch.float64))
@@ -87,7 +124,44 @@ class SpectralMonitor(MonitorBase):
         elif spectrum is not None:
             self._warn_once("no-logits", f"SpectralMonitor({self.name!r}): no logits were captured, so the logit "
                             "spectrum is not logged (is the classifier called in the step?)")
+        if self.forecast and "lam" in values:
+            values.update(self._forecast(trainer, epochs_done, values))
         return values
+
+    def _forecast(self, trainer: Trainer, now: float, values: dict) -> dict:
+        """Score the previous fits on this measurement (``now`` epochs done), then refit on all so far."""
+        out = {}
+        lam = torch.tensor(values["lam"], dtype=torch.float64)
+        if self._forecasts is not None:
+            model, baseline = self._forecasts
+            truth = spectral_margin(lam, model.basis).item()
+            for name, fc in (("forecast", model), ("baseline", baseline)):
+                try:
+                    pred = fc.predict([now])
+                except (RuntimeError, ValueError):
+                    continue
+                if name == "forecast":
+                    out["forecast_margin"] = pred["margin"].item()
+                out[f"{name}_margin_error"] = abs(pred["margin"].item() - truth)
+                out[f"{name}_spectrum_error"] = (torch.linalg.vector_norm(pred["lam"][0] - lam)
+                                                 / torch.linalg.vector_norm(lam)).item()
+        rows = [r for r in self.history if "lam" in r] + [{"epochs_done": now, "lam": values["lam"]}]
+        rows = [r for r in rows[-self.forecast_window :] if r["epochs_done"] > 0]
+        epochs = [r["epochs_done"] for r in rows]
+        spectra = [r["lam"] for r in rows]
+        try:
+            model = fit_forecast(epochs, spectra)
+            used = [i for i, e in enumerate(epochs) if e >= model.epoch0]
+            baseline = baseline_forecast([epochs[i] for i in used], [spectra[i] for i in used])
+        except (ValueError, RuntimeError):  # not enough measurements with positive modes yet
+            return out
+        self._forecasts = (model, baseline)
+        out.update(forecast_time_scale=model.time_scale, forecast_fit_error=model.fit_error)
+        if trainer.max_epochs is not None and trainer.max_epochs > 0 and trainer.max_epochs >= now:
+            out["forecast_final_margin"] = model.predict([float(trainer.max_epochs)])["margin"].item()
+        if self.forecast_target_margin is not None:
+            out["forecast_epochs_to_margin"] = model.epochs_to_margin(self.forecast_target_margin)
+        return out
 
     def _figures(self, directory: Path) -> list:
         rows = [r for r in self.history if "lam" in r]

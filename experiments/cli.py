@@ -8,6 +8,7 @@ COMMANDS = {
     "ufm": "hadainit.experiments.ufm",
     "train": "hadainit.experiments.train",
     "compare": "hadainit.experiments.compare",
+    "slowdown": "hadainit.experiments.slowdown",
     "demo": "hadainit.experiments.demo",
 }
 

@@ -7,11 +7,13 @@ With ``P = I - 11^T/K`` and the softmax basis ``Q`` (walsh or fourier, class k o
 the constant mode, and ``F = Q^T Z_c Q`` is ``Z_c`` in the basis where the spectral UFM
 is exactly diagonal:
 
-* ``logit_leakage = ||offdiag(F)||_F / ||Z_c||_F``: 0 for the spectral UFM at all times and
-  at neural collapse for any init (``Z_c -> c P``); how far a real network is from the
-  regime where the exact theory holds.
 * ``lam = diag(F)`` without mode 0 (the UFM's ``a * b``); in the fourier basis each
-  (cos, sin) pair is averaged, as the exact theory needs them equal. ``etf_angle(lam)``
+  (cos, sin) pair is averaged, as the exact theory needs them equal.
+* ``logit_leakage = ||F - diag(0, lam)||_F / ||Z_c||_F``: 0 for the spectral UFM at all times
+  and at neural collapse for any init (``Z_c -> c P``); how far a real network is from the
+  regime where the exact theory holds. For walsh it is ``||offdiag(F)||_F / ||Z_c||_F``; for
+  fourier it also counts the difference within each pair, which makes it invariant under the
+  cyclic relabellings of the classes (they rotate each pair) as the walsh one is under XOR. ``etf_angle(lam)``
   is defined for any lam. ``kl_lyapunov_modes = V(lam)`` needs every mode > 0: when some
   mode is <= 0 it is reported as ``inf`` (KL(u || lam_hat) grows without bound as a mode
   falls to 0, and is undefined below) and ``modes_nonpositive`` counts those modes.
@@ -19,7 +21,9 @@ is exactly diagonal:
   (SPEC 6; ``inf`` when rank-deficient). In the spectral UFM both equal V(lam).
 * margins: per sample ``z_y - max_{j != y} z_j`` (mean, min, fraction > 0); per class from
   ``Z`` (``Z[k, k] - max_{j != k} Z[j, k]``: mean, min); ``logit_norm`` the mean over samples
-  of ``||z - mean(z) 1||``, the part of the logits softmax sees.
+  of ``||z - mean(z) 1||``, the part of the logits softmax sees. ``spectral_margin`` is the
+  UFM margin of the spectrum, ``min_m (z(0) - z(m))`` for ``Q diag(0, lam) Q^T``: the margin of
+  the diagonal part of ``Z_c``, what the reduced dynamics and their slowdown law speak of.
 
 On a real network V is a diagnostic, not a Lyapunov function: it can rise.
 The streaming :class:`LogitSpectrum` needs only the logits and labels (the
@@ -38,13 +42,14 @@ from torchmetrics import Metric
 from .. import _checks
 from ..bases import mode_pairs, resolve_basis, softmax_basis
 from ..ufm.lyapunov import etf_angle, kl_to_uniform
+from ..ufm.spectral import margins
 
 __all__ = ["LOGIT_KEYS", "LogitSpectrum", "logit_spectrum", "spectrum_of_class_mean_logits"]
 
 #: The scalar keys of :class:`LogitSpectrum` (``lam``, the full spectrum, comes besides them).
 LOGIT_KEYS = (
     "logit_leakage", "lam_min", "lam_mean", "lam_max", "modes_nonpositive", "etf_angle", "kl_lyapunov_modes",
-    "kl_lyapunov", "margin_mean", "margin_min", "margin_positive", "class_margin_mean", "class_margin_min",
+    "kl_lyapunov", "spectral_margin", "margin_mean", "margin_min", "margin_positive", "class_margin_mean", "class_margin_min",
     "logit_norm",
 )
 
@@ -89,11 +94,11 @@ def spectrum_of_class_mean_logits(z: Tensor, basis: str = "auto") -> dict:
     zc = zc / top  # every key below is scale-free (the margins are taken from z itself)
     f = q.T @ zc @ q
     diag = torch.diagonal(f).clone()
-    leakage = torch.linalg.matrix_norm(f - torch.diag(diag)) / torch.linalg.matrix_norm(zc)
     pairs = mode_pairs(k, kind).to(z.device)
-    if pairs.numel():
+    if pairs.numel():  # the exact theory needs equal values within each (cos, sin) pair
         mean = (diag[pairs[:, 0]] + diag[pairs[:, 1]]) / 2
         diag[pairs[:, 0]], diag[pairs[:, 1]] = mean, mean
+    leakage = torch.linalg.matrix_norm(f - torch.diag(diag)) / torch.linalg.matrix_norm(zc)
     unit = diag[1:]  # lam / top: scale-free keys come from here, nothing over- or underflows
     lam = unit * top
     sigma = torch.linalg.svdvals(zc)[: k - 1]
@@ -109,6 +114,7 @@ def spectrum_of_class_mean_logits(z: Tensor, basis: str = "auto") -> dict:
         "etf_angle": etf_angle(torch.cat((unit.new_zeros(1), unit))).item(),  # raises when every mode is 0
         "kl_lyapunov_modes": kl_to_uniform(unit).item() if nonpositive == 0 else math.inf,
         "kl_lyapunov": kl_to_uniform(sigma).item() if full_rank else math.inf,
+        "spectral_margin": margins(torch.cat((lam.new_zeros(1), lam)), kind).min().item(),
         "class_margin_mean": class_margin.mean().item(),
         "class_margin_min": class_margin.min().item(),
         "lam": lam.tolist(),

@@ -1,0 +1,48 @@
+"""Reading a run's per-epoch values back: a Lightning ``CSVLogger`` ``metrics.csv``, or a folder holding one."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+
+def find_metrics_csv(path: str | Path) -> Path:
+    """``path`` itself if it is a file, else the one ``metrics.csv`` under the folder (CSVLogger nests
+    ``name/version_N/``); an error names what was found when there is none or several."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is neither a metrics.csv file nor a run folder")
+    found = sorted(path.rglob("metrics.csv"))
+    if len(found) != 1:
+        what = "no metrics.csv" if not found else f"{len(found)} metrics.csv files ({', '.join(map(str, found[:3]))})"
+        raise FileNotFoundError(f"{path} holds {what}: pass the file itself")
+    return found[0]
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """One dict per epoch (ascending), merging the rows Lightning writes for it; values are floats.
+
+    ``epoch`` is Lightning's 0-based index of the epoch the values close (``-1``: values the
+    monitors measured at initialization); ``epochs_done = epoch + 1`` is the x-axis the
+    figures use. Step-level columns are kept only when logged with the epoch.
+    """
+    rows: dict[int, dict] = {}
+    with open(find_metrics_csv(path)) as fh:
+        for row in csv.DictReader(fh):
+            if not row.get("epoch"):
+                continue
+            epoch = int(float(row["epoch"]))
+            entry = rows.setdefault(epoch, {"epoch": epoch, "epochs_done": epoch + 1.0})
+            for key, value in row.items():
+                if value not in ("", None) and key not in ("epoch", "step"):
+                    entry[key] = float(value)
+    return [rows[e] for e in sorted(rows)]
+
+
+def series(table: list[dict], key: str) -> tuple[list[float], list[float]]:
+    """``(epochs_done, values)`` of one key, over the epochs that have a finite value of it."""
+    points = [(r["epochs_done"], r[key]) for r in table if key in r and math.isfinite(r[key])]
+    return [p[0] for p in points], [p[1] for p in points]

@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow bench clean
+.PHONY: demo test test-slow bench validate clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(PY) -m hadainit.experiments.cli ufm --out out/ufm
+	$(PY) -m hadainit.experiments.cli real --out out/real --overwrite
+
+validate: $(STAMP)
+	$(PY) -m hadainit.experiments.cli validate --out out/validate --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -1,7 +1,7 @@
 """Lightning callbacks (installed as ``hadainit.callbacks``): neural-collapse and spectral monitors."""
 
-from .base import MonitorBase
+from .base import MonitorBase, log_spaced_epochs
 from .neural_collapse import NC_KEYS, NeuralCollapseMonitor
 from .spectral import SPECTRAL_KEYS, SpectralMonitor
 
-__all__ = ["MonitorBase", "NC_KEYS", "NeuralCollapseMonitor", "SPECTRAL_KEYS", "SpectralMonitor"]
+__all__ = ["MonitorBase", "log_spaced_epochs", "NC_KEYS", "NeuralCollapseMonitor", "SPECTRAL_KEYS", "SpectralMonitor"]

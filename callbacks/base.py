@@ -1,6 +1,7 @@
 """The life cycle the monitors share: find the classifier, capture its calls, decide when, compute, log, plot, resume.
 
-A monitor measures at the end of every ``every_n_epochs``-th training epoch
+A monitor measures at the end of every ``every_n_epochs``-th training epoch (or of the
+epochs listed in ``at_epochs``, counted from 1, e.g. :func:`log_spaced_epochs` for long runs)
 (``mode="train"``: the features of that epoch's training steps; ``"eval"``: one
 extra eval-mode pass) or at the end of each validation run (``mode="val"``, also
 under ``trainer.validate``), and once at initialization, before the first step.
@@ -63,6 +64,17 @@ class SampleCount(Metric):
         return {"num_samples": self.samples.item(), "num_ignored": self.ignored.item()}
 
 
+def log_spaced_epochs(max_epochs: int, count: int) -> list[int]:
+    """About ``count`` epoch counts spread evenly on a log scale from 1 to ``max_epochs`` (both included):
+    ``at_epochs`` for a long run whose figures have logarithmic epoch axes."""
+    _positive_int(max_epochs, "max_epochs")
+    _positive_int(count, "count")
+    if count == 1 or max_epochs == 1:
+        return [max_epochs]
+    ratio = max_epochs ** (1.0 / (count - 1))
+    return sorted({max(1, min(max_epochs, round(ratio**i))) for i in range(count)} | {1, max_epochs})
+
+
 def _positive_int(value, name: str, *, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
@@ -85,6 +97,7 @@ class MonitorBase(Callback):
         classifier: str | None = None,
         mode: Mode = "train",
         every_n_epochs: int = 1,
+        at_epochs: list[int] | None = None,
         eval_loader: Any = None,
         eval_batches: int | None = None,
         name: str | None = None,
@@ -103,6 +116,12 @@ class MonitorBase(Callback):
         if capture not in CAPTURES:
             raise ValueError(f"capture must be one of {CAPTURES}, got {capture!r}")
         _positive_int(every_n_epochs, "every_n_epochs")
+        if at_epochs is not None:
+            if every_n_epochs != 1:
+                raise ValueError("give every_n_epochs or at_epochs, not both")
+            if isinstance(at_epochs, (str, bytes)) or not all(
+                    isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in at_epochs):
+                raise ValueError(f"at_epochs must be a list of epoch counts >= 1, got {at_epochs!r}")
         _positive_int(eval_batches, "eval_batches", allow_none=True)
         if mode != "eval" and (eval_loader is not None or eval_batches is not None):
             raise ValueError("eval_loader / eval_batches only apply to mode='eval'")
@@ -132,6 +151,7 @@ class MonitorBase(Callback):
         self.classifier_path = classifier
         self.mode = mode
         self.every_n_epochs = every_n_epochs
+        self.at_epochs = None if at_epochs is None else frozenset(at_epochs)
         self.eval_loader = eval_loader
         self.eval_batches = eval_batches
         self.name = name or (self.PREFIX if mode == "train" else f"{self.PREFIX}_{mode}")
@@ -273,7 +293,9 @@ class MonitorBase(Callback):
 
     # ----------------------------------------------------------- when to work
     def _due(self, trainer: Trainer) -> bool:
-        return (trainer.current_epoch + 1) % self.every_n_epochs == 0 and not trainer.sanity_checking
+        done = trainer.current_epoch + 1
+        due = done in self.at_epochs if self.at_epochs is not None else done % self.every_n_epochs == 0
+        return due and not trainer.sanity_checking
 
     def _set_active(self, active: bool) -> None:
         """Measure the coming batches (or not): the hook captures unless the user feeds ``update()``."""

@@ -55,7 +55,8 @@ class NeuralCollapseMonitor(MonitorBase):
             classifier (the ``nn.Linear`` with K outputs) when ``classifier`` is not given.
         global_mean: ``"unweighted"`` mean of the class means, or sample-``"weighted"``.
         **kwargs: the shared options of :class:`~hadainit.callbacks.base.MonitorBase`:
-            ``classifier`` (attribute path, e.g. ``"model.fc"``), ``mode``, ``every_n_epochs``,
+            ``classifier`` (attribute path, e.g. ``"model.fc"``), ``mode``, ``every_n_epochs`` or
+            ``at_epochs`` (epoch counts, e.g. :func:`~hadainit.callbacks.log_spaced_epochs`),
             ``eval_loader``, ``eval_batches``, ``name``, ``metrics`` (keys to log; default all of
             :data:`NC_KEYS`), ``plot``, ``plot_dir`` (default ``trainer.log_dir``), ``log_at_init``,
             ``capture`` (``"hook"``, or ``"manual"`` to call :meth:`update` yourself),

@@ -58,6 +58,7 @@ class SpectralMonitor(MonitorBase):
       (three measurements after initialization with positive modes).
 
     Args:
+        log_modes: also log every mode, as ``lam_1`` .. ``lam_(K-1)`` (the history always has them).
         init_basis: the classifier's basis kind at initialization: ``"walsh"``, ``"fourier"``,
             ``"hadamard"``, ``"auto"`` (walsh for powers of two, else fourier), or ``"svd"``
             (no known basis). Default: the ``hadamard_`` record if any (lost by ``deepcopy`` and
@@ -78,6 +79,7 @@ class SpectralMonitor(MonitorBase):
         *,
         init_basis: InitBasis | None = None,
         num_classes: int | None = None,
+        log_modes: bool = False,
         forecast: bool = False,
         forecast_window: int = 5,
         forecast_target_margin: float | None = None,
@@ -92,6 +94,7 @@ class SpectralMonitor(MonitorBase):
             raise ValueError(f"forecast_window must be an int >= 3 (a start and two epochs to fit), got {forecast_window!r}")
         super().__init__(num_classes=num_classes, **kwargs)
         self.init_basis = init_basis
+        self.log_modes = bool(log_modes)
         self.forecast = bool(forecast)
         self.forecast_window = forecast_window
         self.forecast_target_margin = forecast_target_margin
@@ -124,6 +127,8 @@ class SpectralMonitor(MonitorBase):
         elif spectrum is not None:
             self._warn_once("no-logits", f"SpectralMonitor({self.name!r}): no logits were captured, so the logit "
                             "spectrum is not logged (is the classifier called in the step?)")
+        if self.log_modes and "lam" in values:  # the whole spectrum in the loggers' tables, as lam_1 .. lam_(K-1)
+            values.update({f"lam_{i}": v for i, v in enumerate(values["lam"], start=1)})
         if self.forecast and "lam" in values:
             values.update(self._forecast(trainer, epochs_done, values))
         return values
@@ -162,6 +167,9 @@ class SpectralMonitor(MonitorBase):
         if self.forecast_target_margin is not None:
             out["forecast_epochs_to_margin"] = model.epochs_to_margin(self.forecast_target_margin)
         return out
+
+    def _selected(self, key: str) -> bool:
+        return super()._selected(key) or (self.log_modes and key.startswith("lam_"))
 
     def _figures(self, directory: Path) -> list:
         rows = [r for r in self.history if "lam" in r]

@@ -46,3 +46,50 @@ def series(table: list[dict], key: str) -> tuple[list[float], list[float]]:
     """``(epochs_done, values)`` of one key, over the epochs that have a finite value of it."""
     points = [(r["epochs_done"], r[key]) for r in table if key in r and math.isfinite(r[key])]
     return [p[0] for p in points], [p[1] for p in points]
+
+
+def prepare_out(out: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """The run folder ``out``, ready to write: created if missing; a non-empty folder is refused unless
+    ``overwrite`` (its contents are removed first, so nothing old sits beside the new run) or
+    ``resume`` (a run continued from its checkpoint writes into its own folder); a file is refused."""
+    import shutil
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not resume:
+        if not overwrite:
+            raise FileExistsError(f"--out {out} is not empty: pass --overwrite to replace it, or choose another folder")
+        for child in out.iterdir():
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers never see half a file."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_report(path: str | Path) -> dict:
+    """A ``report.json``, with a clear error for a missing or truncated file."""
+    import json
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} does not exist") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON (truncated or corrupted: {err})") from None

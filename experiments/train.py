@@ -1,91 +1,46 @@
-"""``hadainit train``: a CIFAR-style network with Hadamard vs default last-layer init, both monitors on.
+"""``hadainit train``: train a classifier with both monitors on (LightningCLI), and write its report.
 
-Writes into ``--out``: ``metrics.csv`` (Lightning CSVLogger), ``neural_collapse.png``,
-``spectral.png``, ``curves.png``, ``report.json`` and ``report.md``.
+    hadainit train                                   # an MLP on scikit-learn's digits, CPU, about a minute
+    hadainit train --model.init default --out runs/default
+    hadainit train --config configs/cifar10_resnet18.yaml --data.data_dir ~/data
+    hadainit train --print_config                    # the full configuration, every option
+    hadainit train --out runs/x --ckpt_path runs/x/checkpoints/last.ckpt   # resume
+
+``--model.*`` (:class:`~hadainit.experiments.module.ClassifierModule`), ``--data.*`` (a data module:
+``Digits``, ``MNIST1D``, ``CIFAR``; e.g. ``--data MNIST1D``), ``--trainer.*`` (Lightning's Trainer),
+``--nc_monitor.*`` and ``--spectral_monitor.*`` (the callbacks). The run folder ``--out`` gets
+``metrics.csv``, ``config.yaml``, ``checkpoints/``, the monitors' figures, ``curves.png``,
+``report.json`` and ``report.md``; a non-empty ``--out`` is refused unless ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
+import io
 import math
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from jsonargparse import ActionYesNo
+from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
-from torch import nn
-from torch.utils.data import DataLoader
 
-import hadainit
 from hadainit.callbacks import NeuralCollapseMonitor, SpectralMonitor
-from hadainit.callbacks.plotting import label, new_figure, save
 
-from . import data
-from .models import MODELS, build_model
-
-INITS = ("hadamard", "default", "etf")
-
-
-def apply_init(fc: nn.Linear, init: str, seed: int) -> None:
-    """``hadamard``: rows Q V^T / sqrt(3) (nn.Linear's row norm); ``etf``: the same without the constant
-    mode (a simplex ETF); both zero the bias. ``default``: nn.Linear's own init, untouched."""
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
-    if init == "default":
-        return
-    hadainit.hadamard_(fc.weight, zero_mean=init == "etf", generator=torch.Generator().manual_seed(seed))
-    if fc.bias is not None:
-        nn.init.zeros_(fc.bias)
-
-
-class ClassifierModule(L.LightningModule):
-    """Cross-entropy training with SGD + momentum + weight decay and a cosine or one-cycle schedule."""
-
-    def __init__(self, model: str = "resnet18", num_classes: int = 10, init: str = "hadamard", lr: float = 0.1,
-                 momentum: float = 0.9, weight_decay: float = 5e-4, schedule: str = "cosine", seed: int = 0) -> None:
-        super().__init__()
-        if schedule not in ("cosine", "onecycle"):
-            raise ValueError(f"schedule must be 'cosine' or 'onecycle', got {schedule!r}")
-        self.save_hyperparameters()
-        self.model = build_model(model, num_classes)
-        apply_init(self.model.fc, init, seed)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-    def _step(self, batch, stage: str) -> torch.Tensor:
-        x, y = batch
-        logits = self(x)
-        loss = nn.functional.cross_entropy(logits, y)
-        acc = (logits.argmax(1) == y).float().mean()
-        self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True)
-        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, sync_dist=True)
-        return loss
-
-    def training_step(self, batch, batch_idx):
-        return self._step(batch, "train")
-
-    def validation_step(self, batch, batch_idx):
-        self._step(batch, "val")
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        opt = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay,
-                              nesterov=hp.momentum > 0)
-        total = self.trainer.estimated_stepping_batches
-        if hp.schedule == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=total)
-        else:
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+from .data import ClassificationData
+from .module import ClassifierModule
+from .report_run import write_run_report
+from .runs import prepare_out, write_atomic
 
 
 class Throughput(L.Callback):
-    """Training steps per second of each epoch (after the first, which includes warm-up)."""
+    """Training steps per second of each epoch."""
 
     def __init__(self) -> None:
         self.steps_per_second: list[float] = []
@@ -102,141 +57,117 @@ class Throughput(L.Callback):
         self.steps_per_second.append(self._batches / (time.perf_counter() - self._start))
 
 
-def epoch_table(metrics_csv: Path) -> list[dict]:
-    """The CSVLogger file as one dict per epoch (epoch-level values only)."""
-    rows: dict[int, dict] = {}
-    with open(metrics_csv) as fh:
-        for row in csv.DictReader(fh):
-            if not row.get("epoch"):
-                continue
-            entry = rows.setdefault(int(float(row["epoch"])), {"epoch": int(float(row["epoch"]))})
-            for key, value in row.items():
-                if value not in ("", None) and key not in ("epoch", "step"):
-                    entry[key] = float(value)
-    return [rows[e] for e in sorted(rows)]
+class TrainCLI(LightningCLI):
+    """LightningCLI with the monitors as configurable callbacks, the run folder and resume."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(NeuralCollapseMonitor, "nc_monitor")
+        parser.add_lightning_class_args(SpectralMonitor, "spectral_monitor")
+        parser.set_defaults({"nc_monitor.classifier": "model.fc", "nc_monitor.mode": "eval",
+                             "spectral_monitor.classifier": "model.fc", "spectral_monitor.mode": "eval"})
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
+        parser.add_argument("--out", type=str, default="runs/train", help="the run folder")
+        parser.add_argument("--overwrite", action=ActionYesNo, default=False, help="replace a non-empty --out")
+        parser.add_argument("--ckpt_path", type=Optional[str], default=None,
+                            help="resume from this checkpoint (e.g. OUT/checkpoints/last.ckpt)")
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config
+        trainer = cfg.trainer
+        for key in ("limit_train_batches", "limit_val_batches"):
+            value = trainer.get(key)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"--trainer.{key} must be a positive number (a count or a fraction), got {value!r}")
+        if trainer.get("max_epochs") is not None and trainer.max_epochs < 1 and trainer.max_epochs != -1:
+            raise ValueError(f"--trainer.max_epochs must be >= 1 (or -1), got {trainer.max_epochs}")
+        devices = trainer.get("devices")
+        if isinstance(devices, int) and devices == 0 or devices in ("0",):
+            raise ValueError("--trainer.devices 0 selects no device: use 'auto', a positive count or a list")
+        if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
+            raise FileNotFoundError(f"--ckpt_path {cfg.ckpt_path} does not exist")
+        self.out = prepare_out(cfg.out, overwrite=cfg.overwrite, resume=cfg.ckpt_path is not None)
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        extra = {"default_root_dir": str(self.out)}
+        if self.config.trainer.get("logger") in (None, True):
+            extra["logger"] = CSVLogger(save_dir=str(self.out), name="", version="")
+        self.throughput = Throughput()
+        trainer = super().instantiate_trainer(**extra, **kwargs)
+        trainer.callbacks.append(self.throughput)
+        return trainer
 
 
-def _plot_curves(table: list[dict], path: Path) -> None:
-    fig, (ax, ax2) = new_figure(2)
-    epochs = [r["epoch"] for r in table]
-    for key in ("train/acc", "val/acc"):
-        ax.plot(epochs, [r.get(key, math.nan) for r in table], "o-", label=key)
-    for key in ("train/loss", "val/loss"):
-        ax2.plot(epochs, [r.get(key, math.nan) for r in table], "o-", label=key)
-    label(ax, "epoch", "accuracy")
-    label(ax2, "epoch", "cross-entropy")
-    save(fig, path, "Training curves")
-
-
-def _write_markdown(report: dict, path: Path) -> None:
-    final = report["final"]
-    lines = [
-        f"# hadainit train: {report['config']['model']} on {report['config']['dataset']}, init={report['config']['init']}",
-        "",
-        f"{report['config']['epochs']} epochs, precision {report['precision']}, accelerator {report['accelerator']}, "
-        f"{report['seconds']:.0f} s, {report['steps_per_second']:.2f} steps/s (median epoch).",
-        "",
-        "| quantity | final value |",
-        "|---|---|",
-    ]
-    lines += [f"| {key} | {value:.6g} |" for key, value in final.items()]
-    lines += ["", "Figures: `curves.png`, `neural_collapse.png`, `spectral.png`; per-epoch values: `metrics.csv`."]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def run(args: argparse.Namespace) -> dict:
-    """Train one configuration; returns the report written to ``args.out``."""
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(args.seed, workers=True)
-    k = data.num_classes(args.dataset)
-    train_set = data.cifar(args.dataset, args.data_dir, train=True, augment=True, download=args.download)
-    val_set = data.cifar(args.dataset, args.data_dir, train=False, augment=False, download=False)
-    loader_kw = dict(batch_size=args.batch_size, num_workers=args.num_workers, persistent_workers=args.num_workers > 0)
-    train_loader = DataLoader(train_set, shuffle=True, drop_last=False, **loader_kw)
-    val_loader = DataLoader(val_set, shuffle=False, **loader_kw)
-    module = ClassifierModule(args.model, k, args.init, args.lr, args.momentum, args.weight_decay, args.schedule,
-                              args.seed)
-    throughput = Throughput()
-    callbacks = [throughput]
-    if not args.no_monitors:
-        callbacks += [
-            NeuralCollapseMonitor(k, classifier="model.fc", mode=args.nc_mode, plot_dir=out,
-                                  eval_batches=args.nc_eval_batches if args.nc_mode == "eval" else None),
-            SpectralMonitor(classifier="model.fc", plot_dir=out),
-        ]
-    accelerator = args.accelerator
-    gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    precision = args.precision or ("bf16-mixed" if gpu else "32-true")
-    trainer = L.Trainer(
-        max_epochs=args.epochs, accelerator=accelerator, devices=args.devices, precision=precision,
-        logger=CSVLogger(save_dir=str(out), name="", version=""), callbacks=callbacks,
-        enable_checkpointing=False, enable_progress_bar=args.progress, enable_model_summary=False,
-        limit_train_batches=args.limit_train_batches, limit_val_batches=args.limit_val_batches,
-        num_sanity_val_steps=0, deterministic=False,
+def cli(argv: list[str] | None = None) -> TrainCLI:
+    return TrainCLI(
+        ClassifierModule,
+        ClassificationData,
+        subclass_mode_data=True,
+        args=argv,
+        run=False,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "max_epochs": 150,
+            "accelerator": "auto",
+            "callbacks": [ModelCheckpoint(save_last=True)],
+            "log_every_n_steps": 1,
+        },
+        parser_kwargs={"prog": "hadainit train", "description": __doc__.splitlines()[0], "exit_on_error": False,
+                       "default_env": False},
+        auto_configure_optimizers=False,
     )
-    start = time.perf_counter()
-    trainer.fit(module, train_loader, val_loader)
-    seconds = time.perf_counter() - start
-    report = {}
-    if trainer.is_global_zero:
-        table = epoch_table(out / "metrics.csv")
-        _plot_curves(table, out / "curves.png")
-        final = {key: value for key, value in table[-1].items() if key != "epoch"} if table else {}
-        sps = sorted(throughput.steps_per_second[1:] or throughput.steps_per_second)
-        report = {
-            "config": {key: (str(v) if isinstance(v, Path) else v) for key, v in vars(args).items()},
-            "precision": precision,
-            "accelerator": str(trainer.accelerator.__class__.__name__),
-            "seconds": seconds,
-            "steps_per_second": sps[len(sps) // 2] if sps else math.nan,
-            "steps_per_second_by_epoch": throughput.steps_per_second,
-            "final": final,
-            "epochs": table,
-        }
-        (out / "report.json").write_text(json.dumps(report, indent=2))
-        _write_markdown(report, out / "report.md")
-    return report
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hadainit train", description=__doc__.splitlines()[0])
-    p.add_argument("--dataset", choices=sorted(data.DATASETS), default="cifar10")
-    p.add_argument("--data-dir", required=True, help="folder holding cifar-10-batches-py / cifar-100-python")
-    p.add_argument("--download", action="store_true", help="fetch the dataset into --data-dir if missing")
-    p.add_argument("--init", choices=INITS, default="hadamard")
-    p.add_argument("--model", choices=sorted(MODELS), default="resnet18")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--schedule", choices=("cosine", "onecycle"), default="cosine")
-    p.add_argument("--accelerator", default="auto")
-    p.add_argument("--devices", default="auto")
-    p.add_argument("--precision", default=None, help="default: bf16-mixed on GPU, 32-true on CPU")
-    p.add_argument("--num-workers", type=int, default=4)
-    p.add_argument("--nc-mode", choices=("train", "eval"), default="train")
-    p.add_argument("--nc-eval-batches", type=int, default=None)
-    p.add_argument("--no-monitors", action="store_true", help="train without the callbacks (overhead baseline)")
-    p.add_argument("--limit-train-batches", type=float, default=None)
-    p.add_argument("--limit-val-batches", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--progress", action="store_true", help="show Lightning's progress bar")
-    p.add_argument("--out", required=True, help="run directory")
-    return p
+def _default_data(argv: list[str]) -> list[str]:
+    """The digits unless a data module is chosen (on the command line or in a --config file)."""
+    chosen = any(a == "--data" or a.startswith(("--data=", "--data.class_path", "--config", "-c")) for a in argv)
+    return argv if chosen else ["--data", "Digits", *argv]
+
+
+def _rows_before(metrics: Path, ckpt_path: str | None) -> list[dict]:
+    """On resume, the rows the run logged up to its checkpoint (CSVLogger starts a new file)."""
+    if ckpt_path is None or not metrics.is_file():
+        return []
+    step = torch.load(ckpt_path, map_location="cpu", weights_only=False)["global_step"]
+    with open(metrics, newline="") as fh:
+        return [row for row in csv.DictReader(fh) if row.get("step") and int(float(row["step"])) <= step]
+
+
+def _prepend(metrics: Path, earlier: list[dict]) -> None:
+    with open(metrics, newline="") as fh:
+        reader = csv.DictReader(fh)
+        rows, fields = list(reader), list(reader.fieldnames or [])
+    fields += [k for row in earlier for k in row if k not in fields]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(fields)))
+    writer.writeheader()
+    writer.writerows(earlier + rows)
+    write_atomic(metrics, buffer.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1:
-        raise SystemExit("hadainit train: --epochs and --batch-size must be positive")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    saved_argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads args= only; sys.argv would confuse it
     try:
-        run(args)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"hadainit train: {err}", file=sys.stderr)
+        run = cli(_default_data(argv))
+        start = time.perf_counter()
+        earlier = _rows_before(run.out / "metrics.csv", run.config.ckpt_path)
+        run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=run.config.ckpt_path)
+        if earlier and run.trainer.is_global_zero:
+            _prepend(run.out / "metrics.csv", earlier)
+        if run.trainer.is_global_zero:
+            write_run_report(run.out, run.trainer, run.model, run.datamodule, time.perf_counter() - start,
+                             run.throughput.steps_per_second, config=run.config.as_dict())
+    except SystemExit:
+        raise
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError, argparse.ArgumentError) as err:
+        message = " ".join(line.strip() for line in str(err).splitlines()) or type(err).__name__
+        print(f"hadainit train: {message}", file=sys.stderr)
         return 2
-    print(f"wrote {args.out}/report.json, report.md, metrics.csv and figures")
+    finally:
+        sys.argv = saved_argv
+    print(f"hadainit train: wrote {run.out}/report.md, report.json, metrics.csv and figures")
     return 0
 
 

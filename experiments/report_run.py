@@ -1,0 +1,71 @@
+"""The report of one training run: ``report.json``, ``report.md`` and ``curves.png`` in the run folder."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from hadainit.callbacks.plotting import epoch_axis, label, new_figure, save
+
+from .runs import read_metrics, series, write_atomic
+
+CURVES = (("train/acc", "val/acc"), ("train/loss", "val/loss"))
+
+
+def plot_curves(table: list[dict], path: Path) -> None:
+    fig, axes = new_figure(2)
+    for ax, keys, ylabel in zip(axes, CURVES, ("accuracy", "cross-entropy")):
+        xs = []
+        for key in keys:
+            x, y = series(table, key)
+            xs += x
+            ax.plot(x, y, "o-", ms=2, label=key)
+        epoch_axis(ax, xs)
+        label(ax, ax.get_xlabel(), ylabel, logy=ylabel == "cross-entropy")
+    save(fig, path, "Training curves")
+
+
+def write_run_report(out: Path, trainer, module, datamodule, seconds: float, steps_per_second: list[float],
+                     config: dict) -> dict:
+    """Read the run's ``metrics.csv`` back and write the report files (atomically)."""
+    metrics = out / "metrics.csv"
+    table = read_metrics(metrics) if metrics.is_file() else []
+    final: dict[str, float] = {}
+    for row in table:  # the last value of every column
+        final.update({k: v for k, v in row.items() if k not in ("epoch", "epochs_done")})
+    if not table:
+        final = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    sps = sorted(steps_per_second[1:] or steps_per_second)
+    report = {
+        "config": json.loads(json.dumps(config, default=str)),
+        "data": type(datamodule).__name__,
+        "num_classes": module.num_classes,
+        "epochs_trained": trainer.current_epoch,
+        "precision": str(trainer.precision),
+        "accelerator": type(trainer.accelerator).__name__,
+        "seconds": seconds,
+        "steps_per_second": sps[len(sps) // 2] if sps else None,
+        "final": final,
+        "epochs": table,
+    }
+    if table:
+        plot_curves(table, out / "curves.png")
+    write_atomic(out / "report.json", json.dumps(report, indent=2, allow_nan=True))
+    hp = module.hparams
+    lines = [
+        f"# hadainit train: {hp.arch} on {report['data']} (K = {module.num_classes}), last layer {hp.init}",
+        "",
+        f"{report['epochs_trained']} epochs, lr {hp.lr} ({hp.schedule}), momentum {hp.momentum}, weight decay "
+        f"{hp.weight_decay}, precision {report['precision']}, {report['accelerator']}, {seconds:.0f} s"
+        + (f", {report['steps_per_second']:.1f} steps/s (median epoch)." if report["steps_per_second"] else "."),
+        "",
+        "| quantity | final value |",
+        "|---|---|",
+    ]
+    lines += [f"| {key} | {value:.6g} |" for key, value in sorted(final.items()) if isinstance(value, float)
+              and (math.isfinite(value) or math.isinf(value))]
+    lines += ["", "Figures: `curves.png`, the monitors' `nc*.png`, `spectral*.png`; per-epoch values: `metrics.csv` "
+              "(epoch -1: the monitors' values at initialization)."]
+    write_atomic(out / "report.md", "\n".join(lines) + "\n")
+    return report

@@ -1,0 +1,149 @@
+"""The `hadainit` commands end to end on the real embedded data: train (LightningCLI), compare, bad flags."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from hadainit.experiments import cli, compare, train
+from hadainit.experiments.data import MNIST1D, Digits
+from hadainit.experiments.runs import read_metrics
+
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "run"
+    assert train.main(["--out", str(out), "--trainer.max_epochs", "3", *QUIET]) == 0
+    return out
+
+
+def test_train_with_no_data_argument_trains_the_digits_mlp(digits_run):
+    for name in ("report.json", "report.md", "metrics.csv", "config.yaml", "curves.png", "nc_eval.png",
+                 "spectral_eval.png", "checkpoints/last.ckpt"):
+        assert (digits_run / name).is_file(), name
+    report = json.loads((digits_run / "report.json").read_text())
+    assert report["data"] == "Digits" and report["num_classes"] == 10 and report["epochs_trained"] == 3
+    with open(digits_run / "metrics.csv") as fh:  # the report's final values are the CSV's last ones
+        rows = list(csv.DictReader(fh))
+    last_acc = [float(r["val/acc"]) for r in rows if r.get("val/acc")][-1]
+    assert report["final"]["val/acc"] == last_acc
+    assert report["final"]["nc_eval/nc1"] == [float(r["nc_eval/nc1"]) for r in rows if r.get("nc_eval/nc1")][-1]
+
+
+def test_resume_from_the_checkpoint_continues_the_run(digits_run, tmp_path):
+    import shutil
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(digits_run, resumed)
+    argv = ["--out", str(resumed), "--trainer.max_epochs", "5", "--ckpt_path", str(resumed / "checkpoints/last.ckpt"),
+            *QUIET]
+    assert train.main(argv) == 0
+    table = read_metrics(resumed / "metrics.csv")
+    assert [r["epoch"] for r in table] == [-1, 0, 1, 2, 3, 4]
+    assert json.loads((resumed / "report.json").read_text())["epochs_trained"] == 5
+
+
+def test_print_config_and_help(capsys):
+    with pytest.raises(SystemExit) as info:
+        train.main(["--print_config", "--data", "MNIST1D", "--model.init", "etf"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for needle in ("init: etf", "class_path: hadainit.experiments.data.MNIST1D", "nc_monitor:", "spectral_monitor:",
+                   "max_epochs: 150", "mode: eval"):
+        assert needle in text, needle
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    text = capsys.readouterr().out
+    assert "--model.init {hadamard,etf,default}" in text and "--nc_monitor.mode {train,eval,val}" in text
+
+
+def test_config_file_and_mnist1d(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("model:\n  arch: cnn\n  init: etf\ndata:\n  class_path: hadainit.experiments.data.MNIST1D\n"
+                      "trainer:\n  max_epochs: 1\n  limit_train_batches: 4\n")
+    out = tmp_path / "run"
+    assert train.main(["--config", str(config), "--out", str(out), *QUIET]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"] == "MNIST1D" and report["config"]["model"]["arch"] == "cnn"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--model.lr", "nan"], "model.lr"),
+    (["--trainer.devices", "0"], "devices 0"),
+    (["--trainer.limit_train_batches", "0"], "limit_train_batches must be a positive number"),
+    (["--model.init", "xavier"], "xavier"),
+    (["--data", "Nope"], "Nope"),
+])
+def test_bad_flags_give_one_line_and_exit_2(tmp_path, capsys, flags, message):
+    assert train.main(["--out", str(tmp_path / "o"), *flags, *QUIET]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("hadainit train:") and message in err, err
+
+
+def test_outputs_are_never_mixed(digits_run, tmp_path, capsys):
+    assert train.main(["--out", str(digits_run), *QUIET]) == 2
+    assert "not empty: pass --overwrite" in capsys.readouterr().err
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    assert train.main(["--out", str(afile), *QUIET]) == 2
+    assert "is a file" in capsys.readouterr().err
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / "report.json").write_text("{old")
+    assert train.main(["--out", str(stale), "--overwrite", "--trainer.max_epochs", "1", *QUIET]) == 0
+    assert json.loads((stale / "report.json").read_text())["epochs_trained"] == 1
+
+
+def test_hadainit_command_lists_and_refuses(capsys):
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in ("ufm", "real", "train", "validate", "compare", "slowdown"):
+        assert f"  {name}" in out
+    assert cli.main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
+    result = subprocess.run([sys.executable, "-m", "hadainit.experiments.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "validate" in result.stdout
+
+
+def test_compare_labels_groups_and_keys(digits_run, tmp_path, capsys):
+    import shutil
+
+    a, b = tmp_path / "a" / "run", tmp_path / "b" / "run"  # same folder name: distinct labels
+    shutil.copytree(digits_run, a)
+    shutil.copytree(digits_run, b)
+    result = compare.compare([a, b], tmp_path / "cmp")
+    assert set(result["runs"]) == {"a/run", "b/run"}
+    assert {"nc_eval.png", "spectral_eval.png", "train.png", "val.png"} <= set(result["figures"])
+    assert "spectral_eval/drift" in result["keys"] and not any(k.endswith("num_samples") for k in result["keys"])
+    only = compare.compare([a / "metrics.csv", b], tmp_path / "cmp2", keys=["val/acc"])  # a plain CSVLogger file
+    assert only["keys"] == ["val/acc"]
+    assert compare.main([str(a), str(b), "--out", str(tmp_path / "cmp3"), "--keys", "nope"]) == 2
+    assert "--keys ['nope'] are in none of the runs" in capsys.readouterr().err
+    assert compare.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+    assert compare.plotted("nc_eval/nc1") and not compare.plotted("spectral_eval/lam_3")
+    assert not compare.plotted("nc_eval/num_samples")
+
+
+def test_data_modules_have_fixed_splits_and_leave_the_rng_alone():
+    first, second = Digits(), Digits()
+    first.setup(), second.setup()
+    assert len(first.train_set) + len(first.test_set) == 1797
+    assert torch.equal(first.train_set.tensors[1], second.train_set.tensors[1])
+    assert first.train_set.tensors[0].shape[1:] == (1, 8, 8) and first.train_set.tensors[0].max() <= 1.0
+    np.random.seed(123)
+    state = np.random.get_state()[1].copy()
+    m = MNIST1D()
+    m.setup()
+    assert np.array_equal(np.random.get_state()[1], state)  # the generator reseeds numpy; restored
+    assert len(m.train_set) == 4000 and len(m.test_set) == 1000 and m.train_set.tensors[0].shape[1:] == (1, 40)
+    assert sorted(m.train_set.tensors[1].unique().tolist()) == list(range(10))
+    with pytest.raises(ValueError, match="batch_size"):
+        Digits(batch_size=0)
+    assert math.isfinite(float(m.train_set.tensors[0].abs().max()))

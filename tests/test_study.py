@@ -1,0 +1,99 @@
+"""`hadainit validate --quick` end to end on the real embedded data, and its numbers recomputed from the CSVs."""
+
+import csv
+import json
+import math
+import statistics
+
+import numpy as np
+import pytest
+
+from hadainit.experiments import validate
+from hadainit.experiments.study import NC1_THRESHOLD, RISE_TOL
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "validate"
+    assert validate.main(["--quick", "--out", str(out)]) == 0
+    return out, json.loads((out / "report.json").read_text())
+
+
+def _csv(out, name):
+    with open(out / "runs" / name / "metrics.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _column(rows, key):
+    """(epochs completed, value) of one column, read straight from the CSV rows."""
+    return [(float(r["epoch"]) + 1, float(r[key])) for r in rows if r.get(key)]
+
+
+def test_files_and_questions(study):
+    out, report = study
+    for name in ("report.md", "report.json", "runs.json", "accuracy_nc1.png", "drift.png", "lyapunov.png",
+                 "distances.png", "slowdown.png", "forecast.png"):
+        assert (out / name).is_file(), name
+    assert report["config"]["runs"] == 12 and report["config"]["seeds"] == 2
+    text = (out / "report.md").read_text()
+    for heading in ("Does the Hadamard init change", "tractable regime", "Is V monotone", "first rise",
+                    "slowdown", "forecaster"):
+        assert heading in text, heading
+
+
+def test_group_means_are_recomputable_from_the_csvs(study):
+    out, report = study
+    group = report["groups"]["digits-mlp|hadamard|0.0005"]
+    names = [r["name"] for r in report["runs"] if r["setup"] == "digits-mlp" and r["init"] == "hadamard"]
+    finals = [_column(_csv(out, n), "train/acc")[-1][1] for n in names]
+    assert math.isclose(group["train_acc"]["mean"], statistics.fmean(finals), rel_tol=1e-12)
+    assert math.isclose(group["train_acc"]["std"], statistics.stdev(finals), rel_tol=1e-9)
+    drift = [_column(_csv(out, n), "spectral_eval/drift")[-1][1] for n in names]
+    assert math.isclose(group["drift"]["mean"], statistics.fmean(drift), rel_tol=1e-12)
+    to_nc1 = [next((e for e, v in _column(_csv(out, n), "nc_eval/nc1") if e > 0 and v < NC1_THRESHOLD), None)
+              for n in names]
+    assert group["epochs_to_nc1"]["missing"] == sum(v is None for v in to_nc1)
+    assert f"{group['train_acc']['mean']:.3g} ± {group['train_acc']['std']:.2g}" in (out / "report.md").read_text()
+
+
+def test_v_rises_and_slopes_are_recomputable(study):
+    out, report = study
+    run = report["runs"][0]
+    values = [v for _, v in _column(_csv(out, run["name"]), "spectral_eval/kl_lyapunov")]
+    rises = sum((b - a) / abs(a) > RISE_TOL for a, b in zip(values, values[1:]))
+    assert run["values"]["V_rises"]["count"] == rises
+    assert report["V"]["runs_with_a_rise"] == sum(r["values"]["V_rises"]["count"] > 0 for r in report["runs"])
+    for run in report["runs"]:
+        slow = run["values"]["slowdown"]
+        if slow["slope"] is None:
+            continue
+        points = [(e, v) for e, v in _column(_csv(out, run["name"]), "spectral_eval/spectral_margin")
+                  if e >= slow["from_epoch"]]
+        slope = np.polyfit(np.log([e for e, _ in points]), [v for _, v in points], 1)[0]
+        assert math.isclose(slow["slope"], slope, rel_tol=1e-8), run["name"]
+        break
+    else:
+        pytest.fail("no run with a slowdown slope")
+
+
+def test_forecast_scores_are_counted_from_the_runs(study):
+    out, report = study
+    scored = [r["values"]["forecast"] for r in report["runs"] if "forecast" in r["values"]["forecast"]]
+    assert report["forecast"]["runs"] == len(scored) > 0
+    assert report["forecast"]["forecast_wins_margin"] == sum(f["forecast"]["margin"] < f["baseline"]["margin"]
+                                                            for f in scored)
+    assert math.isclose(report["forecast"]["median_spectrum_error"]["baseline"],
+                        statistics.median(f["baseline"]["spectrum"] for f in scored), rel_tol=1e-12)
+
+
+def test_analyze_only_and_refusals(study, tmp_path, capsys):
+    out, report = study
+    assert validate.main(["--out", str(out), "--analyze-only"]) == 0
+    again = json.loads((out / "report.json").read_text())
+    assert again["groups"] == report["groups"]
+    assert validate.main(["--quick", "--out", str(out)]) == 2
+    assert "not empty: pass --overwrite" in capsys.readouterr().err
+    assert validate.main(["--quick", "--out", str(tmp_path / "x"), "--seeds", "1"]) == 2
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "runs.json").write_text("[{")
+    assert validate.main(["--out", str(tmp_path / "bad"), "--analyze-only"]) == 2

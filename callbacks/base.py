@@ -312,7 +312,8 @@ class MonitorBase(Callback):
             self._consume_calls(self._hook.take(), batch)
         self._set_active(False)
         # measure before the epoch's validation runs, so checkpoint callbacks see this epoch's values
-        if self.mode != "val" and self._due(trainer) and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or batch_idx + 1 >= trainer.num_training_batches
+        if self.mode != "val" and self._due(trainer) and last:
             self._finish_epoch(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -100,6 +100,7 @@ class MonitorBase(Callback):
         at_epochs: list[int] | None = None,
         eval_loader: Any = None,
         eval_batches: int | None = None,
+        val_dataloader_idx: int = 0,
         name: str | None = None,
         metrics: list[str] | None = None,
         plot: bool = True,
@@ -123,6 +124,8 @@ class MonitorBase(Callback):
                     isinstance(e, int) and not isinstance(e, bool) and e >= 1 for e in at_epochs):
                 raise ValueError(f"at_epochs must be a list of epoch counts >= 1, got {at_epochs!r}")
         _positive_int(eval_batches, "eval_batches", allow_none=True)
+        if isinstance(val_dataloader_idx, bool) or not isinstance(val_dataloader_idx, int) or val_dataloader_idx < 0:
+            raise ValueError(f"val_dataloader_idx must be an int >= 0, got {val_dataloader_idx!r}")
         if mode != "eval" and (eval_loader is not None or eval_batches is not None):
             raise ValueError("eval_loader / eval_batches only apply to mode='eval'")
         if mode == "eval" and capture == "manual":
@@ -154,6 +157,7 @@ class MonitorBase(Callback):
         self.at_epochs = None if at_epochs is None else frozenset(at_epochs)
         self.eval_loader = eval_loader
         self.eval_batches = eval_batches
+        self.val_dataloader_idx = val_dataloader_idx
         self.name = name or (self.PREFIX if mode == "train" else f"{self.PREFIX}_{mode}")
         self.metrics = None if metrics is None else tuple(metrics)
         self.plot = bool(plot)
@@ -324,10 +328,7 @@ class MonitorBase(Callback):
     def _finish_epoch(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._finished_epoch = trainer.current_epoch
         if self.mode == "eval":
-            loader = self.eval_loader if self.eval_loader is not None else trainer.train_dataloader
-            limit = self.eval_batches if self.eval_batches is not None else (
-                None if self.eval_loader is not None else trainer.num_training_batches)
-            self._pass(trainer, pl_module, loader, limit)
+            self._pass(trainer, pl_module, *self._eval_loader(trainer))
         self._measure(trainer, trainer.current_epoch, trainer.current_epoch + 1.0)
 
     def _val_active(self, trainer: Trainer) -> bool:
@@ -336,7 +337,8 @@ class MonitorBase(Callback):
         return trainer.state.fn != "fit" or self._due(trainer)
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
-        self._set_active(self._val_active(trainer))
+        # one validation loader per monitor (several loaders are several data sets)
+        self._set_active(self._val_active(trainer) and dataloader_idx == self.val_dataloader_idx)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if self._hook is not None and self._hook.calls:
@@ -412,10 +414,12 @@ class MonitorBase(Callback):
         """An eval-mode pass over ``loader`` feeding the monitor through the hook (also with capture='manual')."""
         self._active = True
         self._hook.active = True
+        FeatureCapture.exclusive = self._hook
         try:
             eval_pass(trainer, pl_module, loader, limit, self._forward,
                       lambda batch: self._consume_calls(self._hook.take(), batch))
         finally:
+            FeatureCapture.exclusive = None
             self._set_active(False)
 
     def _measure_init(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -423,27 +427,32 @@ class MonitorBase(Callback):
             self._warn_once("init", f"{type(self).__name__}({self.name!r}): no values at initialization: "
                             f"{type(pl_module).__name__} has no forward(); pass forward_fn=...")
             return
-        if self.mode == "val":
-            loader, limit = self._val_loader(trainer), trainer.num_val_batches
-            limit = limit[0] if isinstance(limit, list) and limit else None
-        else:
-            loader = self.eval_loader if self.eval_loader is not None else trainer.train_dataloader
-            limit = self.eval_batches if self.eval_batches is not None else (
-                None if self.eval_loader is not None else trainer.num_training_batches)
+        loader, limit = self._val_loader(trainer) if self.mode == "val" else self._eval_loader(trainer)
         if loader is None:
             self._warn_once("init", f"{type(self).__name__}({self.name!r}): no data loader at initialization")
             return
-        self._pass(trainer, pl_module, loader, None if limit is None or not math.isfinite(limit) else int(limit))
+        self._pass(trainer, pl_module, loader, limit)
         self._measure(trainer, -1, 0.0)
 
-    @staticmethod
-    def _val_loader(trainer: Trainer):
-        loop = trainer.fit_loop.epoch_loop.val_loop
-        loop.setup_data()  # Lightning sets up the validation data lazily, at the first validation run
+    def _eval_loader(self, trainer: Trainer):
+        """The extra pass's data: ``eval_loader`` whole, or the training batches (``eval_batches``, else as
+        many as ``limit_train_batches`` allows)."""
+        if self.eval_loader is not None:
+            return self.eval_loader, self.eval_batches
+        limit = self.eval_batches if self.eval_batches is not None else trainer.num_training_batches
+        return trainer.train_dataloader, None if not math.isfinite(limit) else int(limit)
+
+    def _val_loader(self, trainer: Trainer):
+        """The monitored validation loader and its batch limit (Lightning sets them up lazily)."""
+        trainer.fit_loop.epoch_loop.val_loop.setup_data()
         loaders = trainer.val_dataloaders
-        if isinstance(loaders, (list, tuple)):
-            return loaders[0] if loaders else None
-        return loaders
+        if not isinstance(loaders, (list, tuple)):
+            loaders = [] if loaders is None else [loaders]
+        if self.val_dataloader_idx >= len(loaders):
+            return None, None
+        limits = trainer.num_val_batches
+        limit = limits[self.val_dataloader_idx] if isinstance(limits, list) and len(limits) > self.val_dataloader_idx else None
+        return loaders[self.val_dataloader_idx], None if limit is None or not math.isfinite(limit) else int(limit)
 
     # ---------------------------------------------------------- measure, log
     def _measure(self, trainer: Trainer, epoch: int, epochs_done: float) -> None:
@@ -471,7 +480,8 @@ class MonitorBase(Callback):
         for key, value in scalars.items():
             trainer.callback_metrics[key] = torch.tensor(value, dtype=torch.float64)
         for logger in trainer.loggers:  # loggers write on rank zero only
-            logger.log_metrics({**scalars, "epoch": row["epoch"]}, step=trainer.global_step)
+            logger.log_metrics({**scalars, "epoch": row["epoch"], "epochs_done": row["epochs_done"]},
+                               step=trainer.global_step)
 
     # ------------------------------------------------------------------- plot
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

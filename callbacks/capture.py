@@ -85,13 +85,17 @@ class FeatureCapture:
     chunks, an auxiliary call): every call is kept until :meth:`take`.
     """
 
+    #: The capture that owns the current extra (eval) pass, if any: every other capture ignores that
+    #: pass's calls, so one monitor's pass never leaks into another monitor's training-batch sums.
+    exclusive: "FeatureCapture | None" = None
+
     def __init__(self, classifier: nn.Linear) -> None:
         self.active = False
         self.calls: list[tuple[Tensor, Tensor]] = []
         self._handle = classifier.register_forward_hook(self._hook)
 
     def _hook(self, module: nn.Module, inputs: tuple, output: Tensor) -> None:
-        if self.active:
+        if self.active and FeatureCapture.exclusive in (None, self):
             self.calls.append((inputs[0].detach(), output.detach()))
 
     def take(self) -> list[tuple[Tensor, Tensor]]:

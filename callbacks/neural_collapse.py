@@ -57,7 +57,8 @@ class NeuralCollapseMonitor(MonitorBase):
         **kwargs: the shared options of :class:`~hadainit.callbacks.base.MonitorBase`:
             ``classifier`` (attribute path, e.g. ``"model.fc"``), ``mode``, ``every_n_epochs`` or
             ``at_epochs`` (epoch counts, e.g. :func:`~hadainit.callbacks.log_spaced_epochs`),
-            ``eval_loader``, ``eval_batches``, ``name``, ``metrics`` (keys to log; default all of
+            ``eval_loader``, ``eval_batches``, ``val_dataloader_idx`` (which validation loader ``mode="val"``
+            measures, default 0), ``name``, ``metrics`` (keys to log; default all of
             :data:`NC_KEYS`), ``plot``, ``plot_dir`` (default ``trainer.log_dir``), ``log_at_init``,
             ``capture`` (``"hook"``, or ``"manual"`` to call :meth:`update` yourself),
             ``ignore_index`` (labels excluded, default -100), ``labels_from_batch``,

@@ -113,14 +113,20 @@ class SpectralMonitor(MonitorBase):
 
     def _compute(self, trainer: Trainer, epochs_done: float) -> dict:
         w = self._classifier.weight.detach()
-        values = drift(w, self.basis)
+        if self.basis is not None:
+            values = drift(w, self.basis)
+        else:  # trainer.validate without a fit: the initial weights were never seen
+            values = {}
+            self._warn_once("no-basis", f"SpectralMonitor({self.name!r}): no initial basis (this monitor saw no fit "
+                            "and holds no restored state), so the drift keys are not logged")
         sv = torch.linalg.svdvals(w.to(device="cpu", dtype=torch.float64))
         values.update(sv_max=sv[0].item(), sv_min=sv[-1].item(), sv_cv=(sv.std(correction=0) / sv.mean()).item(),
                       singular_values=sv.tolist())
         spectrum = self._metrics.get("logits")
         if spectrum is not None and spectrum.update_count:
             try:
-                values.update(spectrum.compute())  # synced across ranks
+                spec = spectrum.compute()  # synced across ranks
+                values.update(spec)
             except ValueError as err:  # e.g. a class never seen, or collapsed logits: the drift is still logged
                 rank_zero_warn(f"SpectralMonitor({self.name!r}) epoch {trainer.current_epoch}: "
                                f"logit spectrum not logged: {err}")

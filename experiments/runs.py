@@ -23,21 +23,23 @@ def find_metrics_csv(path: str | Path) -> Path:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """One dict per epoch (ascending), merging the rows Lightning writes for it; values are floats.
+    """One dict per measurement point (ascending), merging the rows Lightning writes for it; floats.
 
-    ``epoch`` is Lightning's 0-based index of the epoch the values close (``-1``: values the
-    monitors measured at initialization); ``epochs_done = epoch + 1`` is the x-axis the
-    figures use. Step-level columns are kept only when logged with the epoch.
+    The point is ``epochs_done``, the epochs completed when the values were logged: the
+    monitors log it (0 at initialization, fractions for mid-epoch validation runs); for other
+    rows it is ``epoch + 1`` (Lightning's ``epoch`` is the 0-based index of the epoch that
+    closes). ``epoch`` is kept (``-1``: the monitors' values at initialization).
     """
-    rows: dict[int, dict] = {}
+    rows: dict[float, dict] = {}
     with open(find_metrics_csv(path)) as fh:
         for row in csv.DictReader(fh):
             if not row.get("epoch"):
                 continue
             epoch = int(float(row["epoch"]))
-            entry = rows.setdefault(epoch, {"epoch": epoch, "epochs_done": epoch + 1.0})
+            done = float(row["epochs_done"]) if row.get("epochs_done") else epoch + 1.0
+            entry = rows.setdefault(done, {"epoch": epoch, "epochs_done": done})
             for key, value in row.items():
-                if value not in ("", None) and key not in ("epoch", "step"):
+                if value not in ("", None) and key not in ("epoch", "step", "epochs_done"):
                     entry[key] = float(value)
     return [rows[e] for e in sorted(rows)]
 
@@ -80,16 +82,3 @@ def write_atomic(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def read_report(path: str | Path) -> dict:
-    """A ``report.json``, with a clear error for a missing or truncated file."""
-    import json
-
-    path = Path(path)
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} does not exist") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON (truncated or corrupted: {err})") from None

@@ -24,6 +24,7 @@ NC = "nc_eval/"
 SP = "spectral_eval/"
 NC1_THRESHOLD = 0.2
 RISE_TOL = 1e-9  # relative: rises smaller than round-off are not rises
+RISE_MIN = 0.01  # relative: an initial rise of a distance counts from 1% above its start
 
 
 # ------------------------------------------------------------ per-run values
@@ -59,16 +60,21 @@ def first_positive_epoch(table: list[dict]) -> float | None:
 
 
 def initial_rise(table: list[dict], key: str) -> dict:
-    """Does ``key`` first rise from its value at the first all-positive measurement before falling?"""
+    """Does ``key`` first rise, from the first all-positive measurement on, before it falls?
+
+    "Rises first": the first step goes up (by more than round-off), the series later peaks at least
+    ``RISE_MIN`` (relative) above its start, and it ends below that peak. A series that first falls
+    and rises later does not count.
+    """
     start = first_positive_epoch(table)
     epochs, values = series(table, key)
     pairs = [(e, v) for e, v in zip(epochs, values) if start is not None and e >= start]
-    if len(pairs) < 3:
+    if len(pairs) < 3 or pairs[0][1] == 0:
         return {"rises_first": None, "relative_rise": None, "peak_epoch": None}
     v0 = pairs[0][1]
     peak_epoch, peak = max(pairs[1:], key=lambda p: p[1])
-    rose = peak > v0 * (1 + RISE_TOL) and pairs[-1][1] < peak
-    return {"rises_first": rose, "relative_rise": (peak - v0) / abs(v0) if v0 else None,
+    rose = (pairs[1][1] > v0 * (1 + RISE_TOL) and (peak - v0) / abs(v0) > RISE_MIN and pairs[-1][1] < peak)
+    return {"rises_first": rose, "relative_rise": (peak - v0) / abs(v0) if rose else None,
             "peak_epoch": peak_epoch if rose else None}
 
 
@@ -79,14 +85,15 @@ def terminal_start(table: list[dict], epochs: int) -> float:
 
 
 def slowdown(table: list[dict], epochs: int) -> dict:
+    """``hadainit slowdown``'s slope of the spectral margin over the terminal phase (:func:`terminal_start`)."""
+    from .slowdown import slowdown as fit_slope
+
     start = terminal_start(table, epochs)
-    e, v = series(table, SP + "spectral_margin")
-    kept = [(x, y) for x, y in zip(e, v) if x >= start]
-    if len(kept) < 3:
+    try:
+        fitted = fit_slope(table, SP + "spectral_margin", min_epoch=start)
+    except ValueError:
         return {"slope": None, "ufm_slope": None, "from_epoch": start}
-    slope, _ = log_epoch_slope([x for x, _ in kept], [y for _, y in kept])
-    last = kept[-1][1]
-    return {"slope": slope, "ufm_slope": last / (last - 1.0) if last > 1.0 else None, "from_epoch": start}
+    return {"slope": fitted["slope_per_efold"], "ufm_slope": fitted["ufm_slope_per_efold"], "from_epoch": start}
 
 
 def spectra(table: list[dict]) -> tuple[list[float], list[list[float]]]:
@@ -355,7 +362,8 @@ def _markdown(r: dict) -> str:
         "",
         "## 4. Do the natural distances to NC first rise (K = 10)?",
         "",
-        f"From the first measurement with every logit mode positive: `etf_angle` rose before falling in "
+        f"From the first measurement with every logit mode positive, a distance \"rises first\" when its first step "
+        f"goes up, it peaks at least 1% above its start and ends below the peak: `etf_angle` did in "
         f"**{d['etf_angle_rises_first']} of {d['runs_measured']} runs** (median rise {d['etf_angle_median_rise']:.3g}, "
         f"relative), the ETF gap of the class means in {d['etf_gap_means_rises_first']}. Figure: `distances.png`.",
         "",

@@ -45,6 +45,9 @@ class Throughput(L.Callback):
     def __init__(self) -> None:
         self.steps_per_second: list[float] = []
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start, self._batches = time.perf_counter(), 0  # Lightning skips the epoch start on a mid-epoch resume
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._start, self._batches = time.perf_counter(), 0
 
@@ -135,9 +138,11 @@ def _rows_before(metrics: Path, ckpt_path: str | None) -> list[dict]:
 
 
 def _prepend(metrics: Path, earlier: list[dict]) -> None:
-    with open(metrics, newline="") as fh:
-        reader = csv.DictReader(fh)
-        rows, fields = list(reader), list(reader.fieldnames or [])
+    rows, fields = [], []
+    if metrics.is_file():
+        with open(metrics, newline="") as fh:
+            reader = csv.DictReader(fh)
+            rows, fields = list(reader), list(reader.fieldnames or [])
     fields += [k for row in earlier for k in row if k not in fields]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(fields)))
@@ -153,9 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         run = cli(_default_data(argv))
         start = time.perf_counter()
         earlier = _rows_before(run.out / "metrics.csv", run.config.ckpt_path)
-        run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=run.config.ckpt_path)
-        if earlier and run.trainer.is_global_zero:
-            _prepend(run.out / "metrics.csv", earlier)
+        for stale in ("report.json", "report.md", "curves.png") if earlier else ():
+            (run.out / stale).unlink(missing_ok=True)  # rewritten at the end; never left beside new metrics
+        try:
+            run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=run.config.ckpt_path)
+        finally:  # CSVLogger started a new metrics.csv: the history before the checkpoint goes back in, always
+            if earlier and run.trainer.is_global_zero:
+                _prepend(run.out / "metrics.csv", earlier)
         if run.trainer.is_global_zero:
             write_run_report(run.out, run.trainer, run.model, run.datamodule, time.perf_counter() - start,
                              run.throughput.steps_per_second, config=run.config.as_dict())

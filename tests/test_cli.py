@@ -48,6 +48,28 @@ def test_resume_from_the_checkpoint_continues_the_run(digits_run, tmp_path):
     table = read_metrics(resumed / "metrics.csv")
     assert [r["epoch"] for r in table] == [-1, 0, 1, 2, 3, 4]
     assert json.loads((resumed / "report.json").read_text())["epochs_trained"] == 5
+    original = read_metrics(digits_run / "metrics.csv")
+    assert table[:4] == original  # the history before the checkpoint is kept as it was
+
+
+def test_a_failed_resume_keeps_the_history_and_drops_the_stale_report(digits_run, tmp_path, monkeypatch):
+    import shutil
+
+    import lightning as L
+
+    resumed = tmp_path / "failed"
+    shutil.copytree(digits_run, resumed)
+
+    def explode(self, *args, **kwargs):
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(L.Trainer, "fit", lambda self, *a, **k: (self.loggers[0].log_metrics({"x": 1.0}, step=999),
+                                                                  self.loggers[0].save(), explode(self)))
+    argv = ["--out", str(resumed), "--trainer.max_epochs", "5", "--ckpt_path", str(resumed / "checkpoints/last.ckpt"),
+            *QUIET]
+    assert train.main(argv) == 2
+    assert read_metrics(resumed / "metrics.csv")[:4] == read_metrics(digits_run / "metrics.csv")
+    assert not (resumed / "report.json").exists() and not (resumed / "report.md").exists()
 
 
 def test_print_config_and_help(capsys):

@@ -29,7 +29,9 @@ def test_equals_the_spectral_ufm(k, kind, n):
     labels = torch.arange(k).repeat_interleave(n)
     out = logit_spectrum(feats, labels, model.W)
     assert torch.allclose(torch.tensor(out["lam"], dtype=torch.float64), lam[1:], rtol=1e-12, atol=1e-13)
-    assert out["logit_leakage"] < 1e-13
+    assert out["logit_leakage"] < 1e-13 and out["logit_residual"] < 1e-13
+    sigma = torch.tensor(out["zc_singular_values"], dtype=torch.float64)  # Z_c = Q diag(lam) Q^T: |lam| sorted
+    assert torch.allclose(sigma, lam[1:].abs().sort(descending=True).values, rtol=1e-12)
     assert math.isclose(out["kl_lyapunov_modes"], kl_lyapunov(lam).item(), rel_tol=1e-10)
     assert math.isclose(out["kl_lyapunov"], kl_lyapunov(lam).item(), rel_tol=1e-10)
     assert math.isclose(out["etf_angle"], etf_angle(lam).item(), rel_tol=1e-10, abs_tol=1e-15)
@@ -58,7 +60,8 @@ def _random_case(k, seed):
 
 
 def _spectral_keys(res):
-    return {k: res[k] for k in ("logit_leakage", "lam", "etf_angle", "kl_lyapunov", "kl_lyapunov_modes", "spectral_margin")}
+    return {k: res[k] for k in ("logit_residual", "lam", "etf_angle", "kl_lyapunov", "kl_lyapunov_modes",
+                                "spectral_margin", "zc_singular_values")}
 
 
 def _close(a, b):
@@ -83,17 +86,30 @@ def test_invariant_to_shifts_softmax_ignores_and_to_a_bias():
     _close(_spectral_keys(ref), _metric(biased, labels, k))
 
 
+def _relabelled(logits, labels, perm):
+    out = torch.empty_like(logits)
+    out[:, perm] = logits
+    return out, perm[labels]
+
+
 @pytest.mark.parametrize("k, kind", [(8, "walsh"), (9, "fourier"), (10, "fourier")])
 def test_invariant_to_relabelling_within_the_basis_group(k, kind):
     logits, labels = _random_case(k, 6)
-    ref = _spectral_keys(_metric(logits, labels, k))
+    ref = _metric(logits, labels, k)
     for s in range(1, k):
-        # walsh: class j -> j XOR s; fourier: j -> j + s mod K; both keep Q up to signs / rotations within pairs
+        # walsh: class j -> j XOR s; fourier: j -> j + s mod K: Q is kept up to signs / rotations within pairs
         perm = torch.arange(k) ^ s if kind == "walsh" else (torch.arange(k) + s) % k
-        relabelled = torch.empty_like(logits)
-        relabelled[:, perm] = logits
-        _close(ref, _metric(relabelled, perm[labels], k))
-    assert softmax_basis(k).shape == (k, k)
+        _close(_spectral_keys(ref), _metric(*_relabelled(logits, labels, perm), k))
+    # the leakage alone (SPEC 7) is kept by the relabellings that map basis vectors to signed basis vectors
+    signed = [torch.arange(k) ^ s for s in range(1, k)] if kind == "walsh" else [(-torch.arange(k)) % k] + (
+        [(torch.arange(k) + k // 2) % k] if k % 2 == 0 else [])
+    for perm in signed:
+        got = _metric(*_relabelled(logits, labels, perm), k)
+        assert math.isclose(got["logit_leakage"], ref["logit_leakage"], rel_tol=1e-11)
+    if kind == "walsh":
+        assert ref["logit_leakage"] == ref["logit_residual"]
+    else:
+        assert ref["logit_residual"] > ref["logit_leakage"]
 
 
 def test_streaming_and_merged_states_equal_one_pass():
@@ -113,7 +129,7 @@ def test_streaming_and_merged_states_equal_one_pass():
 def test_exact_at_extreme_scales():
     k = 8
     logits, labels = _random_case(k, 8)
-    ref = _spectral_keys(_metric(logits, labels, k))
+    ref = _metric(logits, labels, k)
     for scale in (1e-150, 1e150):
         res = _metric(logits * scale, labels, k)
         assert math.isclose(res["logit_leakage"], ref["logit_leakage"], rel_tol=1e-12)

@@ -414,3 +414,39 @@ def test_gradient_accumulation_and_torch_compile():
         ref = neural_collapse(_features(inner, x), y, inner.fc.weight.detach())
         assert nc.history[-1]["num_samples"] == 200 and sp.history[-1]["num_samples"] == 200
         assert math.isclose(nc.history[-1]["nc1"], ref["nc1"], rel_tol=1e-9)
+
+
+# ------------------------------------------------ review: pass isolation
+def test_an_eval_pass_never_leaks_into_another_monitors_training_sums():
+    results = []
+    for order in (0, 1):
+        train_mode, eval_mode = NeuralCollapseMonitor(), SpectralMonitor(mode="eval")
+        monitors = [train_mode, eval_mode] if order == 0 else [eval_mode, train_mode]
+        trainer(monitors, max_epochs=1).fit(TinyModule(lr=0.0), DataLoader(dataset(), batch_size=20, shuffle=True))
+        results.append(train_mode.history[-1])
+    assert results[0]["num_samples"] == results[1]["num_samples"] == 200
+    assert math.isclose(results[0]["nc1"], results[1]["nc1"], rel_tol=1e-12)
+
+
+class TwoValLoaders(TinyModule):
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        return super().validation_step(batch, batch_idx)
+
+
+def test_val_mode_measures_one_validation_loader():
+    module = TwoValLoaders(lr=0.0)
+    loaders = [DataLoader(dataset(100), batch_size=50), DataLoader(dataset(60), batch_size=30)]
+    first, second = NeuralCollapseMonitor(mode="val"), NeuralCollapseMonitor(mode="val", val_dataloader_idx=1,
+                                                                          name="nc_val1")
+    trainer([first, second], max_epochs=2).fit(module, loader(), loaders)
+    assert [h["num_samples"] for h in first.history] == [100, 100, 100]  # the initial value too
+    assert [h["num_samples"] for h in second.history] == [60, 60, 60]
+    assert first.history[0]["nc1"] == first.history[-1]["nc1"]  # frozen network, same data: same value
+
+
+def test_spectral_monitor_under_trainer_validate():
+    monitor = SpectralMonitor(mode="val")
+    t = trainer([monitor], max_epochs=1)
+    with pytest.warns(UserWarning, match="no initial basis"):
+        t.validate(TinyModule(), DataLoader(dataset(100), batch_size=50))
+    assert "spectral_val/logit_leakage" in t.callback_metrics and "spectral_val/drift" not in t.callback_metrics

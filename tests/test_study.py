@@ -97,3 +97,18 @@ def test_analyze_only_and_refusals(study, tmp_path, capsys):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "runs.json").write_text("[{")
     assert validate.main(["--out", str(tmp_path / "bad"), "--analyze-only"]) == 2
+
+
+def test_a_forecast_score_recomputed_from_the_csv(study):
+    from hadainit.ufm.forecast import evaluate_forecast
+
+    out, report = study
+    run = next(r for r in report["runs"] if "forecast" in r["values"]["forecast"])
+    rows = _csv(out, run["name"])
+    modes = sorted((k for k in rows[0] if k.startswith("spectral_eval/lam_") and k[18:].isdigit()),
+                   key=lambda k: int(k[18:]))
+    points = [(float(r["epochs_done"]), [float(r[m]) for m in modes]) for r in rows if r.get(modes[0])]
+    result = evaluate_forecast([e for e, _ in points], [lam for _, lam in points], fit_until=run["epochs"] / 3)
+    for name in ("forecast", "baseline"):
+        for key in ("spectrum", "margin"):
+            assert math.isclose(result[name][key], run["values"]["forecast"][name][key], rel_tol=1e-9), (name, key)

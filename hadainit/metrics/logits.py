@@ -7,16 +7,17 @@ With ``P = I - 11^T/K`` and the softmax basis ``Q`` (walsh or fourier, class k o
 the constant mode, and ``F = Q^T Z_c Q`` is ``Z_c`` in the basis where the spectral UFM
 is exactly diagonal:
 
+* ``logit_leakage = ||offdiag(F)||_F / ||Z_c||_F`` (SPEC 7): 0 for the spectral UFM at all times
+  and at neural collapse for any init (``Z_c -> c P``); how far a real network is from the
+  regime where the exact theory holds.
 * ``lam = diag(F)`` without mode 0 (the UFM's ``a * b``); in the fourier basis each
   (cos, sin) pair is averaged, as the exact theory needs them equal.
-* ``logit_leakage = ||F - diag(0, lam)||_F / ||Z_c||_F``: 0 for the spectral UFM at all times
-  and at neural collapse for any init (``Z_c -> c P``); how far a real network is from the
-  regime where the exact theory holds. For walsh it is ``||offdiag(F)||_F / ||Z_c||_F``; for
-  fourier it also counts the difference within each pair, which makes it invariant under the
-  cyclic relabellings of the classes (they rotate each pair) as the walsh one is under XOR. ``etf_angle(lam)``
-  is defined for any lam. ``kl_lyapunov_modes = V(lam)`` needs every mode > 0: when some
-  mode is <= 0 it is reported as ``inf`` (KL(u || lam_hat) grows without bound as a mode
-  falls to 0, and is undefined below) and ``modes_nonpositive`` counts those modes.
+  ``logit_residual = ||F - diag(0, lam)||_F / ||Z_c||_F`` also counts the difference within
+  each pair (for walsh it equals ``logit_leakage``): the whole distance from the exactly
+  tractable form, and invariant under every relabelling of the classes that the basis
+  allows (XOR shifts for walsh; cyclic shifts for fourier, which rotate each pair; the
+  leakage alone is invariant only under those that map basis vectors to signed basis vectors).
+  The singular values of ``Z_c`` are in ``zc_singular_values``.
 * ``kl_lyapunov``: KL(u || sigma / sum sigma) of the top K-1 singular values of ``Z_c``
   (SPEC 6; ``inf`` when rank-deficient). In the spectral UFM both equal V(lam).
 * margins: per sample ``z_y - max_{j != y} z_j`` (mean, min, fraction > 0); per class from
@@ -42,13 +43,13 @@ from torchmetrics import Metric
 from .. import _checks
 from ..bases import mode_pairs, resolve_basis, softmax_basis
 from ..ufm.lyapunov import etf_angle, kl_to_uniform
-from ..ufm.spectral import margins
+from ..ufm.forecast import spectral_margin
 
 __all__ = ["LOGIT_KEYS", "LogitSpectrum", "logit_spectrum", "spectrum_of_class_mean_logits"]
 
 #: The scalar keys of :class:`LogitSpectrum` (``lam``, the full spectrum, comes besides them).
 LOGIT_KEYS = (
-    "logit_leakage", "lam_min", "lam_mean", "lam_max", "modes_nonpositive", "etf_angle", "kl_lyapunov_modes",
+    "logit_leakage", "logit_residual", "lam_min", "lam_mean", "lam_max", "modes_nonpositive", "etf_angle", "kl_lyapunov_modes",
     "kl_lyapunov", "spectral_margin", "margin_mean", "margin_min", "margin_positive", "class_margin_mean", "class_margin_min",
     "logit_norm",
 )
@@ -98,7 +99,9 @@ def spectrum_of_class_mean_logits(z: Tensor, basis: str = "auto") -> dict:
     if pairs.numel():  # the exact theory needs equal values within each (cos, sin) pair
         mean = (diag[pairs[:, 0]] + diag[pairs[:, 1]]) / 2
         diag[pairs[:, 0]], diag[pairs[:, 1]] = mean, mean
-    leakage = torch.linalg.matrix_norm(f - torch.diag(diag)) / torch.linalg.matrix_norm(zc)
+    norm = torch.linalg.matrix_norm(zc)
+    leakage = torch.linalg.matrix_norm(f - torch.diag(torch.diagonal(f))) / norm
+    residual = torch.linalg.matrix_norm(f - torch.diag(diag)) / norm
     unit = diag[1:]  # lam / top: scale-free keys come from here, nothing over- or underflows
     lam = unit * top
     sigma = torch.linalg.svdvals(zc)[: k - 1]
@@ -107,6 +110,7 @@ def spectrum_of_class_mean_logits(z: Tensor, basis: str = "auto") -> dict:
     class_margin = torch.diagonal(z) - (z - torch.diag(torch.full((k,), math.inf, dtype=z.dtype, device=z.device))).max(0).values
     return {
         "logit_leakage": leakage.item(),
+        "logit_residual": residual.item(),
         "lam_min": lam.min().item(),
         "lam_mean": lam.mean().item(),
         "lam_max": lam.max().item(),
@@ -114,10 +118,11 @@ def spectrum_of_class_mean_logits(z: Tensor, basis: str = "auto") -> dict:
         "etf_angle": etf_angle(torch.cat((unit.new_zeros(1), unit))).item(),  # raises when every mode is 0
         "kl_lyapunov_modes": kl_to_uniform(unit).item() if nonpositive == 0 else math.inf,
         "kl_lyapunov": kl_to_uniform(sigma).item() if full_rank else math.inf,
-        "spectral_margin": margins(torch.cat((lam.new_zeros(1), lam)), kind).min().item(),
+        "spectral_margin": spectral_margin(lam, kind).item(),
         "class_margin_mean": class_margin.mean().item(),
         "class_margin_min": class_margin.min().item(),
         "lam": lam.tolist(),
+        "zc_singular_values": (sigma * top).tolist(),
     }
 
 

@@ -80,13 +80,15 @@ class SpectrumForecast:
         if (e < self.epoch0).any():
             raise ValueError(f"the forecast starts at epoch {self.epoch0}; got epochs before it")
         t = self.time_scale * (e - self.epoch0)
-        order = torch.argsort(t)
-        unique, inverse = torch.unique(t[order], return_inverse=True)
-        flow = self._flow(unique)
-        if not flow.success or flow.t.shape[0] != unique.shape[0]:
-            raise RuntimeError(f"the reduced flow failed: {flow.message}")
-        lam = torch.empty(e.shape[0], self.lam0.shape[0], dtype=torch.float64)
-        lam[order] = flow.lam[inverse][:, 1:]
+        unique, inverse = torch.unique(t, return_inverse=True)  # sorted
+        states = self.lam0.unsqueeze(0).expand(unique.shape[0], -1).clone()  # t = 0: the start itself
+        later = unique > 0
+        if later.any():
+            flow = self._flow(unique[later])
+            if not flow.success or flow.t.shape[0] != int(later.sum()):
+                raise RuntimeError(f"the reduced flow failed: {flow.message}")
+            states[later] = flow.lam[:, 1:]
+        lam = states[inverse]
         return {"lam": lam, "margin": spectral_margin(lam, self.basis), "kl_lyapunov": kl_lyapunov(_full(lam))}
 
     def epochs_to_margin(self, gamma: float, *, horizon_epochs: float = 1e12) -> float:

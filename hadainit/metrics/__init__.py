@@ -2,7 +2,8 @@
 
 from . import functional
 from .collapse import ClassMeans, NearestMeanMismatch, NeuralCollapse
-from .formulas import ClassStatistics, class_mean_logit_kl, collapse_metrics
+from .formulas import class_mean_logit_kl, coefficient_of_variation, collapse_metrics, per_class_metrics
+from .statistics import ClassStatistics
 
 __all__ = [
     "ClassMeans",
@@ -10,6 +11,8 @@ __all__ = [
     "NearestMeanMismatch",
     "NeuralCollapse",
     "class_mean_logit_kl",
+    "coefficient_of_variation",
     "collapse_metrics",
     "functional",
+    "per_class_metrics",
 ]

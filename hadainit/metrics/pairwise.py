@@ -24,8 +24,7 @@ from torch import Tensor
 
 __all__ = ["PairStatistics", "pair_statistics"]
 
-CHUNK_ELEMENTS = 1 << 21  # chunk rows x K entries per temporary (16 MiB in float64)
-
+CHUNK_ELEMENTS = 1 << 18  # chunk rows x K entries per buffer (2 MiB in float64: the passes stay in cache)
 
 @dataclass
 class PairStatistics:
@@ -56,39 +55,40 @@ def pair_statistics(
     k = rows.shape[0]
     unit, norms = _unit_rows(rows)
     total = unit.sum(0)
-    mean_cos = ((total @ total - k) / (k * (k - 1))).item()  # sum over pairs, from ||sum u||^2 = K + sum_{k!=l} cos
+    mean_cos = ((total @ total - k) / (k * (k - 1))).item()  # from ||sum u||^2 = K + sum_{k!=l} cos
+    etf = -1.0 / (k - 1)
     sq = norms.pow(2)
-    chunk = max(1, chunk_elements // k)
-    sums = torch.zeros(5, dtype=rows.dtype, device=rows.device)  # (cos - mean)^2, |cos + 1/(K-1)|, cdnv, log, riesz
+    coincide = 1e-13 * sq.max().item()
+    chunk = max(1, min(k, chunk_elements // k))
+    buffers = [torch.empty(chunk, k, dtype=rows.dtype, device=rows.device) for _ in range(3)]
+    sums = torch.zeros(5, dtype=rows.dtype, device=rows.device)  # (cos - mean)^2, |cos - etf|, cdnv, log, riesz
     per_class = torch.zeros(k, dtype=rows.dtype, device=rows.device) if variances is not None else None
-    coincide = 1e-13 * sq.max()
     for start in range(0, k, chunk):
         stop = min(start + chunk, k)
-        cos = unit[start:stop] @ unit.T
-        own = torch.arange(start, stop, device=rows.device)
-        local = own - start
-        cos[local, own] = mean_cos  # the diagonal: contributes 0 to the spread ...
-        sums[0] += (cos - mean_cos).pow(2).sum()
-        cos[local, own] = -1.0 / (k - 1)  # ... and 0 here
-        sums[1] += (cos + 1.0 / (k - 1)).abs().sum()
+        cos, work, dist = (buf[: stop - start] for buf in buffers)
+        diagonal = cos.diagonal(offset=start)  # the pairs (k, k): their terms are set to 0 below
+        torch.mm(unit[start:stop], unit.T, out=cos)
+        diagonal.fill_(mean_cos)
+        torch.sub(cos, mean_cos, out=work)
+        sums[0] += torch.linalg.vecdot(work.view(-1), work.view(-1))
+        diagonal.fill_(etf)
+        sums[1] += torch.sub(cos, etf, out=work).abs_().sum()
         if variances is None:
             continue
-        cos[local, own] = 1.0
-        # ||mu_k - mu_l||^2 of the centred means, from their cosine: no large offsets cancel
-        dist = (sq[start:stop].unsqueeze(1) + sq) - 2 * cos * (norms[start:stop].unsqueeze(1) * norms)
-        dist = torch.where(dist > coincide, dist, torch.zeros_like(dist))
-        ratio = (variances[start:stop].unsqueeze(1) + variances) / (2 * dist)
-        ratio = torch.where(dist > 0, ratio, torch.full_like(ratio, math.inf))  # coinciding means: 0/0 is infinite too
-        ratio[local, own] = 0.0
-        rows_cdnv = ratio.sum(1)
-        per_class[start:stop] = rows_cdnv / (k - 1)
-        sums[2] += rows_cdnv.sum()
-        unit_dist = (2 - 2 * cos).clamp_min(0)  # ||u_k - u_l||^2
-        unit_dist[local, own] = 1.0  # log 1 = 0 and 1^(-s) = 1 (subtracted below)
-        sums[3] += -0.5 * unit_dist.log().sum()
-        sums[4] += unit_dist.pow(-riesz_s / 2).sum() - (stop - start)
-    pairs = k * (k - 1)
-    values = (sums / pairs).tolist()
+        # ||mu_k - mu_l||^2 of the centred means from their Gram: no large offsets cancel
+        torch.mm(rows[start:stop], rows.T, out=dist)
+        dist.mul_(-2).add_(sq[start:stop].unsqueeze(1)).add_(sq)
+        torch.add(variances[start:stop].unsqueeze(1), variances, out=work).div_(dist)
+        work.masked_fill_(dist <= coincide, math.inf)  # coinciding means: an infinite normalized variance
+        work.diagonal(offset=start).zero_()
+        row_cdnv = work.sum(1)
+        per_class[start:stop] = row_cdnv / (2 * (k - 1))
+        sums[2] += row_cdnv.sum() / 2
+        torch.mul(cos, -2.0, out=work).add_(2.0).clamp_min_(0.0)  # ||u_k - u_l||^2
+        work.diagonal(offset=start).fill_(1.0)  # log 1 = 0 and 1^(-s) = 1, subtracted below
+        sums[3] -= torch.log(work, out=dist).sum() / 2
+        sums[4] += work.pow_(-riesz_s / 2).sum() - (stop - start)
+    values = (sums / (k * (k - 1))).tolist()
     out = PairStatistics(cos_std=math.sqrt(values[0]), cos_etf=values[1])
     if variances is not None:
         out.cdnv, out.cdnv_per_class, out.gnc2_log, out.gnc2_riesz = values[2], per_class, values[3], values[4]

@@ -1,7 +1,8 @@
 """Neural-collapse metrics (SPEC section 6): streaming torchmetrics and a functional form."""
 
 from . import functional
-from .collapse import ClassMeans, NearestMeanMismatch, NeuralCollapse
+from .collapse import NeuralCollapse
+from .means import ClassMeans, NearestMeanMismatch
 from .formulas import class_mean_logit_kl, coefficient_of_variation, collapse_metrics, per_class_metrics
 from .statistics import ClassStatistics
 

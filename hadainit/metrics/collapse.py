@@ -24,50 +24,21 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torchmetrics import Metric
 from torchmetrics.utilities.exceptions import TorchMetricsUserError
 
 from .. import _checks
 from ..drift import InitialBasis
+from .base import Float64Metric, check_finite_state, distributed
 from .formulas import GLOBAL_MEAN_KINDS, check_rtol, collapse_metrics, per_class_metrics
-from .functional import (
-    check_batch,
-    check_classifier,
-    check_precision,
-    check_seen,
-    nearest_mean_disagreement,
-    neural_collapse,
-)
+from .functional import check_batch, check_classifier, check_precision, neural_collapse
 from .statistics import ClassStatistics, Float32Accumulator, Workspace, accumulate, pick_references
 
-__all__ = ["ClassMeans", "NeuralCollapse", "NearestMeanMismatch"]
+__all__ = ["NeuralCollapse"]
 
 F64 = torch.float64
 
 
-def _check_finite_state(*states: Tensor) -> None:
-    if not all(torch.isfinite(s).all() for s in states):
-        raise ValueError("non-finite features were accumulated (NaN or Inf in the metric state): "
-                         "the monitored features are not finite")
-
-
-def _distributed(process_group) -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size(process_group) > 1
-
-
-class _Float64Metric(Metric):
-    """A metric whose float64 sums keep their dtype: ``set_dtype``, ``module.to(dtype)`` and the precision
-    plugins move them between devices only (a float32 sum would lose what the float64 sums exist for)."""
-
-    def _apply(self, fn: Callable, exclude_state: Any = "") -> nn.Module:
-        def device_only(t: Tensor) -> Tensor:
-            out = fn(t)
-            return out if out.dtype == t.dtype else t.to(out.device)
-
-        return super()._apply(device_only, exclude_state)
-
-
-class NeuralCollapse(_Float64Metric):
+class NeuralCollapse(Float64Metric):
     """NC1-NC3, GNC2, UNC3, CDNV and the KL Lyapunov value from one streaming pass.
 
     Args:
@@ -131,6 +102,7 @@ class NeuralCollapse(_Float64Metric):
         self._pinned = False  # a reference given by set_reference: kept until reset()
         self._workspace = Workspace()
         self._fast = Float32Accumulator()  # precision="float32": sums of the open group of batches
+        self._warned_matmul = False
         self._weight: Tensor | None = None
         self._bias: Tensor | None = None
         self._basis: InitialBasis | None = None
@@ -182,6 +154,11 @@ class NeuralCollapse(_Float64Metric):
                 pick_references(self.reference, self.counts, x, labels)
             accumulate(self._view(), x, labels, self._workspace)
             return
+        if torch.get_float32_matmul_precision() != "highest" and not self._warned_matmul:
+            self._warned_matmul = True
+            warnings.warn("NeuralCollapse(precision='float32') under torch.set_float32_matmul_precision("
+                          f"{torch.get_float32_matmul_precision()!r}): the float32 products may run at reduced "
+                          "precision (e.g. TF32); use 'highest' or precision='float64'", stacklevel=2)
         if self._fast.mirror is None:  # a new group of batches: its float32 shifts need an exact float32 reference
             stats = Float32Accumulator.exact_reference(self._view())
             if stats.reference is not self.reference:
@@ -233,7 +210,7 @@ class NeuralCollapse(_Float64Metric):
 
     def compute(self) -> dict[str, float]:
         stats = self.statistics()
-        _check_finite_state(stats.sums, stats.second)
+        check_finite_state(stats.sums, stats.second)
         self.class_means, self.seen = stats.means().clone(), stats.counts > 0
         return collapse_metrics(stats, self._weight, global_mean=self.global_mean, basis=self._basis,
                                 rtol=self.rtol, riesz_s=self.riesz_s)
@@ -243,7 +220,7 @@ class NeuralCollapse(_Float64Metric):
         see :func:`hadainit.metrics.formulas.per_class_metrics`."""
         with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync,
                                should_unsync=self._should_unsync):
-            _check_finite_state(self.sums, self.second)
+            check_finite_state(self.sums, self.second)
             return {key: value.clone() for key, value in
                     per_class_metrics(self.statistics(), self._weight, global_mean=self.global_mean).items()}
 
@@ -308,7 +285,7 @@ class NeuralCollapse(_Float64Metric):
         available = distributed_available if distributed_available is not None else self.distributed_available_fn
         group = process_group or self.process_group
         self._flush()
-        if should_sync and not self._is_synced and callable(available) and available() and _distributed(group):
+        if should_sync and not self._is_synced and callable(available) and available() and distributed(group):
             self._agree_on_reference(group)
         super().sync(dist_sync_fn, process_group, should_sync, distributed_available)
 
@@ -323,80 +300,3 @@ class NeuralCollapse(_Float64Metric):
         dist.broadcast(pooled, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
         target = torch.where((counts > 0).unsqueeze(1), pooled, stats.reference)
         self._set_statistics(stats.rebased(target))
-
-
-class NearestMeanMismatch(_Float64Metric):
-    """NC4: the fraction of samples whose nearest class mean disagrees with ``argmax`` of the logits.
-
-    The class means come from a previous pass or epoch (:meth:`set_means`, e.g.
-    ``NeuralCollapse.class_means`` after its ``compute()``): using the means of
-    the pass being measured would need a second pass. States: two float64 sums.
-    """
-
-    full_state_update = False
-    is_differentiable = False
-    higher_is_better = False
-
-    def __init__(self, num_classes: int, feature_dim: int, *, validate_args: bool = True, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.num_classes = _checks.positive_int(num_classes, "num_classes", minimum=2)
-        self.feature_dim = _checks.positive_int(feature_dim, "feature_dim")
-        self.validate_args = bool(validate_args)
-        self.add_state("mismatches", torch.zeros((), dtype=F64), dist_reduce_fx="sum")
-        self.add_state("total", torch.zeros((), dtype=F64), dist_reduce_fx="sum")
-        self._means: Tensor | None = None
-        self._seen: Tensor | None = None
-
-    def set_means(self, means: Tensor, seen: Tensor | None = None) -> None:
-        """Class means (K x d) to compare against; ``seen`` (K bools, at least one) masks classes without a mean."""
-        if means.shape != (self.num_classes, self.feature_dim) or not torch.isfinite(means).all():
-            raise ValueError(f"means must be a finite ({self.num_classes}, {self.feature_dim}) tensor, got {tuple(means.shape)}")
-        self._seen = check_seen(seen, self.num_classes)
-        self._means = means.detach().to(F64)
-
-    def update(self, features: Tensor, logits: Tensor) -> None:  # type: ignore[override]
-        """Add a batch of features (B, d) and the classifier's logits (B, K) for them."""
-        if self._means is None:
-            raise ValueError("NearestMeanMismatch needs class means: call set_means(...) first")
-        if logits.dim() != 2 or logits.shape != (features.shape[0], self.num_classes):
-            raise ValueError(f"logits must be ({features.shape[0]}, {self.num_classes}), got {tuple(logits.shape)}")
-        check_batch(features, logits.detach().argmax(1), self.num_classes, self.feature_dim, values=False)
-        if self.validate_args and not (torch.isfinite(features).all() & torch.isfinite(logits).all()):
-            raise ValueError("features or logits contain NaN or Inf")
-        self.mismatches += nearest_mean_disagreement(features, self._means, logits, self._seen).to(self.mismatches)
-        self.total += features.shape[0]
-
-    def compute(self) -> dict[str, float]:
-        if self.total == 0:
-            raise ValueError("NearestMeanMismatch.compute() before any update")
-        return {"nc4": (self.mismatches / self.total).item()}
-
-
-class ClassMeans(_Float64Metric):
-    """Per-class feature means from one streaming pass (float64 sums): the light state
-    :class:`~hadainit.callbacks.SpectralMonitor` needs for the class-mean logit matrix.
-
-    ``compute()`` returns ``(means K x d, seen K bool)``.
-    """
-
-    full_state_update = False
-    is_differentiable = False
-    higher_is_better = None
-
-    def __init__(self, num_classes: int, feature_dim: int, *, validate_args: bool = True, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.num_classes = _checks.positive_int(num_classes, "num_classes", minimum=2)
-        self.feature_dim = _checks.positive_int(feature_dim, "feature_dim")
-        self.validate_args = bool(validate_args)
-        self.add_state("counts", torch.zeros(num_classes, dtype=F64), dist_reduce_fx="sum")
-        self.add_state("sums", torch.zeros(num_classes, feature_dim, dtype=F64), dist_reduce_fx="sum")
-
-    def update(self, features: Tensor, labels: Tensor) -> None:  # type: ignore[override]
-        check_batch(features, labels, self.num_classes, self.feature_dim, values=self.validate_args)
-        labels = labels.to(device=self.counts.device, dtype=torch.int64)
-        self.counts += torch.bincount(labels, minlength=self.num_classes)
-        self.sums.index_add_(0, labels, features.detach().to(device=self.counts.device, dtype=F64))
-
-    def compute(self) -> tuple[Tensor, Tensor]:
-        _check_finite_state(self.sums)
-        return self.sums / self.counts.clamp_min(1).unsqueeze(1), self.counts > 0

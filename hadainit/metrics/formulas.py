@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .. import _checks
 from ..drift import InitialBasis, drift
 from ..ufm.lyapunov import kl_to_uniform
 from .pairwise import pair_statistics
@@ -260,8 +261,7 @@ def collapse_metrics(
         riesz_s: the exponent of the GNC2 Riesz energy (> 0).
     """
     rtol = check_rtol(rtol)
-    if not (isinstance(riesz_s, (int, float)) and math.isfinite(riesz_s) and riesz_s > 0):
-        raise ValueError(f"riesz_s must be a positive finite number, got {riesz_s!r}")
+    riesz_s = _checks.positive_float(riesz_s, "riesz_s")
     geo = class_geometry(stats, global_mean)
     out = {"num_classes_seen": float(len(geo.classes)), **nc1_metrics(geo, rtol), **mean_geometry_metrics(geo, riesz_s)}
     if weight is not None:

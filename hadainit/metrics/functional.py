@@ -21,7 +21,7 @@ __all__ = ["PRECISIONS", "check_batch", "check_classifier", "class_statistics", 
            "neural_collapse", "per_class"]
 
 PRECISIONS = ("float64", "float32")
-CHUNK_ROWS = 4096
+CHUNK_ROWS = 1024
 
 
 def check_batch(

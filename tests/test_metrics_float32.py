@@ -96,3 +96,14 @@ def test_explicit_reference_and_float64_features():
     odd = torch.full((6, 20), 1 / 3, dtype=torch.float64)  # not a float32 number: the sums move to one
     metric = _stream(NeuralCollapse(6, 20, precision="float32", reference=odd), x.double(), labels)
     _assert_close(metric.compute(), ref, rtol=2e-6)
+
+
+def test_reduced_float32_matmul_precision_is_announced():
+    x, labels = _data(n=20, seed=7)
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("high")
+        with pytest.warns(UserWarning, match="reduced precision"):
+            NeuralCollapse(6, 20, precision="float32").update(x, labels)
+    finally:
+        torch.set_float32_matmul_precision(previous)

@@ -56,6 +56,13 @@ def check_batch(
         raise ValueError("features contain NaN or Inf")
 
 
+def _check_label_range(labels: Tensor, num_classes: int) -> None:
+    if labels.numel():
+        low, high = labels.aminmax()
+        if low < 0 or high >= num_classes:
+            raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{low.item()}, {high.item()}]")
+
+
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -98,21 +105,23 @@ def class_statistics(
 ) -> ClassStatistics:
     """The shifted sufficient statistics (:mod:`.statistics`), streamed over chunks of rows.
 
-    ``reference=None`` shifts by the exact class means (a first pass). Labels and finiteness are checked.
+    ``reference=None`` shifts by the class means (a first pass; float32 sums suffice for a shift point).
+    Labels and finiteness are checked (a NaN or Inf anywhere makes the sums non-finite).
     """
     check_batch(features, labels, num_classes, values=False)
     check_precision(precision)
     n, d = features.shape
     device, f64 = features.device, torch.float64
     labels = labels.to(device=device, dtype=torch.int64)
+    _check_label_range(labels, num_classes)
     chunks = [slice(i, min(i + chunk_rows, n)) for i in range(0, n, chunk_rows)]
-    for rows in chunks:
-        check_batch(features[rows], labels[rows], num_classes)
     if reference is None:
-        raw = torch.zeros(num_classes, d, dtype=f64, device=device)
+        sum_dtype = f64 if features.dtype == f64 else torch.float32
+        raw = torch.zeros(num_classes, d, dtype=sum_dtype, device=device)
         for rows in chunks:
-            raw.index_add_(0, labels[rows], features[rows].detach().to(f64))
-        counts = torch.bincount(labels, minlength=num_classes).to(f64)
+            raw.index_add_(0, labels[rows], features[rows].detach().to(sum_dtype))
+        _check_finite(raw)
+        counts = torch.bincount(labels, minlength=num_classes).to(sum_dtype)
         reference = raw / counts.clamp_min(1).unsqueeze(1)
     reference = reference.detach().to(device=device, dtype=f64)
     stats = ClassStatistics(
@@ -128,11 +137,17 @@ def class_statistics(
             fast.start(stats)
             fast.add(stats, features[rows].detach(), labels[rows])
         fast.flush(stats)
-        return stats
-    workspace = Workspace()
-    for rows in chunks:
-        accumulate(stats, features[rows].detach(), labels[rows], workspace)
+    else:
+        workspace = Workspace()
+        for rows in chunks:
+            accumulate(stats, features[rows].detach(), labels[rows], workspace)
+    _check_finite(stats.sq_norms)
     return stats
+
+
+def _check_finite(sums: Tensor) -> None:
+    if not torch.isfinite(sums).all():
+        raise ValueError("features contain NaN or Inf")
 
 
 def check_seen(seen: Tensor | None, num_classes: int) -> Tensor | None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 
 import torch
@@ -9,6 +12,7 @@ from torch import nn
 
 from hadainit import fwht, hadamard_, hadamard_matrix
 from hadainit.metrics import NeuralCollapse
+from hadainit.metrics.functional import neural_collapse
 from hadainit.ufm import UFM, spectral_flow, spectral_gd
 from hadainit.ufm.dynamics import spectral_rhs
 
@@ -114,8 +118,72 @@ class SmallCNN(nn.Module):
         return self.fc(self.features(x))
 
 
+class Float32TwoPass:
+    """The baseline for the statistics pass, written here: the statistics NeuralCollapse needs (class counts,
+    means, within-class scatter, per-class squared deviations) in float32 and two passes over the data, the
+    way a float32 two-pass implementation computes them: means first, then deviations from them."""
+
+    def __init__(self, k: int, d: int, device: torch.device) -> None:
+        self.sums = torch.zeros(k, d, device=device)
+        self.counts = torch.zeros(k, device=device)
+        self.means = torch.zeros(k, d, device=device)
+        self.scatter = torch.zeros(d, d, device=device)
+        self.sq_norms = torch.zeros(k, device=device)
+        self._diff: torch.Tensor | None = None
+
+    def first_pass(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.sums.index_add_(0, y, x)
+        self.counts.index_add_(0, y, torch.ones_like(y, dtype=x.dtype))
+
+    def end_first_pass(self) -> None:
+        self.means = self.sums / self.counts.clamp_min(1).unsqueeze(1)
+
+    def second_pass(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if self._diff is None or self._diff.shape != x.shape:
+            self._diff = torch.empty_like(x)
+        diff = torch.sub(x, torch.index_select(self.means, 0, y, out=self._diff), out=self._diff)
+        self.scatter.addmm_(diff.T, diff)
+        self.sq_norms.index_add_(0, y, torch.linalg.vecdot(diff, diff))
+
+
+def _pass_accuracy(k: int, d: int, batch: int, device: torch.device) -> float:
+    """Largest relative difference of nc1, cdnv, within_class_trace between precision float32 and float64."""
+    gen = torch.Generator().manual_seed(1)
+    means = torch.randn(k, d, generator=gen)
+    results = []
+    for precision in ("float32", "float64"):
+        metric = NeuralCollapse(k, d, precision=precision).to(device)
+        for i in range(40):
+            y = torch.randint(0, k, (batch,), generator=torch.Generator().manual_seed(i))
+            x = means[y] + torch.randn(batch, d, generator=torch.Generator().manual_seed(100 + i))
+            metric.update(x.to(device), y.to(device))
+        results.append(metric.compute())
+    return max(abs(results[0][key] - results[1][key]) / abs(results[1][key])
+               for key in ("nc1", "cdnv", "within_class_trace"))
+
+
+_MEMORY = """
+def _status(field):
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith(field + ":"))
+"""
+
+
+def _peak_extra_mib(setup: str, call: str) -> float:
+    """Peak resident memory added by ``call`` after ``setup``, in a fresh CPU process (MiB, Linux): the peak
+    (VmHWM) is reset after the setup, so only what ``call`` adds on top of the resident input counts."""
+    code = "\n".join([
+        "import gc, json, torch", f"torch.set_num_threads({torch.get_num_threads()})", _MEMORY, setup, "gc.collect()",
+        "open('/proc/self/clear_refs', 'w').write('5')", "before = _status('VmRSS')", call,
+        "print(json.dumps((_status('VmHWM') - before) / 1024))",
+    ])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def bench_metrics(device: torch.device, quick: bool) -> list[dict]:
-    """NC metric update (d=512, K=100, batch 256) vs a small CNN training step; compute() at K=1000, d=2048."""
+    """NC metrics: update vs a CNN step and vs a float32 two-pass; compute() at K=1000 d=2048 and K=10000 d=64;
+    the functional form vs streaming."""
     batch, k, d = (64, 100, 512) if quick else (256, 100, 512)
     gen = torch.Generator().manual_seed(0)
     net = SmallCNN(k).to(device)
@@ -133,8 +201,21 @@ def bench_metrics(device: torch.device, quick: bool) -> list[dict]:
     t = compare({"update": lambda: metric.update(feats, labels), "cnn_step": train_step}, device=device,
                 repeats=5 if quick else 9, min_seconds=0.0 if quick else 0.1)
     ratio = t["update"] / t["cnn_step"]
-    rows = [_row("NC metric update vs CNN step", f"d={d} K={k} batch {batch}", t, ratio=ratio,
-                 goal="update < 3% of the training step", met=ratio < 0.03)]
+    # the statistics pass alone (no per-batch validation, as in the callbacks), side by side with the baseline
+    fast = NeuralCollapse(k, d, precision="float32", validate_args=False).to(device)
+    exact = NeuralCollapse(k, d, validate_args=False).to(device)
+    base = Float32TwoPass(k, d, device)
+    base.first_pass(feats, labels)
+    base.end_first_pass()
+    passes = compare({"pass_float32": lambda: fast.update(feats, labels),
+                      "pass_float64": lambda: exact.update(feats, labels),
+                      "two_pass_float32": lambda: (base.first_pass(feats, labels), base.second_pass(feats, labels))},
+                     device=device, repeats=7 if quick else 15, min_seconds=0.0 if quick else 0.2)
+    speedup = passes["two_pass_float32"] / passes["pass_float32"]
+    rows = [_row("NC metric update vs CNN step", f"d={d} K={k} batch {batch}", {**t, **passes}, ratio=ratio,
+                 goal="update < 3% of the training step", met=ratio < 0.03,
+                 pass_speedup=speedup, pass_speedup_float64=passes["two_pass_float32"] / passes["pass_float64"],
+                 pass_goal_met=speedup >= 1.0, pass_float32_max_rel_err=_pass_accuracy(k, d, batch, device))]
     kc, dc = (100, 256) if quick else (1000, 2048)
     big = NeuralCollapse(kc, dc).to(device)
     x = torch.randn(4 * kc, dc, generator=gen).to(device)
@@ -143,13 +224,77 @@ def bench_metrics(device: torch.device, quick: bool) -> list[dict]:
     w = torch.randn(kc, dc, generator=gen, dtype=torch.float64).to(device)
     big.set_classifier(w)
 
-    def compute():
-        big._computed = None  # torchmetrics caches compute(); time the linear algebra every call
-        return big.compute()
+    def compute(m=big):
+        m._computed = None  # torchmetrics caches compute(); time the linear algebra every call
+        return m.compute()
 
     tc = compare({"compute": compute}, device=device, repeats=3)
     rows.append(_row("NC metric compute()", f"K={kc} d={dc} with classifier", tc))
+    rows.append(_bench_many_classes(device, quick))
+    rows.append(_bench_functional(device, quick))
     return rows
+
+
+_MANY_CLASSES = """from hadainit.metrics import NeuralCollapse
+k, d = {k}, {d}
+gen = torch.Generator().manual_seed(0)
+metric = NeuralCollapse(k, d)
+means = torch.randn(k, d, generator=gen)
+for _ in range(4):
+    metric.update(means + 0.1 * torch.randn(k, d, generator=gen), torch.arange(k))
+metric.set_classifier(torch.randn(k, d, generator=gen))"""
+
+
+def _bench_many_classes(device: torch.device, quick: bool) -> dict:
+    """compute() with K > d: K = 10,000 classes in R^64 (4 samples per class), time and peak extra memory."""
+    k, d = (500, 16) if quick else (10_000, 64)
+    scope: dict = {"torch": torch}
+    exec(_MANY_CLASSES.format(k=k, d=d), scope)
+    big = scope["metric"].to(device)
+
+    def compute():
+        big._computed = None
+        return big.compute()
+
+    t = compare({"compute": compute}, device=device, repeats=3, warmup=0 if not quick else 1)
+    extra = {}
+    if not quick and device.type == "cpu":
+        warm = _MANY_CLASSES.format(k=300, d=d) + "\nmetric.compute()\n"  # libraries loaded, not counted
+        extra["peak_extra_mib"] = _peak_extra_mib(warm + _MANY_CLASSES.format(k=k, d=d), "metric.compute()")
+    return _row("NC metric compute()", f"K={k} d={d} with classifier (K > d)", t,
+                goal="seconds, memory linear in K", met=t["compute"] < 10.0, **extra)
+
+
+_FUNCTIONAL = """from hadainit.metrics import NeuralCollapse
+from hadainit.metrics.functional import neural_collapse
+n, k, d = {n}, {k}, {d}
+gen = torch.Generator().manual_seed(0)
+labels = torch.randint(0, k, (n,), generator=gen)
+features = torch.randn(n, d, generator=gen) + torch.randn(k, d, generator=gen)[labels]"""
+
+
+def _bench_functional(device: torch.device, quick: bool) -> dict:
+    """neural_collapse on in-memory features vs the streaming metric over the same rows (batches of 256)."""
+    n, k, d = (2000, 10, 64) if quick else (50_000, 100, 512)
+    scope: dict = {"torch": torch}
+    exec(_FUNCTIONAL.format(n=n, k=k, d=d), scope)
+    features, labels = scope["features"].to(device), scope["labels"].to(device)
+
+    def streaming():
+        metric = NeuralCollapse(k, d, validate_args=False).to(device)
+        for i in range(0, n, 256):
+            metric.update(features[i : i + 256], labels[i : i + 256])
+        return metric.compute()
+
+    t = compare({"functional": lambda: neural_collapse(features, labels, num_classes=k), "streaming": streaming},
+                device=device, repeats=3, warmup=0 if not quick else 1)
+    extra = {}
+    if not quick and device.type == "cpu":
+        warm = "\nneural_collapse(features[:4096], labels[:4096], num_classes=k)"  # libraries loaded, not counted
+        mib = _peak_extra_mib(_FUNCTIONAL.format(n=n, k=k, d=d) + warm, "neural_collapse(features, labels, num_classes=k)")
+        extra = {"peak_extra_mib": mib, "input_mib": n * d * 4 / 2**20}
+    return _row("NC metric compute()", f"functional neural_collapse N={n} d={d} K={k} float32 vs streaming", t,
+                ratio=t["functional"] / t["streaming"], **extra)
 
 
 def bench_init(device: torch.device, quick: bool) -> list[dict]:
@@ -187,6 +332,14 @@ def format_table(results: list[dict]) -> str:
             extra = f"; bound (goal <= 3x): {r['fwht_over_bound']:.1f}x {'MET' if r['within_3x_bound'] else 'NOT MET'}"
         if "nfev" in r:
             extra = f" [nfev {r['nfev']}]"
+        if "pass_speedup" in r:
+            extra = (f"; statistics pass, precision float32 vs float32 two-pass: {r['pass_speedup']:.2f}x "
+                     f"({'MET' if r['pass_goal_met'] else 'NOT MET'}: >= 1), float64: {r['pass_speedup_float64']:.2f}x;"
+                     f" float32 vs float64 max rel diff {r['pass_float32_max_rel_err']:.1e}")
+        if "peak_extra_mib" in r:
+            extra += f"; peak extra memory {r['peak_extra_mib']:.0f} MiB"
+            if "input_mib" in r:
+                extra += f" ({r['peak_extra_mib'] / r['input_mib']:.2f}x the input)"
         lines.append(f"{r['benchmark']:<30} {r['case']:<36} {times:<44} {ratio:>9}  {goal}{extra}")
     return "\n".join(lines)
 

@@ -1,7 +1,17 @@
 """An independent dense float64 reference for SPEC section 6, written straight from the formulas.
 
 Everything in memory, plain loops over classes, samples and pairs; a d x d
-pseudo-inverse for NC1 (what the library avoids). Used only by the tests.
+pseudo-inverse for NC1 (what the library avoids); every K x K matrix formed.
+Used only by the tests. Sources of the quantities beyond SPEC 6:
+
+* ``nc1_trace = Tr(Sigma_W) / Tr(Sigma_B)``: Tirer, Huang, Niles-Weed (2023), "Perturbation analysis of
+  neural collapse", ICML.
+* ``gnc2_log``, ``gnc2_riesz``: hyperspherical energies of the normalized centred class means, the mean over
+  pairs of ``log(1 / ||u_k - u_l||)`` and of ``||u_k - u_l||^(-s)`` (s = 1 here): Liu et al. (2023),
+  "Generalizing and decoupling neural collapse via hyperspherical uniformity gap", ICLR.
+* ``unc3``: the spread (population std) over classes of ``cos(w_k, mu_k - mu_G)``, uniform duality after
+  Wu & Papyan (2024), "Linguistic collapse: neural collapse in (large) language models", NeurIPS.
+* per-class CDNV (Galanti et al. 2022) and per-class duality distances ``reference_per_class``.
 """
 
 import itertools
@@ -30,6 +40,7 @@ def reference_metrics(features, labels, weight=None, bias=None, *, global_mean="
     sigma_w /= n
     sigma_b = m.T @ m / kk
     out = {"nc1": torch.trace(sigma_w @ torch.linalg.pinv(sigma_b, hermitian=True)).item() / kk}
+    out["nc1_trace"] = (torch.trace(sigma_w) / torch.trace(sigma_b)).item()
 
     def cv(v):
         return (v.std(correction=0) / v.mean()).item()
@@ -54,6 +65,13 @@ def reference_metrics(features, labels, weight=None, bias=None, *, global_mean="
     for a, b in itertools.permutations(range(kk), 2):
         cdnv.append((variances[a] + variances[b]) / (2 * ((means[a] - means[b]) ** 2).sum().item()))
     out["cdnv"] = sum(cdnv) / len(cdnv)
+    log_energy, riesz_energy = [], []
+    for a, b in itertools.permutations(range(kk), 2):
+        distance = (m[a] / m[a].norm() - m[b] / m[b].norm()).norm().item()
+        log_energy.append(math.log(1 / distance))
+        riesz_energy.append(1 / distance)
+    out["gnc2_log"] = sum(log_energy) / len(log_energy)
+    out["gnc2_riesz"] = sum(riesz_energy) / len(riesz_energy)
     out["within_class_trace"] = torch.trace(sigma_w).item()
     if weight is not None:
         w_all = weight.to(torch.float64)
@@ -63,6 +81,10 @@ def reference_metrics(features, labels, weight=None, bias=None, *, global_mean="
         out["etf_gap_classifier"] = gap(w @ w.T)
         out["nc3"] = (w / w.norm() - m / m.norm()).norm().item()
         out["nc3_duality"] = gap(w @ m.T)
+        duality_cosines = torch.tensor(
+            [(w[j] @ m[j] / (w[j].norm() * m[j].norm())).item() for j in range(kk)], dtype=torch.float64
+        )
+        out["unc3"] = duality_cosines.std(correction=0).item()
         logits = x @ w_all.T + (0 if bias is None else bias.to(torch.float64))
         wrong = 0
         for i in range(n):
@@ -97,3 +119,23 @@ def reference_drift(w, left, right):
         "drift_out_of_span": ((w - in_span).norm() / w.norm()).item(),
         "drift_angle": float(scipy.linalg.subspace_angles(right.numpy(), vh.numpy()).max()),
     }
+
+
+def reference_per_class(features, labels, weight=None):
+    """Per-class CDNV (mean over the other classes) and duality distances ``||w_k/||W|| - m_k/||M|| ||``."""
+    x = features.to(torch.float64)
+    classes = sorted(set(labels.tolist()))
+    kk = len(classes)
+    means = torch.stack([x[labels == c].mean(0) for c in classes])
+    m = means - means.mean(0)
+    variances = [((x[labels == c] - means[j]) ** 2).sum(1).mean().item() for j, c in enumerate(classes)]
+    cdnv = []
+    for a in range(kk):
+        pairs = [(variances[a] + variances[b]) / (2 * ((means[a] - means[b]) ** 2).sum().item())
+                 for b in range(kk) if b != a]
+        cdnv.append(sum(pairs) / len(pairs))
+    out = {"classes": torch.tensor(classes), "cdnv": torch.tensor(cdnv, dtype=torch.float64)}
+    if weight is not None:
+        w = weight.to(torch.float64)[classes]
+        out["duality"] = torch.stack([(w[j] / w.norm() - m[j] / m.norm()).norm() for j in range(kk)])
+    return out

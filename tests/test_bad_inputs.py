@@ -14,7 +14,7 @@ from hadainit import fwht, hadamard_, hadamard_matrix, softmax_basis, spectral_i
 from hadainit.callbacks import NeuralCollapseMonitor, SpectralMonitor
 from hadainit.drift import InitialBasis, drift, initial_basis
 from hadainit.experiments import data
-from hadainit.metrics import NeuralCollapse
+from hadainit.metrics import NearestMeanMismatch, NeuralCollapse
 from hadainit.metrics.functional import neural_collapse
 from hadainit.metrics.logits import LogitSpectrum
 from hadainit.ufm import UFM, kl_lyapunov, spectral_flow, spectral_gd, time_to_margin
@@ -104,6 +104,15 @@ CASES = {
     "metric-nan": lambda _: NeuralCollapse(5, 8).update(torch.full((4, 8), nan), labels4),
     "metric-degenerate": lambda _: neural_collapse(torch.ones(20, 6), torch.arange(20) % 4),
     "metric-zero-row": lambda _: neural_collapse(torch.randn(20, 6), torch.arange(20) % 4, _zero_row_weight()),
+    "metric-empty": lambda _: neural_collapse(torch.empty(0, 6), torch.empty(0, dtype=torch.int64)),
+    "metric-bias-nan": lambda _: neural_collapse(torch.randn(20, 6), torch.arange(20) % 4, torch.randn(4, 6),
+                                                 torch.tensor([0.0, nan, 0.0, 0.0])),
+    "metric-classifier-type": lambda _: NeuralCollapse(5, 8).set_classifier("fc"),
+    "metric-rtol": lambda _: NeuralCollapse(5, 8, rtol=2.0),
+    "metric-precision": lambda _: NeuralCollapse(5, 8, precision="float16"),
+    "metric-riesz": lambda _: neural_collapse(torch.randn(20, 6), torch.arange(20) % 4, riesz_s=0.0),
+    "metric-merge": lambda _: NeuralCollapse(5, 8).merge_state(dict(NeuralCollapse(5, 8).metric_state)),
+    "metric-seen": lambda _: NearestMeanMismatch(5, 8).set_means(torch.zeros(5, 8), torch.zeros(5, dtype=torch.bool)),
     "callback-path": lambda _: _fit(NeuralCollapseMonitor(classifier="head")),
     "callback-not-linear": lambda _: _fit(SpectralMonitor(classifier="body")),
     "callback-no-linear": lambda _: _fit(NeuralCollapseMonitor(), _NoLinear()),

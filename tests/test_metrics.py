@@ -9,9 +9,10 @@ import torch
 from hadainit import InitialBasis, hadamard_, initial_basis
 from hadainit.bases import mode_pairs
 from hadainit.metrics import ClassMeans, NearestMeanMismatch, NeuralCollapse
-from hadainit.metrics.functional import neural_collapse
+from hadainit.metrics.functional import neural_collapse, per_class
+from hadainit.metrics.pairwise import pair_statistics
 from hadainit.ufm import UFM, kl_lyapunov
-from tests.metrics_reference import reference_metrics
+from tests.metrics_reference import reference_metrics, reference_per_class
 
 
 def _data(k, d, n_per_class, seed=0, spread=0.5, offset=0.0):
@@ -91,6 +92,85 @@ def test_exact_etf_geometry_is_zero_and_grows_with_noise():
             assert cur[key] > previous[key], (key, noise)
         previous = cur
     assert previous["nc4"] > 0
+
+
+def test_closed_forms_on_the_simplex_etf():
+    # unit simplex vectors are at distance sqrt(2K/(K-1)) from each other (Liu et al. 2023 energies);
+    # a classifier parallel to the means has cosine 1 with every class mean (no duality spread)
+    k = 10
+    x, labels, w, _ = _etf_problem(k=k)
+    res = neural_collapse(x, labels, w)
+    distance = math.sqrt(2 * k / (k - 1))
+    assert math.isclose(res["gnc2_log"], -math.log(distance), rel_tol=1e-13)
+    assert math.isclose(res["gnc2_riesz"], 1 / distance, rel_tol=1e-13)
+    assert abs(res["unc3"]) < 1e-14 and abs(res["nc1_trace"]) < 1e-14
+
+
+def test_per_class_outputs_against_the_dense_reference():
+    x, labels, w, _ = _data(7, 12, 9, seed=14)
+    keep = labels != 3  # an unseen class is left out of the per-class tensors
+    x, labels = x[keep], labels[keep]
+    ref = reference_per_class(x, labels, w)
+    with pytest.warns(UserWarning, match="never seen"):
+        got = per_class(x, labels, w, num_classes=7)
+    assert torch.equal(got["classes"], ref["classes"])
+    for key in ("cdnv", "duality"):
+        assert torch.allclose(got[key], ref[key], rtol=1e-11, atol=0), key
+    with pytest.warns(UserWarning, match="never seen"):
+        whole = neural_collapse(x, labels, w, num_classes=7)
+    assert math.isclose(got["cdnv"].mean().item(), whole["cdnv"], rel_tol=1e-12)  # the pair mean, row by row
+    assert math.isclose(got["duality"].pow(2).sum().sqrt().item(), whole["nc3"], rel_tol=1e-12)
+    metric = NeuralCollapse(7, 12)
+    metric.update(x, labels)
+    metric.set_classifier(w)
+    with pytest.warns(UserWarning, match="never seen"):
+        streamed = metric.per_class()
+    for key in ("cdnv", "duality"):
+        assert torch.allclose(streamed[key], ref[key], rtol=1e-11, atol=0), key
+
+
+def test_pairs_in_chunks_equal_one_chunk():
+    gen = torch.Generator().manual_seed(15)
+    rows, variances = torch.randn(37, 5, generator=gen, dtype=torch.float64), torch.rand(37, generator=gen)
+    whole = pair_statistics(rows, variances.double(), chunk_elements=37 * 37)
+    for chunk_rows in (1, 4, 36):
+        part = pair_statistics(rows, variances.double(), chunk_elements=37 * chunk_rows)
+        for key in ("cos_std", "cos_etf", "cdnv", "gnc2_log", "gnc2_riesz"):
+            assert math.isclose(getattr(part, key), getattr(whole, key), rel_tol=1e-13), (chunk_rows, key)
+        assert torch.allclose(part.cdnv_per_class, whole.cdnv_per_class, rtol=1e-13, atol=0)
+
+
+def test_many_more_classes_than_dimensions():
+    # K = 3000 > d = 8: compute works in R^d (d x d eigenproblem, pairs in chunks); checked against a
+    # vectorized dense computation with the d x d pseudo-inverse and every K x K matrix formed
+    k, d = 3000, 8
+    x, labels, w, _ = _data(k, d, 3, seed=16)
+    metric = NeuralCollapse(k, d)
+    metric.update(x, labels)
+    metric.set_classifier(w)
+    got = metric.compute()
+    means = torch.zeros(k, d, dtype=torch.float64).index_add_(0, labels, x) / 3
+    m = means - means.mean(0)
+    diff = x - means[labels]
+    sigma_w = diff.T @ diff / len(x)
+    sigma_b = m.T @ m / k
+    etf = (torch.eye(k, dtype=torch.float64) - 1 / k) / math.sqrt(k - 1)
+
+    def gap(g):
+        return (g / g.norm() - etf).norm().item()
+
+    unit = m / m.norm(dim=1, keepdim=True)
+    cos = (unit @ unit.T)[~torch.eye(k, dtype=torch.bool)]
+    want = {
+        "nc1": torch.trace(sigma_w @ torch.linalg.pinv(sigma_b, hermitian=True)).item() / k,
+        "etf_gap_means": gap(m @ m.T),
+        "etf_gap_classifier": gap(w @ w.T),
+        "nc3_duality": gap(w @ m.T),
+        "cos_std_means": cos.std(correction=0).item(),
+        "cos_etf_means": (cos + 1 / (k - 1)).abs().mean().item(),
+        "kl_lyapunov": math.inf,
+    }
+    _close(got, want, rtol=1e-9)
 
 
 def test_ufm_spectral_init_lyapunov_and_leakage():
@@ -174,13 +254,17 @@ def test_large_common_offset_is_stable():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_low_precision_features_accumulate_in_float64(dtype):
+    # the accuracy contract (README section 3): float32 products summed in float64 carry a few float32
+    # roundings (here one batch of 100 rows); precision="float64" is exact to round-off
     x, labels, w, _ = _data(5, 32, 20, seed=9)
     xl = x.to(dtype)
-    metric = NeuralCollapse(5, 32)
-    metric.update(xl, labels)
-    assert metric.second.dtype == torch.float64 and metric.sums.dtype == torch.float64
-    metric.set_classifier(w)
-    _close(metric.compute(), {k: v for k, v in neural_collapse(xl.double(), labels, w).items() if k != "nc4"}, rtol=1e-12)
+    want = {k: v for k, v in neural_collapse(xl.double(), labels, w).items() if k != "nc4"}
+    for precision, rtol in (("float32", 2e-6), ("float64", 1e-12)):
+        metric = NeuralCollapse(5, 32, precision=precision)
+        metric.update(xl, labels)
+        assert metric.second.dtype == torch.float64 and metric.sums.dtype == torch.float64
+        metric.set_classifier(w)
+        _close(metric.compute(), want, rtol=rtol, atol=1e-14)
 
 
 def test_unseen_classes_are_excluded_with_a_warning():

@@ -1,8 +1,10 @@
 """Neural-collapse metrics (SPEC section 6): streaming torchmetrics and a functional form."""
 
 from . import functional
-from .collapse import ClassMeans, NearestMeanMismatch, NeuralCollapse
-from .formulas import ClassStatistics, class_mean_logit_kl, collapse_metrics
+from .collapse import NeuralCollapse
+from .means import ClassMeans, NearestMeanMismatch
+from .formulas import class_mean_logit_kl, coefficient_of_variation, collapse_metrics, per_class_metrics
+from .statistics import ClassStatistics
 
 __all__ = [
     "ClassMeans",
@@ -10,6 +12,8 @@ __all__ = [
     "NearestMeanMismatch",
     "NeuralCollapse",
     "class_mean_logit_kl",
+    "coefficient_of_variation",
     "collapse_metrics",
     "functional",
+    "per_class_metrics",
 ]

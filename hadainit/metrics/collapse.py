@@ -1,53 +1,55 @@
 """Streaming, DDP-exact neural-collapse metrics (``torchmetrics.Metric``).
 
-Every state is a float64 sum (``dist_reduce_fx="sum"``), so a DDP sync is an
-exact sum of the per-rank states. One pass over the data: ``update`` adds
-shifted sums (a few matrix products), ``compute`` does the linear algebra.
+Every state is a float64 sum (``dist_reduce_fx="sum"``). ``update`` adds
+shifted sums (:mod:`.statistics`), ``compute`` does the linear algebra
+(:mod:`.formulas`).
 
-Numerical stability. The sums are taken about a per-class *reference* point
-(``formulas`` module), fixed before the first sum is added: given explicitly
-(:meth:`NeuralCollapse.set_reference`), or else the class means of the first
-batch. Under DDP that first-batch reference is summed over the ranks (one
-``all_reduce`` in the first ``update`` only) so that every rank shifts by the
-same point and the synced sums stay exact. The reference is kept across
-``reset()`` (``forward`` resets internally, and mixing references would be
-wrong); ``set_reference(None)`` on an empty metric picks a fresh one.
+The reference. The sums of class k are taken about a point ``reference[k]``
+(a persistent K x d float64 buffer, always present): a sample of class k from
+the first batch in which it appears after a ``reset()`` (so it is fresh every
+pass, even when the features drift far between passes), or the point given by
+:meth:`NeuralCollapse.set_reference` for the next pass. Sums about different
+references are never added as they are: ``merge_state`` and the DDP sync first
+move them to a common reference (:meth:`~.statistics.ClassStatistics.rebased`;
+under DDP the ranks agree on it by one ``all_reduce`` and one ``broadcast``
+when syncing). A checkpoint of the partial sums must hold the states and
+``reference`` together.
 """
 
 from __future__ import annotations
 
+import warnings
+from typing import Any, Callable
+
 import torch
 import torch.distributed as dist
-from torch import Tensor
-from torchmetrics import Metric
+from torch import Tensor, nn
+from torchmetrics.utilities.exceptions import TorchMetricsUserError
 
 from .. import _checks
 from ..drift import InitialBasis
-from .formulas import GLOBAL_MEAN_KINDS, ClassStatistics, collapse_metrics
-from .functional import check_batch, nearest_mean_disagreement
+from .base import Float64Metric, check_finite_state, distributed
+from .formulas import GLOBAL_MEAN_KINDS, check_rtol, collapse_metrics, per_class_metrics
+from .functional import check_batch, check_classifier, check_precision, neural_collapse
+from .statistics import ClassStatistics, Float32Accumulator, Workspace, accumulate, pick_references
 
-__all__ = ["ClassMeans", "NeuralCollapse", "NearestMeanMismatch"]
+__all__ = ["NeuralCollapse"]
 
-
-def _check_finite_state(*states: Tensor) -> None:
-    if not all(torch.isfinite(s).all() for s in states):
-        raise ValueError("non-finite features were accumulated (NaN or Inf in the metric state): "
-                         "the monitored features are not finite")
+F64 = torch.float64
 
 
-def _distributed(process_group) -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size(process_group) > 1
-
-
-class NeuralCollapse(Metric):
-    """NC1-NC3, CDNV, leakage and the KL Lyapunov value from one streaming pass.
+class NeuralCollapse(Float64Metric):
+    """NC1-NC3, GNC2, UNC3, CDNV and the KL Lyapunov value from one streaming pass.
 
     Args:
         num_classes: K.
-        feature_dim: d (the state holds a d x d float64 matrix).
+        feature_dim: d (the state holds a d x d float64 matrix; compute works in R^d when K > d).
         global_mean: ``"unweighted"`` (mean of class means, default) or ``"weighted"``.
-        reference: optional K x d shift (e.g. last epoch's means); see the module docstring.
-        rtol: relative eigenvalue cutoff for the rank of the between-class Gram matrix.
+        reference: optional K x d shift for the first pass (e.g. last epoch's means); see the module docstring.
+        rtol: relative eigenvalue cutoff for the rank of the between-class scatter, in (0, 1).
+        riesz_s: exponent of the GNC2 Riesz energy.
+        precision: ``"float64"`` (default): every product in float64, exact to round-off; ``"float32"``:
+            shifts and products in float32, summed in float64 (faster; README section 3 states the accuracy).
         validate_args: check label range and finiteness in every ``update`` (one device sync per
             batch). Without it, non-finite features are still caught, at ``compute()``.
 
@@ -55,6 +57,8 @@ class NeuralCollapse(Metric):
     (see :func:`hadainit.metrics.functional.neural_collapse` for the key list).
     After ``compute()``, :attr:`class_means` holds the synced class means and
     :attr:`seen` which classes had samples (for :class:`NearestMeanMismatch`).
+    ``forward`` (``metric(x, y)``) adds the batch and returns that batch's values, or ``{}`` with a
+    warning when they are undefined for it (e.g. a batch of one class).
 
     >>> metric = NeuralCollapse(num_classes=3, feature_dim=8)
     >>> metric.update(torch.randn(30, 8), torch.arange(30) % 3)
@@ -74,6 +78,8 @@ class NeuralCollapse(Metric):
         global_mean: str = "unweighted",
         reference: Tensor | None = None,
         rtol: float = 1e-12,
+        riesz_s: float = 1.0,
+        precision: str = "float64",
         validate_args: bool = True,
         **kwargs,
     ) -> None:
@@ -84,14 +90,21 @@ class NeuralCollapse(Metric):
         if global_mean not in GLOBAL_MEAN_KINDS:
             raise ValueError(f"global_mean must be one of {GLOBAL_MEAN_KINDS}, got {global_mean!r}")
         self.global_mean = global_mean
-        self.rtol = _checks.positive_float(rtol, "rtol")
-        k, d, f64 = num_classes, feature_dim, torch.float64
-        self.add_state("counts", torch.zeros(k, dtype=f64), dist_reduce_fx="sum")
-        self.add_state("sums", torch.zeros(k, d, dtype=f64), dist_reduce_fx="sum")
-        self.add_state("sq_norms", torch.zeros(k, dtype=f64), dist_reduce_fx="sum")
-        self.add_state("second", torch.zeros(d, d, dtype=f64), dist_reduce_fx="sum")
-        self.register_buffer("reference", None)
+        self.rtol = check_rtol(rtol)
+        self.riesz_s = _checks.positive_float(riesz_s, "riesz_s")
+        self.precision = check_precision(precision)
+        k, d = num_classes, feature_dim
+        self.add_state("counts", torch.zeros(k, dtype=F64), dist_reduce_fx="sum")
+        self.add_state("sums", torch.zeros(k, d, dtype=F64), dist_reduce_fx="sum")
+        self.add_state("sq_norms", torch.zeros(k, dtype=F64), dist_reduce_fx="sum")
+        self.add_state("second", torch.zeros(d, d, dtype=F64), dist_reduce_fx="sum")
+        self.register_buffer("reference", torch.zeros(k, d, dtype=F64))
+        self._pinned = False  # a reference given by set_reference: kept until reset()
+        self._workspace = Workspace()
+        self._fast = Float32Accumulator()  # precision="float32": sums of the open group of batches
+        self._warned_matmul = False
         self._weight: Tensor | None = None
+        self._bias: Tensor | None = None
         self._basis: InitialBasis | None = None
         self.class_means: Tensor | None = None
         self.seen: Tensor | None = None
@@ -100,139 +113,190 @@ class NeuralCollapse(Metric):
 
     # ------------------------------------------------------------------ setup
     def set_reference(self, reference: Tensor | None) -> None:
-        """Fix the shift (K x d) for the next pass; only on an empty metric. None: pick at the next update."""
+        """Fix the shift (K x d) for the next pass (until ``reset()``); only on an empty metric.
+        None: pick one per class from the data (the default)."""
         if self.counts.sum() > 0:
             raise ValueError("set_reference needs an empty metric (call reset() first): the sums use the old one")
         if reference is None:
-            self.reference = None
+            self._pinned = False
             return
-        if reference.shape != (self.num_classes, self.feature_dim) or not torch.isfinite(reference).all():
-            raise ValueError(
-                f"reference must be a finite ({self.num_classes}, {self.feature_dim}) tensor, got {tuple(reference.shape)}"
-            )
-        self.reference = reference.detach().to(device=self.counts.device, dtype=torch.float64).clone()
+        if (not isinstance(reference, Tensor) or reference.shape != (self.num_classes, self.feature_dim)
+                or not torch.isfinite(reference).all()):
+            shape = tuple(reference.shape) if isinstance(reference, Tensor) else type(reference).__name__
+            raise ValueError(f"reference must be a finite ({self.num_classes}, {self.feature_dim}) tensor, got {shape}")
+        self.reference = reference.detach().to(device=self.counts.device, dtype=F64).clone()
+        self._pinned = True
 
-    def set_classifier(self, weight: Tensor | None, *, basis: InitialBasis | None = None) -> None:
-        """The classifier W (K x d) used by the next ``compute()`` (None: no classifier keys);
-        ``basis`` (:func:`hadainit.drift.initial_basis`) adds the drift keys. The next ``compute()``
-        is fresh: values cached for another classifier are dropped."""
-        if weight is not None and (not isinstance(weight, Tensor) or weight.shape != (self.num_classes, self.feature_dim)):
-            shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
-            raise ValueError(f"weight must be a ({self.num_classes}, {self.feature_dim}) tensor, got {shape}")
+    def set_classifier(
+        self, weight: Tensor | nn.Linear | None, *, bias: Tensor | None = None, basis: InitialBasis | None = None
+    ) -> None:
+        """The classifier used by the next ``compute()``: a weight W (K x d) or an ``nn.Linear`` (weight and bias);
+        None: no classifier keys. ``basis`` (:func:`hadainit.drift.initial_basis`) adds the drift keys; the
+        bias only enters the batch values of ``forward`` (NC4 of a pass needs a second pass: see
+        :class:`NearestMeanMismatch`). The next ``compute()`` is fresh: values cached for another classifier
+        are dropped."""
+        weight, bias = check_classifier(weight, bias, self.num_classes, self.feature_dim)
         if basis is not None and not isinstance(basis, InitialBasis):
             raise TypeError(f"basis must be an InitialBasis (hadainit.drift.initial_basis), got {type(basis).__name__}")
-        self._weight, self._basis = weight, basis
+        self._weight, self._bias, self._basis = weight, bias, basis
         self._computed = None  # torchmetrics caches compute(); it depends on the classifier too
-
-    def _first_reference(self, x: Tensor, labels: Tensor) -> Tensor:
-        k = self.num_classes
-        sums = torch.zeros(k + 1, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, labels, x)
-        counts = torch.bincount(labels, minlength=k + 1).to(torch.float64)
-        sums[k], counts[k] = x.sum(0), float(x.shape[0])  # the batch mean, for classes not in the batch
-        if _distributed(self.process_group):
-            packed = torch.cat((sums, counts.unsqueeze(1)), dim=1)
-            dist.all_reduce(packed, group=self.process_group)  # every rank must shift by the same point
-            sums, counts = packed[:, :-1], packed[:, -1]
-        means = sums / counts.clamp_min(1).unsqueeze(1)
-        return torch.where((counts[:k] > 0).unsqueeze(1), means[:k], means[k])
 
     # ---------------------------------------------------------------- metric
     def update(self, features: Tensor, labels: Tensor) -> None:  # type: ignore[override]
         """Add a batch: features (B, d) of any float dtype, integer labels (B,)."""
         check_batch(features, labels, self.num_classes, self.feature_dim, values=self.validate_args)
-        x = features.detach().to(device=self.counts.device, dtype=torch.float64)
+        x = features.detach().to(device=self.counts.device)
         labels = labels.to(device=self.counts.device, dtype=torch.int64)  # any integer dtype indexes
-        if self.reference is None:
-            self.reference = self._first_reference(x, labels)
-        shifted = x - self.reference[labels]
-        self.counts += torch.bincount(labels, minlength=self.num_classes)
-        self.sums.index_add_(0, labels, shifted)
-        self.sq_norms.index_add_(0, labels, shifted.pow(2).sum(1))
-        self.second.addmm_(shifted.T, shifted)
+        if x.shape[0] == 0:
+            return
+        if self.precision == "float64":
+            if not self._pinned:
+                pick_references(self.reference, self.counts, x, labels)
+            accumulate(self._view(), x, labels, self._workspace)
+            return
+        if torch.get_float32_matmul_precision() != "highest" and not self._warned_matmul:
+            self._warned_matmul = True
+            warnings.warn("NeuralCollapse(precision='float32') under torch.set_float32_matmul_precision("
+                          f"{torch.get_float32_matmul_precision()!r}): the float32 products may run at reduced "
+                          "precision (e.g. TF32); use 'highest' or precision='float64'", stacklevel=2)
+        if self._fast.mirror is None:  # a new group of batches: its float32 shifts need an exact float32 reference
+            stats = Float32Accumulator.exact_reference(self._view())
+            if stats.reference is not self.reference:
+                self._set_statistics(stats)
+            self._fast.start(self._view())
+        if not self._pinned:
+            pick_references(self.reference, self.counts, x, labels, mirror=self._fast.mirror)
+        self._fast.add(self._view(), x, labels)
+
+    def _view(self) -> ClassStatistics:
+        return ClassStatistics(self.counts, self.sums, self.sq_norms, self.second, self.reference)
+
+    def _flush(self) -> None:
+        if "_fast" in self.__dict__ and self._fast.batches > 0:
+            self._fast.flush(self._view())
 
     def statistics(self) -> ClassStatistics:
-        reference = self.reference if self.reference is not None else torch.zeros_like(self.sums)
-        return ClassStatistics(self.counts, self.sums, self.sq_norms, self.second, reference)
+        """The states as :class:`~.statistics.ClassStatistics` (the same tensors, not copies)."""
+        self._flush()
+        return self._view()
+
+    # everything that reads or replaces the states sees the float32 group added first
+    @property
+    def metric_state(self) -> dict[str, Tensor]:
+        self._flush()
+        return super().metric_state
+
+    def state_dict(self, *args, **kwargs):  # type: ignore[override]
+        self._flush()
+        return super().state_dict(*args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._flush()
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("counts", "sums", "sq_norms", "second", "reference"):
+            self._flush()
+        super().__setattr__(name, value)
+
+    def _apply(self, fn: Callable, exclude_state: Any = "") -> nn.Module:
+        self._flush()
+        return super()._apply(fn, exclude_state)
+
+    def _set_statistics(self, stats: ClassStatistics) -> None:
+        self.counts, self.sums, self.sq_norms, self.second = stats.counts, stats.sums, stats.sq_norms, stats.second
+        self.reference = stats.reference
+        self._fast.discard()  # a new reference: the float32 copy is rebuilt by the next update
 
     def compute(self) -> dict[str, float]:
-        _check_finite_state(self.sums, self.second)
         stats = self.statistics()
+        check_finite_state(stats.sums, stats.second)
         self.class_means, self.seen = stats.means().clone(), stats.counts > 0
-        return collapse_metrics(stats, self._weight, global_mean=self.global_mean, basis=self._basis, rtol=self.rtol)
+        return collapse_metrics(stats, self._weight, global_mean=self.global_mean, basis=self._basis,
+                                rtol=self.rtol, riesz_s=self.riesz_s)
 
+    def per_class(self) -> dict[str, Tensor]:
+        """Per-class CDNV and (after :meth:`set_classifier`) duality distances of the synced state:
+        see :func:`hadainit.metrics.formulas.per_class_metrics`."""
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync,
+                               should_unsync=self._should_unsync):
+            check_finite_state(self.sums, self.second)
+            return {key: value.clone() for key, value in
+                    per_class_metrics(self.statistics(), self._weight, global_mean=self.global_mean).items()}
 
-class NearestMeanMismatch(Metric):
-    """NC4: the fraction of samples whose nearest class mean disagrees with ``argmax`` of the logits.
+    def reset(self) -> None:
+        """Zero the sums; the next pass picks its references afresh (an explicit one is dropped)."""
+        self._fast.discard()
+        super().reset()
+        self._pinned = False
 
-    The class means come from a previous pass or epoch (:meth:`set_means`, e.g.
-    ``NeuralCollapse.class_means`` after its ``compute()``): using the means of
-    the pass being measured would need a second pass. States: two float64 sums.
-    """
+    def forward(self, features: Tensor, labels: Tensor) -> dict[str, float]:  # type: ignore[override]
+        """Add the batch to the accumulated state and return the metrics of this batch alone.
 
-    full_state_update = False
-    is_differentiable = False
-    higher_is_better = False
+        A batch whose values are undefined (one class, coinciding means, ...) returns ``{}`` with a
+        warning, so ``self.log_dict(metric(x, y))`` works on every batch; invalid input raises before
+        anything is added. The accumulated state is never replaced by the batch's.
+        """
+        if self._is_synced:
+            raise TorchMetricsUserError("The Metric shouldn't be synced when performing ``forward``.")
+        self.update(features, labels)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="classes never seen")  # a batch rarely has every class
+                value = neural_collapse(features, labels, self._weight, self._bias, num_classes=self.num_classes,
+                                        global_mean=self.global_mean, basis=self._basis, rtol=self.rtol,
+                                        riesz_s=self.riesz_s, precision=self.precision)
+        except ValueError as err:
+            warnings.warn(f"NeuralCollapse: no values for this batch ({err}); the batch was still accumulated",
+                          stacklevel=2)
+            value = {}
+        self._forward_cache = value
+        return value
 
-    def __init__(self, num_classes: int, feature_dim: int, *, validate_args: bool = True, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.num_classes = _checks.positive_int(num_classes, "num_classes", minimum=2)
-        self.feature_dim = _checks.positive_int(feature_dim, "feature_dim")
-        self.validate_args = bool(validate_args)
-        self.add_state("mismatches", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self._means: Tensor | None = None
-        self._seen: Tensor | None = None
+    # ------------------------------------------------------- merge and sync
+    def merge_state(self, incoming_state: dict[str, Any] | NeuralCollapse) -> None:
+        """Add another metric's (or a state dict's) sums, moved to this metric's reference first.
 
-    def set_means(self, means: Tensor, seen: Tensor | None = None) -> None:
-        """Class means (K x d) to compare against; ``seen`` masks classes without a mean."""
-        if means.shape != (self.num_classes, self.feature_dim) or not torch.isfinite(means).all():
-            raise ValueError(f"means must be a finite ({self.num_classes}, {self.feature_dim}) tensor, got {tuple(means.shape)}")
-        self._means = means.detach().to(torch.float64)
-        self._seen = None if seen is None else seen.to(torch.bool)
+        A dict needs the four states and ``"reference"``, the point its sums were taken about.
+        """
+        if isinstance(incoming_state, NeuralCollapse):
+            other = incoming_state.statistics()
+            self._update_count += incoming_state.update_count
+        elif isinstance(incoming_state, dict):
+            missing = {"counts", "sums", "sq_norms", "second", "reference"} - set(incoming_state)
+            if missing:
+                raise ValueError(f"merging NeuralCollapse sums needs the states and the reference they were "
+                                 f"taken about; missing {sorted(missing)}")
+            other = ClassStatistics(*(incoming_state[key].to(device=self.counts.device, dtype=F64) for key in
+                                      ("counts", "sums", "sq_norms", "second", "reference")))
+        else:
+            raise ValueError(f"Expected incoming state to be a dict or a NeuralCollapse, got {type(incoming_state)}")
+        self._set_statistics(self.statistics().merged(other))
+        self._computed = None
 
-    def update(self, features: Tensor, logits: Tensor) -> None:  # type: ignore[override]
-        """Add a batch of features (B, d) and the classifier's logits (B, K) for them."""
-        if self._means is None:
-            raise ValueError("NearestMeanMismatch needs class means: call set_means(...) first")
-        if logits.dim() != 2 or logits.shape != (features.shape[0], self.num_classes):
-            raise ValueError(f"logits must be ({features.shape[0]}, {self.num_classes}), got {tuple(logits.shape)}")
-        check_batch(features, logits.detach().argmax(1), self.num_classes, self.feature_dim, values=False)
-        if self.validate_args and not (torch.isfinite(features).all() & torch.isfinite(logits).all()):
-            raise ValueError("features or logits contain NaN or Inf")
-        self.mismatches += nearest_mean_disagreement(features, self._means, logits, self._seen).to(self.mismatches)
-        self.total += features.shape[0]
+    def sync(
+        self,
+        dist_sync_fn: Callable | None = None,
+        process_group: Any = None,
+        should_sync: bool = True,
+        distributed_available: Callable | None = None,
+    ) -> None:
+        """Before torchmetrics sums the states over the ranks, move every rank's sums to one agreed reference."""
+        available = distributed_available if distributed_available is not None else self.distributed_available_fn
+        group = process_group or self.process_group
+        self._flush()
+        if should_sync and not self._is_synced and callable(available) and available() and distributed(group):
+            self._agree_on_reference(group)
+        super().sync(dist_sync_fn, process_group, should_sync, distributed_available)
 
-    def compute(self) -> dict[str, float]:
-        if self.total == 0:
-            raise ValueError("NearestMeanMismatch.compute() before any update")
-        return {"nc4": (self.mismatches / self.total).item()}
-
-
-class ClassMeans(Metric):
-    """Per-class feature means from one streaming pass (float64 sums): the light state
-    :class:`~hadainit.callbacks.SpectralMonitor` needs for the class-mean logit matrix.
-
-    ``compute()`` returns ``(means K x d, seen K bool)``.
-    """
-
-    full_state_update = False
-    is_differentiable = False
-    higher_is_better = None
-
-    def __init__(self, num_classes: int, feature_dim: int, *, validate_args: bool = True, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.num_classes = _checks.positive_int(num_classes, "num_classes", minimum=2)
-        self.feature_dim = _checks.positive_int(feature_dim, "feature_dim")
-        self.validate_args = bool(validate_args)
-        self.add_state("counts", torch.zeros(num_classes, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("sums", torch.zeros(num_classes, feature_dim, dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, features: Tensor, labels: Tensor) -> None:  # type: ignore[override]
-        check_batch(features, labels, self.num_classes, self.feature_dim, values=self.validate_args)
-        labels = labels.to(device=self.counts.device, dtype=torch.int64)
-        self.counts += torch.bincount(labels, minlength=self.num_classes)
-        self.sums.index_add_(0, labels, features.detach().to(device=self.counts.device, dtype=torch.float64))
-
-    def compute(self) -> tuple[Tensor, Tensor]:
-        _check_finite_state(self.sums)
-        return self.sums / self.counts.clamp_min(1).unsqueeze(1), self.counts > 0
+    def _agree_on_reference(self, group) -> None:
+        # the pooled class means (an all_reduce of raw sums: accurate enough for a shift point), made
+        # bit-identical on every rank by a broadcast; classes no rank has seen keep their own point
+        stats = self.statistics()
+        packed = torch.cat((stats.counts.unsqueeze(1) * stats.reference + stats.sums, stats.counts.unsqueeze(1)), 1)
+        dist.all_reduce(packed, group=group)
+        counts = packed[:, -1]
+        pooled = packed[:, :-1] / counts.clamp_min(1).unsqueeze(1)
+        dist.broadcast(pooled, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
+        target = torch.where((counts > 0).unsqueeze(1), pooled, stats.reference)
+        self._set_statistics(stats.rebased(target))

@@ -8,18 +8,13 @@ import torch
 from lightning.pytorch import Trainer
 from torch import Tensor
 
-from hadainit.metrics import NearestMeanMismatch, NeuralCollapse
+from hadainit.metrics import COLLAPSE_KEYS, NearestMeanMismatch, NeuralCollapse
 
 from .base import MonitorBase
 from .capture import RunningMean
 
 #: What :class:`hadainit.metrics.NeuralCollapse` computes, NC4, and the sample counts.
-NC_KEYS = (
-    "nc1", "nc1_rank", "nc1_eig_ratio", "num_classes_seen", "within_class_trace", "cdnv",
-    "equinorm_means", "cos_std_means", "cos_etf_means", "etf_gap_means",
-    "equinorm_classifier", "cos_std_classifier", "cos_etf_classifier", "etf_gap_classifier",
-    "nc3", "nc3_duality", "kl_lyapunov", "nc4", "num_samples", "num_ignored",
-)
+NC_KEYS = COLLAPSE_KEYS + ("nc4", "num_samples", "num_ignored")
 
 
 class NeuralCollapseMonitor(MonitorBase):

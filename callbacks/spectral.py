@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from hadainit.drift import DRIFT_KEYS, drift
+from hadainit.metrics import coefficient_of_variation
 from hadainit.metrics.logits import LOGIT_KEYS, LogitSpectrum
 from hadainit.ufm.forecast import baseline_forecast, fit_forecast, spectral_margin
 
@@ -120,7 +121,7 @@ class SpectralMonitor(MonitorBase):
             self._warn_once("no-basis", f"SpectralMonitor({self.name!r}): no initial basis (this monitor saw no fit "
                             "and holds no restored state), so the drift keys are not logged")
         sv = torch.linalg.svdvals(w.to(device="cpu", dtype=torch.float64))
-        values.update(sv_max=sv[0].item(), sv_min=sv[-1].item(), sv_cv=(sv.std(correction=0) / sv.mean()).item(),
+        values.update(sv_max=sv[0].item(), sv_min=sv[-1].item(), sv_cv=coefficient_of_variation(sv),
                       singular_values=sv.tolist())
         spectrum = self._metrics.get("logits")
         if spectrum is not None and spectrum.update_count:

@@ -340,3 +340,13 @@ def test_without_per_batch_validation_non_finite_features_raise_at_compute():
     nc4.set_means(torch.zeros(3, 4))
     with pytest.raises(ValueError, match="NaN or Inf"):
         nc4.update(torch.randn(2, 4), torch.tensor([[0.0, math.inf, 0.0], [0.0, 0.0, 0.0]]))
+
+
+def test_collapse_keys_list_what_compute_returns():
+    from hadainit.metrics import COLLAPSE_KEYS
+
+    x, labels, w, _ = _data(6, 16, 10, seed=13)
+    metric = NeuralCollapse(6, 16)
+    metric.update(x, labels)
+    metric.set_classifier(w)
+    assert set(metric.compute()) == set(COLLAPSE_KEYS)

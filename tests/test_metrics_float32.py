@@ -49,7 +49,7 @@ def test_checkpoint_inside_a_float32_group_restores_exactly(precision, rtol):
     first = _stream(NeuralCollapse(6, 20, precision=precision), x[:150], labels[:150])  # 15 batches: a group is open
     saved = metric_checkpoint(first)  # what the callbacks store mid-epoch: metric_state, update_count, reference
     resumed = NeuralCollapse(6, 20, precision=precision)
-    restore_metric(resumed, saved)
+    restore_metric(resumed, saved, "nc")
     _stream(resumed, x[150:], labels[150:])
     _assert_close(resumed.compute(), reference_metrics(x, labels), rtol)
     state = first.state_dict()  # a used metric loads into a fresh one; the open group went in first

@@ -3,10 +3,11 @@
 from . import functional
 from .collapse import NeuralCollapse
 from .means import ClassMeans, NearestMeanMismatch
-from .formulas import class_mean_logit_kl, coefficient_of_variation, collapse_metrics, per_class_metrics
+from .formulas import COLLAPSE_KEYS, class_mean_logit_kl, coefficient_of_variation, collapse_metrics, per_class_metrics
 from .statistics import ClassStatistics
 
 __all__ = [
+    "COLLAPSE_KEYS",
     "ClassMeans",
     "ClassStatistics",
     "NearestMeanMismatch",

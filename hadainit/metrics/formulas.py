@@ -39,6 +39,7 @@ from .pairwise import pair_statistics
 from .statistics import ClassStatistics
 
 __all__ = [
+    "COLLAPSE_KEYS",
     "ClassStatistics",
     "GLOBAL_MEAN_KINDS",
     "class_geometry",
@@ -234,6 +235,15 @@ def class_mean_logit_kl(weight: Tensor, means: Tensor) -> float:
     if not sigma[-1] > sigma[0] * max(weight.shape) * torch.finfo(sigma.dtype).eps:
         return math.inf  # rank-deficient: V is infinite, not a round-off number
     return kl_to_uniform(sigma).item()
+
+
+#: The keys of :func:`collapse_metrics` with a classifier (the drift keys come on top with a basis).
+COLLAPSE_KEYS = (
+    "num_classes_seen", "nc1", "nc1_rank", "nc1_eig_ratio", "nc1_trace", "within_class_trace", "cdnv",
+    "equinorm_means", "cos_std_means", "cos_etf_means", "etf_gap_means", "gnc2_log", "gnc2_riesz",
+    "equinorm_classifier", "cos_std_classifier", "cos_etf_classifier", "etf_gap_classifier",
+    "nc3", "nc3_duality", "unc3", "kl_lyapunov",
+)
 
 
 def collapse_metrics(

@@ -195,8 +195,9 @@ class MonitorBase(Callback):
     def _consume(self, features: Tensor, labels: Tensor, logits: Tensor) -> None:
         raise NotImplementedError
 
-    def _compute(self, trainer: Trainer, epochs_done: float) -> dict:
-        """The values of one measurement after ``epochs_done`` epochs; ``ValueError`` when undefined (warned)."""
+    def _compute(self, trainer: Trainer, epochs_done: float, samples: float) -> dict:
+        """The values of one measurement after ``epochs_done`` epochs, from ``samples`` samples (over all
+        ranks: a decision taken on it is the same on every rank); ``ValueError`` when undefined (warned)."""
         raise NotImplementedError
 
     def _figures(self, directory: Path) -> list:
@@ -457,8 +458,9 @@ class MonitorBase(Callback):
     # ---------------------------------------------------------- measure, log
     def _measure(self, trainer: Trainer, epoch: int, epochs_done: float) -> None:
         try:
-            values = self._compute(trainer, epochs_done)
-            values.update(self._metrics["count"].compute())
+            counts = self._metrics["count"].compute()  # synced: every rank takes the same branches below
+            values = self._compute(trainer, epochs_done, counts["num_samples"])
+            values.update(counts)
         except ValueError as err:  # undefined (collapsed or non-finite features, a class missing): say so, go on
             rank_zero_warn(f"{type(self).__name__}({self.name!r}) epoch {epoch}: values not logged: {err}")
             values = None

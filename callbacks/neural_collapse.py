@@ -6,6 +6,7 @@ from typing import Literal
 
 import torch
 from lightning.pytorch import Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from hadainit.metrics import COLLAPSE_KEYS, NearestMeanMismatch, NeuralCollapse
@@ -107,16 +108,19 @@ class NeuralCollapseMonitor(MonitorBase):
         if self._step_weight is not None:
             self._metrics["classifier"].update(self._step_weight, features.shape[0])
 
-    def _compute(self, trainer: Trainer, epochs_done: float) -> dict:
-        nc = self._metrics["nc"]
-        if not nc.update_count:
+    def _compute(self, trainer: Trainer, epochs_done: float, samples: float) -> dict:
+        if not samples:
             raise ValueError("no samples were captured (is the classifier called in the step?)")
-        averaged = self._metrics["classifier"]
-        weight = averaged.compute() if self.mode == "train" and averaged.update_count else self._classifier.weight
+        nc = self._metrics["nc"]
+        # train mode: the classifier averaged over the steps that produced the features (synced)
+        weight = self._metrics["classifier"].compute() if self.mode == "train" else self._classifier.weight
         nc.set_classifier(weight.detach())
         values = nc.compute()  # synced across ranks: every rank gets the same values
-        if self._means is not None and self._metrics["nc4"].update_count:
-            values.update(self._metrics["nc4"].compute())
+        if self._means is not None:
+            try:
+                values.update(self._metrics["nc4"].compute())  # synced; raises on every rank alike
+            except ValueError as err:
+                rank_zero_warn(f"NeuralCollapseMonitor({self.name!r}): nc4 not logged: {err}")
         self._means, self._seen = nc.class_means.detach().clone(), nc.seen.clone()
         self._metrics["nc4"].set_means(self._means, self._seen)
         return values

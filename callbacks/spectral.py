@@ -112,7 +112,7 @@ class SpectralMonitor(MonitorBase):
         if "logits" in self._metrics:
             self._metrics["logits"].update(logits, labels)
 
-    def _compute(self, trainer: Trainer, epochs_done: float) -> dict:
+    def _compute(self, trainer: Trainer, epochs_done: float, samples: float) -> dict:
         w = self._classifier.weight.detach()
         if self.basis is not None:
             values = drift(w, self.basis)
@@ -124,7 +124,7 @@ class SpectralMonitor(MonitorBase):
         values.update(sv_max=sv[0].item(), sv_min=sv[-1].item(), sv_cv=coefficient_of_variation(sv),
                       singular_values=sv.tolist())
         spectrum = self._metrics.get("logits")
-        if spectrum is not None and spectrum.update_count:
+        if spectrum is not None and samples:
             try:
                 spec = spectrum.compute()  # synced across ranks
                 values.update(spec)

@@ -225,6 +225,44 @@ def test_ddp_spawn_two_processes_equal_single_process():
         assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-8), (key, a, b)  # float32 training, 2 reductions
 
 
+class SafeIgnore(TinyModule):
+    """Cross-entropy that stays finite on a batch whose labels are all ignored."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y, reduction="sum") / (y != -100).sum().clamp_min(1)
+
+
+def test_ddp_with_a_rank_whose_first_batch_is_all_ignored():
+    # every decision is taken on synced counts: a rank that saw nothing must not leave the other waiting
+    import faulthandler
+
+    from torch.utils.data import DataLoader
+
+    from tests.lightning_helpers import InterleavedSampler
+
+    x, y = dataset().tensors
+    y = y.clone()
+    y[1:40:2] = -100  # rank 1 of 2 takes the odd indices: its first batch of 20 is all ignored
+
+    def data(batch_size):
+        return DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=batch_size, sampler=InterleavedSampler(200))
+
+    single = trainer([NeuralCollapseMonitor(), SpectralMonitor(init_basis="fourier")], max_epochs=1)
+    single.fit(SafeIgnore(lr=0.0), data(40))  # frozen: the ranks average gradients differently from one process
+    faulthandler.dump_traceback_later(300, exit=True)  # a hang fails the run instead of stalling it
+    try:
+        ddp = trainer([NeuralCollapseMonitor(), SpectralMonitor(init_basis="fourier")], max_epochs=1,
+                      strategy="ddp_spawn", devices=2, use_distributed_sampler=False)
+        ddp.fit(SafeIgnore(lr=0.0), data(20))
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    for key in ("nc/num_ignored", "nc/num_samples", "nc/nc1", "spectral/kl_lyapunov", "spectral/drift"):
+        a, b = single.callback_metrics[key].item(), ddp.callback_metrics[key].item()
+        assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-8), (key, a, b)
+    assert single.callback_metrics["nc/num_ignored"].item() == 20
+
+
 def test_undefined_geometry_warns_and_training_goes_on():
     class Dead(TinyModule):
         def forward(self, x):

@@ -1,6 +1,7 @@
 """Lightning callbacks (installed as ``hadainit.callbacks``): neural-collapse and spectral monitors."""
 
-from .base import MonitorBase, log_spaced_epochs
+from .base import MonitorBase
+from .capture import log_spaced_epochs
 from .neural_collapse import NC_KEYS, NeuralCollapseMonitor
 from .spectral import FORECAST_KEYS, SPECTRAL_KEYS, SpectralMonitor
 

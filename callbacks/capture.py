@@ -151,8 +151,39 @@ class RunningMean(Metric):
         self.total.add_(value.detach().to(self.total), alpha=float(weight))
         self.weight += weight
 
-    def compute(self) -> Tensor:
-        return self.total / self.weight
+    def compute(self) -> Tensor | None:
+        """The mean (synced across ranks), or None when nothing was added on any rank."""
+        return self.total / self.weight if self.weight > 0 else None
+
+
+class SampleCount(Metric):
+    """Samples fed to a monitor and samples it excluded (labels equal to the ignore index)."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("samples", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("ignored", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, samples: Tensor, ignored: Tensor) -> None:  # type: ignore[override]
+        self.samples += samples
+        self.ignored += ignored
+
+    def compute(self) -> dict[str, float]:
+        return {"num_samples": self.samples.item(), "num_ignored": self.ignored.item()}
+
+
+def log_spaced_epochs(max_epochs: int, count: int) -> list[int]:
+    """About ``count`` epoch counts spread evenly on a log scale from 1 to ``max_epochs`` (both included):
+    ``at_epochs`` for a long run whose figures have logarithmic epoch axes."""
+    for value, name in ((max_epochs, "max_epochs"), (count, "count")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if count == 1 or max_epochs == 1:
+        return [max_epochs]
+    ratio = max_epochs ** (1.0 / (count - 1))
+    return sorted({max(1, min(max_epochs, round(ratio**i))) for i in range(count)} | {1, max_epochs})
 
 
 def metric_checkpoint(metric: Metric) -> dict:

@@ -112,9 +112,10 @@ class NeuralCollapseMonitor(MonitorBase):
         if not samples:
             raise ValueError("no samples were captured (is the classifier called in the step?)")
         nc = self._metrics["nc"]
-        # train mode: the classifier averaged over the steps that produced the features (synced)
-        weight = self._metrics["classifier"].compute() if self.mode == "train" else self._classifier.weight
-        nc.set_classifier(weight.detach())
+        # train mode: the classifier averaged over the steps that produced the features (synced); the
+        # measurement at initialization (an eval pass before any step) uses the classifier itself
+        averaged = self._metrics["classifier"].compute() if self.mode == "train" else None
+        nc.set_classifier((averaged if averaged is not None else self._classifier.weight).detach())
         values = nc.compute()  # synced across ranks: every rank gets the same values
         if self._means is not None:
             try:

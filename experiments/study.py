@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from hadainit.callbacks.plotting import epoch_axis, label, new_figure, save
-from hadainit.ufm.forecast import evaluate_forecast, log_epoch_slope
+from hadainit.ufm.forecast import evaluate_forecast
 
 from .runs import read_metrics, series, write_atomic
 

@@ -9,7 +9,6 @@ from torch import nn
 from hadainit import DEFAULT_GAIN
 from hadainit.bases import softmax_basis
 from hadainit.callbacks import NeuralCollapseMonitor, SpectralMonitor
-from hadainit.drift import InitialBasis, drift
 from hadainit.metrics.functional import neural_collapse
 from hadainit.metrics.logits import logit_spectrum
 from tests.lightning_helpers import K, TinyModule, assert_same_history, dataset, loader, trainer

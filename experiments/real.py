@@ -36,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = prepare_out(args.out, overwrite=args.overwrite)
         specs = run_all(plan(args.epochs), out, min(2, os.cpu_count() or 1), progress=lambda _: None)
-        write_atomic(out / "runs.json", json.dumps(specs, indent=2))
-        analyze(out, specs, quick=True, seconds=time.perf_counter() - start)
+        wall = time.perf_counter() - start
+        write_atomic(out / "runs.json", json.dumps({"quick": True, "wall_seconds": wall, "runs": specs}, indent=2))
+        analyze(out, specs, quick=True, seconds=wall)
     except (FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"hadainit real: {err}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ from .runs import read_metrics, series, write_atomic
 
 NC = "nc_eval/"
 SP = "spectral_eval/"
-NC1_THRESHOLD = 0.2
+NC1_THRESHOLD = 1.0  # digits networks get below it within the runs; mnist1d ones do not
 RISE_TOL = 1e-9  # relative: rises smaller than round-off are not rises
 RISE_MIN = 0.01  # relative: an initial rise of a distance counts from 1% above its start
 
@@ -278,7 +278,7 @@ def _figures(out: Path, runs: list[dict]) -> list[str]:
               "distances.png", "Natural distances to neural collapse", wd),
         _grid(out, runs, [(SP + "spectral_margin", "spectral margin", False), (SP + "margin_mean", "mean sample margin",
                                                                                False)],
-              "slowdown.png", "Margin against log(epoch)", wd),
+              "slowdown.png", "Margin against log(epoch)", min(r["weight_decay"] for r in runs)),
     ]
     fig, (ax,) = new_figure(1, 5.0, 4.5)
     for r in runs:
@@ -312,6 +312,47 @@ def _table(report: dict, keys: list[tuple[str, str]]) -> list[str]:
     return lines
 
 
+def _range(r: dict, key: str, wd: str | None = None) -> tuple[float, float]:
+    means = [v[key]["mean"] for g, v in r["groups"].items() if v[key]["mean"] is not None
+             and (wd is None or g.split("|")[2] == wd)]
+    return (min(means), max(means)) if means else (math.nan, math.nan)
+
+
+def _conclusions(r: dict) -> list[str]:
+    """Plain statements, each computed from the numbers of the sections below."""
+    cmp = [c for group in r["comparisons_to_default"].values() for c in group.values() if c["beyond_noise"] is not None]
+    beyond = sum(c["beyond_noise"] for c in cmp)
+    drift, out = _range(r, "drift"), _range(r, "drift_out_of_span")
+    leak0, leak = _range(r, "logit_leakage_init"), _range(r, "logit_leakage")
+    decays = sorted({g.split("|")[2] for g in r["groups"]}, key=float)
+    slopes = {wd: _range(r, "slowdown.slope", wd) for wd in decays}
+    v, d, f = r["V"], r["distances"], r["forecast"]
+    lines = [
+        f"- **Initialization.** {beyond} of {len(cmp)} init-vs-default comparisons of accuracy and speed of collapse "
+        "exceed 2 standard errors of the seed spread (about 1 in 20 would by chance): the Hadamard and ETF "
+        "last-layer inits neither help nor hurt these networks measurably.",
+        f"- **Frozen singular vectors do not carry over.** W leaves its initial singular structure in every run "
+        f"(final drift {drift[0]:.2f}-{drift[1]:.2f}, mostly out of span(V0): {out[0]:.2f}-{out[1]:.2f}), and the "
+        f"class-mean logits stay far from diagonal in the softmax basis (logit_leakage {leak0[0]:.2f}-{leak0[1]:.2f} "
+        f"at init, {leak[0]:.2f}-{leak[1]:.2f} at the end) for every init: real networks never enter the regime "
+        "where the exact dynamics hold, and the Hadamard init does not put them there.",
+        f"- **V is not a Lyapunov function here.** It rose in {v['runs_with_a_rise']} of {v['runs']} runs, typically "
+        "in the first epochs, before falling through the terminal phase.",
+        f"- **Natural distances.** etf_angle rose first in {d['etf_angle_rises_first']} of {d['runs_measured']} runs "
+        f"and the ETF gap of the class means in {d['etf_gap_means_rises_first']}: the non-monotone approach the theory "
+        "predicts for K >= 8 is seen, but not consistently.",
+        "- **Slowdown.** " + "; ".join(
+            f"weight decay {wd}: the spectral margin grows {lo:.2g} to {hi:.2g} per e-fold of epochs" for wd, (lo, hi)
+            in slopes.items()) + ". Without weight decay that is several times the UFM law's ~1 per e-fold: these "
+        "networks slow down less than the two-layer model predicts; with weight decay the margin saturates.",
+        f"- **Forecast.** The exact reduced flow with one fitted time scale beats the naive baseline on the "
+        f"held-out spectrum in {f['forecast_wins_spectrum']} of {f['runs']} runs and on the margin in "
+        f"{f['forecast_wins_margin']}: it predicts the modes equalizing (V falling to 0), while the real spectra keep "
+        "their shape, and one time scale cannot follow margins that grow faster than the reduced flow's.",
+    ]
+    return lines
+
+
 def _markdown(r: dict) -> str:
     cfg = r["config"]
     noise = []
@@ -330,6 +371,10 @@ def _markdown(r: dict) -> str:
         f"{cfg['epochs']} epochs each, SGD momentum 0.9 at a constant learning rate, batch 128, one CPU thread per run; "
         f"{r['seconds']:.0f} s wall time ({r['run_seconds']:.0f} s of runs). Mean ± sample std over seeds; "
         "every number below is computed from the runs' `runs/*/*/metrics.csv` by `hadainit.experiments.study`.",
+        "",
+        "## What carries over to real networks, and what does not",
+        "",
+        *_conclusions(r),
         "",
         "## 1. Does the Hadamard init change accuracy or the speed of collapse?",
         "",
@@ -371,7 +416,8 @@ def _markdown(r: dict) -> str:
         "",
         "Least-squares slope of the spectral margin against log(epochs) over the terminal phase (from 100% training "
         "accuracy, at least a tenth of the run; else the second half), against the UFM law "
-        "`t(gamma) ~ e^gamma / (2 gamma)`: gamma/(gamma - 1), about 1 per e-fold of time. Figure: `slowdown.png`.",
+        "`t(gamma) ~ e^gamma / (2 gamma)`: gamma/(gamma - 1), about 1 per e-fold of time (the law is for gradient "
+        "flow without weight decay). Figure: `slowdown.png` (the smallest weight decay).",
         "",
         *_table(r, [("slowdown.slope", "slope per e-fold"), ("slowdown.ufm_slope", "UFM law at the final margin")]),
         "",

@@ -128,16 +128,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.analyze_only:
             out = args.out
-            specs = json.loads((out / "runs.json").read_text())
+            saved = json.loads((out / "runs.json").read_text())
+            specs, wall, quick = saved["runs"], saved["wall_seconds"], saved["quick"]
         else:
             out = prepare_out(args.out, overwrite=args.overwrite)
             plan_ = plan(args.quick, args.seeds, args.epochs)
             print(f"hadainit validate: {len(plan_)} runs, {args.jobs} at a time, into {out}")
             specs = run_all(plan_, out, args.jobs)
-            write_atomic(out / "runs.json", json.dumps(specs, indent=2))
-        report = analyze(out, specs, quick=args.quick, seconds=time.perf_counter() - start)
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"hadainit validate: {err}", file=sys.stderr)
+            wall, quick = time.perf_counter() - start, args.quick
+            write_atomic(out / "runs.json", json.dumps({"quick": quick, "wall_seconds": wall, "runs": specs}, indent=2))
+        report = analyze(out, specs, quick=quick, seconds=wall)
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, TypeError) as err:
+        print(f"hadainit validate: {err if not isinstance(err, KeyError) else f'runs.json lacks {err}'}", file=sys.stderr)
         return 2
     print((out / "report.md").read_text())
     print(f"hadainit validate: wrote {out}/report.md, report.json and figures ({report['seconds']:.0f} s)")

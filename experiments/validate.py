@@ -55,6 +55,7 @@ def plan(quick: bool, seeds: int | None = None, epochs: int | None = None) -> li
 
 def train_one(spec: RunSpec, root: str) -> dict:
     """One run, in this process: its folder gets metrics.csv (and nothing else the report needs)."""
+    import logging
     import warnings
 
     import lightning as L
@@ -67,6 +68,7 @@ def train_one(spec: RunSpec, root: str) -> dict:
     from .module import ClassifierModule
 
     torch.set_num_threads(1)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-run banner in the study's output
     warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|log_every_n_steps).*")
     data_name, arch, lr = SETUPS[spec.setup]
     dm = getattr(data, data_name)(batch_size=spec.batch_size)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from hadainit.bases import mode_pairs
+from hadainit.bases import paired_spectrum
 from hadainit.ufm import (
     UFM,
     etf_angle,
@@ -34,17 +34,12 @@ from .report import write_report
 
 
 def _paired_spectrum(k: int, basis: str, gen: torch.Generator, low: float, high: float, batch=()) -> torch.Tensor:
-    a = low + (high - low) * torch.rand(*batch, k, generator=gen, dtype=torch.float64)
-    pairs = mode_pairs(k, basis)
-    a[..., pairs[:, 1]] = a[..., pairs[:, 0]]
-    return a
+    return paired_spectrum(low + (high - low) * torch.rand(*batch, k, generator=gen, dtype=torch.float64), basis)
 
 
 def _log_spectrum(k: int, basis: str, gen: torch.Generator, batch: int, decades: float) -> torch.Tensor:
     lam = torch.exp(math.log(10) * decades * (torch.rand(batch, k, generator=gen, dtype=torch.float64) - 0.7))
-    pairs = mode_pairs(k, basis)
-    lam[:, pairs[:, 1]] = lam[:, pairs[:, 0]]
-    return lam
+    return paired_spectrum(lam, basis)
 
 
 def frozen_vectors(out: Path, gen: torch.Generator, steps: int) -> dict:

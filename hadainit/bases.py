@@ -172,6 +172,15 @@ def check_spectrum(
                 f"{name} is not paired for the fourier basis: modes {i} and {i + 1} (a cos/sin pair) must be "
                 f"equal, got {c[where].item()} and {s[where].item()}"
             )
+        t = _tie_pairs(t, "fourier")
+    return t
+
+
+def _tie_pairs(t: Tensor, kind: str) -> Tensor:
+    """Each fourier (cos, sin) pair set to its mean, in place (a solver's output drifts apart by round-off)."""
+    if kind == "fourier":
+        pairs = mode_pairs(t.shape[-1], "fourier").to(t.device)
+        c, s = t[..., pairs[:, 0]], t[..., pairs[:, 1]]
         mean = c + (s - c) / 2  # (c + s) / 2 would overflow near the largest float
         t[..., pairs[:, 0]] = mean
         t[..., pairs[:, 1]] = mean

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks
-from ..bases import SOFTMAX_DIAGONALIZING, check_spectrum, resolve_basis
+from ..bases import SOFTMAX_DIAGONALIZING, _tie_pairs, check_spectrum, resolve_basis
 from .spectral import margins, softmax_spectrum
 
 # scipy.integrate is imported inside spectral_flow: importing the package (and hadainit.metrics)
@@ -311,8 +311,9 @@ def spectral_flow(
     kept = torch.from_numpy(row.reshape(-1))[torch.from_numpy(row.reshape(-1)) < len(sol.t)]
     reached = len(kept)
     ys = torch.from_numpy(np.ascontiguousarray(sol.y.T))[kept] if reached else torch.empty(0, 2 * size, dtype=torch.float64)
-    a_out = ys[:, :size].reshape(reached, *shape)
-    b_out = ys[:, size:].reshape(reached, *shape)
+    # the exact flow keeps fourier pairs equal; a solver (LSODA's Jacobian) can part them by round-off
+    a_out = _tie_pairs(ys[:, :size].reshape(reached, *shape), kind)
+    b_out = _tie_pairs(ys[:, size:].reshape(reached, *shape), kind)
     if reached:
         _, _, value = spectral_rhs(a_out, b_out, kind, n, wd, loss)
     else:  # a terminal event fired before the first requested time

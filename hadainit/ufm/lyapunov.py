@@ -62,10 +62,15 @@ for any n; it is constant only balanced at NC. Along the flow
 ``a_i^2 - b'_i^2`` is conserved, so ``a_i - b'_i = (a_i^2 - b'_i^2) / (a_i + b'_i) -> 0``
 as the modes grow: the balance is restored and U -> 0.
 
-This is a theorem about gradient *flow* without weight decay. Under gradient
-descent, or with weight decay, nothing is claimed: the validation run
-(``hadainit ufm``) measures both.
-:func:`unbalanced_lyapunov_derivative` evaluates the closed form of dU/dt.
+*With weight decay* ``(wd_W, wd_H)`` the flow gains ``-wd_W a_i`` and
+``-wd_H b'_i``. Then ``d/dt (a_i^2 + b'_i^2)/2`` gains ``-(wd_W a_i^2 + wd_H b'_i^2)``
+and ``d/dt log m_i^2`` gains ``-2 (wd_W a_i + wd_H b'_i) / (a_i + b'_i)``. For
+*equal* decays ``wd_W = wd_H = w`` these are ``-2 w (a_i^2 + b'_i^2)/2`` and
+``-2 w``: they cancel in dU/dt, which keeps the closed form above, so the proof
+holds as it stands (a and b stay positive: at ``a_i = 0``, ``da_i/dt >= 0``).
+For unequal decays the cancellation fails and U can rise; nothing is claimed
+there, nor for gradient descent: the validation run (``hadainit ufm``) measures
+both. :func:`unbalanced_lyapunov_derivative` evaluates dU/dt for any decays.
 
 **Numerics.** V, U, ``etf_angle`` and ``coefficient_of_variation`` are
 scale-invariant, and are computed that way: the values are first divided by
@@ -281,14 +286,22 @@ def unbalanced_lyapunov(a, b, *, samples_per_class: int = 1) -> Tensor:
     return _kl_scaled(r, log_r) + torch.log1p(gap)
 
 
-def unbalanced_lyapunov_derivative(a, b, basis: str = "auto", *, samples_per_class: int = 1) -> Tensor:
-    """``dU/dt`` along gradient flow without weight decay, by the closed form of SPEC 5b. <= 0.
+def unbalanced_lyapunov_derivative(
+    a, b, basis: str = "auto", *, samples_per_class: int = 1, weight_decay=(0.0, 0.0)
+) -> Tensor:
+    """``dU/dt`` along the gradient flow, in closed form (SPEC 5b). <= 0 without weight decay or with equal decays.
 
-    ``dU/dt = (2 / (sqrt(n) K)) [ sum_i lam'_i c_i / S - mean_i c_i ]`` over the modes i >= 1,
-    with ``c_i = 1 - mu_i`` of ``lam = a * b``, ``lam'_i = a_i b'_i`` and
-    ``S = sum_i (a_i^2 + b'_i^2) / 2``. Fourier spectra must be paired (as for the flow). float64.
+    With ``c_i = 1 - mu_i`` of ``lam = a * b``, ``lam'_i = a_i b'_i``, ``S = sum_i (a_i^2 + b'_i^2)/2``
+    (sums and means over the modes i >= 1) and ``r = 1 / (sqrt(n) K)``::
+
+        dU/dt = (2 r sum_i lam'_i c_i - sum_i (wd_W a_i^2 + wd_H b'_i^2)) / S
+                - 2 r mean_i c_i + 2 mean_i (wd_W a_i + wd_H b'_i) / (a_i + b'_i),
+
+    which for ``wd_W = wd_H`` is ``2 r [sum_i lam'_i c_i / S - mean_i c_i]``. Fourier spectra
+    must be paired (as for the flow). float64, shape ``a.shape[:-1]``.
     """
     a, b, n = _positive_pair(a, b, samples_per_class)
+    wd_w, wd_h = _checks.weight_decay(weight_decay)
     k = a.shape[-1]
     kind = resolve_basis(k, basis)
     a = check_spectrum(a, k, kind, "a")
@@ -298,6 +311,9 @@ def unbalanced_lyapunov_derivative(a, b, basis: str = "auto", *, samples_per_cla
         raise ValueError("lam = a * b overflows float64")
     _, _, c = softmax_spectrum(lam, kind)
     c = c[..., 1:]
-    a_s, bp_s = _balanced_parts(a, b, n)
-    ratio = (a_s * bp_s * c).sum(-1) / ((a_s.pow(2) + bp_s.pow(2)) / 2).sum(-1)
-    return 2.0 / (math.sqrt(n) * k) * (ratio - c.mean(-1))
+    a_s, bp_s = _balanced_parts(a, b, n)  # common scale: S, lam' and the decay sums scale alike
+    rate = 2.0 / (math.sqrt(n) * k)
+    s_half = ((a_s.pow(2) + bp_s.pow(2)) / 2).sum(-1)
+    decay = (wd_w * a_s.pow(2) + wd_h * bp_s.pow(2)).sum(-1) / s_half
+    decay_log = 2.0 * ((wd_w * a_s + wd_h * bp_s) / (a_s + bp_s)).mean(-1)
+    return rate * ((a_s * bp_s * c).sum(-1) / s_half - c.mean(-1)) - decay + decay_log

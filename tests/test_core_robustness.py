@@ -91,15 +91,14 @@ def test_spectral_init_fits_its_dtype():
 
 
 def _first_nonfinite_mse_step(a, b, lr, k):
-    """The reduced MSE map written out in plain Python floats: da = (1 - ab) b / K, db = (1 - ab) a / K."""
+    """The reduced MSE map in plain Python floats (da = (1 - ab) b / K, db = (1 - ab) a / K): the first
+    step after which a, b or the loss sum (1 - ab)^2 / 2K is not finite."""
     a, b = list(a), list(b)
     for step in range(1, 10_000):
         c = [1.0 - x * y for x, y in zip(a, b)]
-        try:
-            a, b = [x + lr * ci * y / k for x, y, ci in zip(a, b, c)], [y + lr * ci * x / k for x, y, ci in zip(a, b, c)]
-        except OverflowError:
-            return step
-        if not all(math.isfinite(v) for v in a + b):
+        a, b = [x + lr * ci * y / k for x, y, ci in zip(a, b, c)], [y + lr * ci * x / k for x, y, ci in zip(a, b, c)]
+        loss = sum((1.0 - x * y) * (1.0 - x * y) for x, y in zip(a, b)) / (2 * k)
+        if not all(math.isfinite(v) for v in a + b + [loss]):
             return step
     raise AssertionError("did not diverge")
 

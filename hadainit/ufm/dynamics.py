@@ -178,8 +178,8 @@ def spectral_gd(
 
     Raises:
         ValueError: if an iterate becomes inf or NaN; the message gives the first
-            such step and, where one is known, the stable step-size bound
-            (:func:`divergence_message`).
+            such step (a loss that overflows counts) and, where one is known,
+            the stable step-size bound.
     """
     a, b, kind, n, wd, loss = _validate(a, b, basis, samples_per_class, weight_decay, loss)
     lr = _checks.positive_float(lr, "lr")
@@ -191,7 +191,8 @@ def spectral_gd(
         return a + lr * da, b + lr * db
 
     def finite(a: Tensor, b: Tensor) -> bool:
-        return bool(torch.isfinite(a).all() and torch.isfinite(b).all())
+        value = spectral_rhs(a, b, kind, n, wd, loss)[2]  # e.g. MSE: lam ~ 1e160 is finite, its loss is not
+        return bool(torch.isfinite(a).all() and torch.isfinite(b).all() and torch.isfinite(value).all())
 
     rec_step, rec_a, rec_b, rec_loss = [], [], [], []
     safe = (0, a, b)  # the last iterate verified finite (checked every _CHECK_EVERY steps: no sync per step)

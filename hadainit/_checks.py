@@ -162,10 +162,14 @@ def fit_dtype(x: Tensor, dtype: torch.dtype, name: str) -> Tensor:
 
 
 def orthonormal_columns(m: Tensor, name: str) -> Tensor:
-    """``m`` (2-D, finite) if ``M^T M = I`` to the precision of its dtype; float64 copy returned."""
+    """``m`` (2-D, finite) if ``M^T M = I`` to the precision of its dtype; float64 copy returned.
+
+    Integer entries (e.g. a permutation or an identity) are read as float64, by the dtype rule.
+    """
     if not isinstance(m, Tensor):
         raise TypeError(f"{name} must be a tensor, got {type(m).__name__}")
-    if m.dim() != 2 or not m.is_floating_point():
+    m = real_tensor(m, name)
+    if m.dim() != 2:
         raise ValueError(f"{name} must be a 2-D floating tensor, got {m.dtype} of shape {tuple(m.shape)}")
     tol = 1e-10 if m.dtype == torch.float64 else 100 * torch.finfo(m.dtype).eps
     m64 = m.detach().to(torch.float64)

@@ -119,6 +119,8 @@ CASES = {
     "gd-diverge-mse": lambda _: spectral_gd([0.0, 1.0, 2.0, 0.5], [0.0, 1.0, 0.3, 0.2], lr=10.0, steps=100, loss="mse"),
     "gd-diverge-ce": lambda _: spectral_gd([0.0, 1.0, 2.0, 0.5], [0.0, 1.0, 0.3, 0.2], lr=1e300, steps=5),
     "ufm-diverge": lambda _: UFM.random(4, 8, generator=_seeded()).gradient_descent(1e6, 100),
+    "ufm-step-lr": lambda _: UFM.random(4, 6).step(nan),
+    "ufm-left-bool": lambda _: _ufm(torch.eye(4, dtype=torch.bool), torch.eye(8, 4)),
     "ufm-record-str": lambda _: UFM.random(4, 6).gradient_descent(0.1, 1, record="loss"),
     "ufm-left-basis": lambda _: _ufm(2 * torch.eye(4), torch.eye(8, 4)),
     "ufm-right-basis": lambda _: _ufm(torch.eye(4), torch.ones(8, 4)),

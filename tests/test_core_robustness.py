@@ -80,6 +80,17 @@ def test_dense_ufm_accepts_integer_weights_as_float64():
     assert ufm.W.dtype == torch.float64 and torch.equal(ufm.loss(), ref.loss())
 
 
+def test_integer_bases_are_read_as_float64():
+    # a permutation is an orthonormal basis, whatever the dtype it is written in
+    perm = torch.eye(4, dtype=torch.int64)[[2, 0, 3, 1]]
+    w_int = hadainit.hadamard_(torch.empty(4, 6, dtype=torch.float64), basis=perm, generator=torch.Generator().manual_seed(0))
+    w_flt = hadainit.hadamard_(torch.empty(4, 6, dtype=torch.float64), basis=perm.double(), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(w_int, w_flt)
+    ufm = UFM(torch.randn(4, 6, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64), left=perm,
+              right=torch.eye(6, 4, dtype=torch.int32))
+    assert ufm.left.dtype == torch.float64 and ufm.leakage()[0] <= 1
+
+
 def test_spectral_init_fits_its_dtype():
     w, h = spectral_init(4, 8, [1.0, 2.0, 3.0, 4.0], dtype=torch.float16, generator=torch.Generator().manual_seed(0))
     w64, h64 = spectral_init(4, 8, [1.0, 2.0, 3.0, 4.0], generator=torch.Generator().manual_seed(0))

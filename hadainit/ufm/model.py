@@ -195,6 +195,7 @@ class UFM(nn.Module):
     @torch.no_grad()
     def step(self, lr: float, kind: str = "ce", weight_decay=(0.0, 0.0)) -> None:
         """One GD step; both matrices are updated from the same old iterate."""
+        lr = _checks.positive_float(lr, "lr")  # a NaN step would silently poison W and H
         g_w, g_h = self.gradients(kind, weight_decay)
         self.W -= lr * g_w
         self.H -= lr * g_h

@@ -72,7 +72,7 @@ starts and is proven never to increase along the gradient flow without weight de
   largest closed-form dU/dt {_e(ly["random_max_dU_dt_closed_form"])}; V rose in {ly["random_V_rose_in"]} of them
   (its largest rise: {_e(ly["random_V_max_rel_rise"])} times its start value).
 
-Measured, not claimed. Gradient descent with step `lr` ({bf["gd"][0]["steps"]} steps, K = 4, 16 walsh and 10 fourier,
+Measured, not claimed. Gradient descent with step `lr` ({bf["gd"][0]["steps"]} steps, {", ".join(bf["cases"])},
 n in {{1, 3}}, the same kind of unbalanced starts):
 
 | lr | runs where U rose | largest relative step of U | diverged |

@@ -67,15 +67,17 @@ as the modes grow: the balance is restored and U -> 0.
 and ``d/dt log m_i^2`` gains ``-2 (wd_W a_i + wd_H b'_i) / (a_i + b'_i)``. For
 *equal* decays ``wd_W = wd_H = w`` these are ``-2 w (a_i^2 + b'_i^2)/2`` and
 ``-2 w``: they cancel in dU/dt, which keeps the closed form above, so the proof
-holds as it stands (a and b stay positive: at ``a_i = 0``, ``da_i/dt >= 0``).
+holds as it stands (a and b stay positive: ``da_i/dt >= -wd_W a_i``, so
+``a_i(t) >= a_i(0) exp(-wd_W t)``, and likewise for b).
 For unequal decays the cancellation fails and U can rise; nothing is claimed
 there, nor for gradient descent: the validation run (``hadainit ufm``) measures
 both. :func:`unbalanced_lyapunov_derivative` evaluates dU/dt for any decays.
 
 **Numerics.** V, U, ``etf_angle`` and ``coefficient_of_variation`` are
 scale-invariant, and are computed that way: the values are first divided by
-their largest magnitude, and a value too small to survive that division
-(below the smallest normal float after it) enters through its logarithm,
+the power of two just above their largest magnitude (exact, so nothing is
+lost near NC, where they are second-order small), and a value too small to
+survive that division (subnormal after it) enters through its logarithm,
 taken before the division. So they are exact at any finite scale
 (``kl_lyapunov([0, 1e-300, 1e300, 1])`` is about 689, not inf). They are
 computed and returned in float64, whatever the input's dtype (integer

@@ -76,6 +76,21 @@ def test_exact_at_extreme_scales_against_mpmath():
         assert math.isclose(unbalanced_lyapunov(a, b, samples_per_class=n).item(), float(ref), rel_tol=1e-13)
 
 
+def test_accurate_near_balanced_nc_against_mpmath():
+    # U is second-order small there (~ dev^2) and computed without cancellation; forming (a + b')/2
+    # rounds each entry (relative 1e-16), so the attainable relative accuracy is ~1e-16 / dev
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 60
+    gen = torch.Generator().manual_seed(8)
+    for scale, eps in [(1.0, 1e-4), (3e-200, 1e-6), (7e250, 1e-7)]:
+        a = scale * (1 + eps * torch.randn(9, generator=gen, dtype=torch.float64))
+        b = scale * (1 + eps * torch.randn(9, generator=gen, dtype=torch.float64))
+        am, bm = [mpmath.mpf(x) for x in a[1:].tolist()], [mpmath.mpf(x) for x in b[1:].tolist()]
+        ref = mpmath.log(sum((x**2 + y**2) / 2 for x, y in zip(am, bm)) / 8) - sum(
+            mpmath.log(((x + y) / 2) ** 2) for x, y in zip(am, bm)) / 8
+        assert math.isclose(unbalanced_lyapunov(a, b).item(), float(ref), rel_tol=300 * 1e-16 / eps), (scale, eps)
+
+
 @pytest.mark.parametrize("k, basis", BASES)
 @pytest.mark.parametrize("n", [1, 3])
 @pytest.mark.parametrize("wd", [(0.0, 0.0), (0.02, 0.02), (0.05, 0.01)])

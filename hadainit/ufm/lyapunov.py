@@ -250,10 +250,10 @@ def _positive_pair(a, b, samples_per_class: int) -> tuple[Tensor, Tensor, int]:
 
 
 def _balanced_parts(a: Tensor, b: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    """``(a_i, b'_i)`` over modes i >= 1, divided by a common scale (their largest value, up to sqrt(n))."""
+    """``(a_i, b'_i)`` over modes i >= 1, scaled by a common power of two to below 1 (b' below sqrt(n))."""
     a, b = a[..., 1:], b[..., 1:]
     top = torch.maximum(a.amax(-1, keepdim=True), b.amax(-1, keepdim=True))
-    return a / top, math.sqrt(n) * (b / top)
+    return _scaled(a, top), math.sqrt(n) * _scaled(b, top)  # exact scaling: U is second-order small near NC
 
 
 def unbalanced_lyapunov(a, b, *, samples_per_class: int = 1) -> Tensor:

@@ -158,7 +158,7 @@ def lyapunov(out: Path, gen: torch.Generator, quick: bool) -> dict:
         ax3.plot(times.numpy(), v_rel.numpy(), color="C3", alpha=0.7, lw=1, label="V / V(0)" if i == 0 else None)
         ax3.plot(times.numpy(), u_rel.numpy(), color="C0", alpha=0.7, lw=1, label="U / U(0), same runs" if i == 0 else None)
     ax3.axhline(1.0, color="k", lw=0.8)
-    label(ax3, "t (gradient flow)", "relative to t = 0", logx=True)
+    label(ax3, "t (gradient flow)", "relative to t = 0", logx=True, logy=True)
     ax3.set_title(f"6 of {flows} unbalanced runs (V rose most)")
     return {
         "trajectories": count,

@@ -364,6 +364,12 @@ def time_to_margin(
     pending = sorted({float(g) for g in flat if g > lam0})
     result = torch.zeros_like(flat)
     if pending:
+        g = pending[-1]  # t(g) >= int_{g - 1}^{g} e^l / (2 l) dl >= (e^g - e^(g - 1)) / (2 g): beyond float64?
+        if g + math.log(-math.expm1(-min(1.0, g - lam0))) - math.log(2 * g) > math.log(torch.finfo(torch.float64).max):
+            raise ValueError(
+                f"margin {g:g} is reached only after t ~ exp(gamma) / (2 gamma) = 10^{(g - math.log(2 * g)) / math.log(10):.0f}, "
+                f"beyond float64's range; margins up to about 700 can be timed"
+            )
         a0 = torch.full((k,), math.sqrt(lam0), dtype=torch.float64)
         a0[0] = 0.0  # the constant mode never matters
         g_max = pending[-1]

@@ -13,17 +13,14 @@ import time
 
 import torch
 
-from hadainit.bases import mode_pairs
+from hadainit.bases import paired_spectrum
 from hadainit.ufm import UFM
 
 FEATURE_DIM = 32
 
 
 def _spectrum(k: int, basis: str, gen: torch.Generator) -> torch.Tensor:
-    a = 0.2 + 1.8 * torch.rand(k, generator=gen, dtype=torch.float64)
-    pairs = mode_pairs(k, basis)
-    a[pairs[:, 1]] = a[pairs[:, 0]]
-    return a
+    return paired_spectrum(0.2 + 1.8 * torch.rand(k, generator=gen, dtype=torch.float64), basis)
 
 
 def run_demo(steps: int = 2000, lr: float = 1.0, seed: int = 0) -> list[dict]:
@@ -61,10 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    try:
+        rows = run_demo(args.steps, args.lr, args.seed)
+    except ValueError as err:  # a bad --lr / --steps: one line, no traceback
+        print(f"hadainit demo: error: {err}", file=sys.stderr)
+        return 2
     print(f"dense UFM, d={FEATURE_DIM}, {args.steps} GD steps, lr={args.lr}, float64")
     print("leakage = ||offdiag(Q^T W V)||_F / ||W||_F in the initial basis (Q, V)")
     print(f"{'init':<26}{'final loss':>14}{'final leakage':>16}{'max leakage':>14}")
-    for row in run_demo(args.steps, args.lr, args.seed):
+    for row in rows:
         print(f"{row['init']:<26}{row['final_loss']:>14.3e}{row['leakage_W']:>16.3e}{row['max_leakage_W']:>14.3e}")
     return 0
 

@@ -13,6 +13,16 @@ def write_report(r: dict, path: Path) -> None:
     fv, lk, ly, ea, sd, ri, cm = (
         r["frozen_vectors"], r["leakage"], r["lyapunov"], r["etf_angle"], r["slowdown"], r["random_init"], r["ce_vs_mse"]
     )
+    bf = r["lyapunov_beyond_flow"]
+    gd_rows = "\n".join(
+        f"| {g['lr_over_K']:g} K | {g['runs_where_U_rose']} / {g['runs']} | {_e(g['max_rel_step_U'])} | {g['diverged']} |"
+        for g in bf["gd"]
+    )
+    wd_rows = "\n".join(
+        f"| ({_e(w['weight_decay'][0])}, {_e(w['weight_decay'][1])}) | {w['start']} | {w['U_rose_in']} / {w['runs']} | "
+        f"{_e(w['U_max_increase'])} | {w['V_rose_in']} / {w['runs']} | {_e(w['V_max_increase'])} |"
+        for w in bf["weight_decay"]
+    )
     leak_rows = "\n".join(
         f"| {name} | {_e(v['final'])} | {_e(v['max'])} |" for name, v in lk.items() if name != "figure"
     )
@@ -48,6 +58,34 @@ and for a small random init (basis: SVD of W(0)).
 - largest value of the closed-form dV/dt of the proof: **{_e(ly["max_dV_dt_closed_form"])}** (<= 0);
 - not claimed off balance: the kept unbalanced example (K = 4, a_3 = 10, b_3 = 0.2) takes V from
   {_e(ly["unbalanced_V_start"])} up to **{_e(ly["unbalanced_V_max"])}** (rise {_e(ly["unbalanced_V_rise"])}).
+
+## 2b. U: a Lyapunov function for every spectral start (SPEC 5b)
+
+`U(a, b) = log mean (a_i^2 + b'_i^2)/2 - mean log ((a_i + b'_i)/2)^2` (`b' = sqrt(n) b`) equals V on balanced
+starts and is proven never to increase along the gradient flow without weight decay, from any positive start
+(`hadainit.ufm.unbalanced_lyapunov`; the proof is in `hadainit.ufm.lyapunov`). Figure: `{ly["figure"]}` (middle and right).
+
+- the kept counterexample: while V rises, U falls from {_e(ly["unbalanced_U_start"])} to
+  **{_e(ly["unbalanced_U_end"])}** (largest step {_e(ly["unbalanced_U_max_step"])});
+- {ly["random_unbalanced_flows"]} flows from unbalanced starts (a and b independent, log-uniform over 1e-2 .. 1e1;
+  {", ".join(ly["random_unbalanced_cases"])}; n in {{1, 3}}): largest relative step of U **{_e(ly["random_max_rel_step_U"])}**,
+  largest closed-form dU/dt {_e(ly["random_max_dU_dt_closed_form"])}; V rose in {ly["random_V_rose_in"]} of them
+  (its largest rise: {_e(ly["random_V_max_rel_rise"])} times its start value).
+
+Measured, not claimed. Gradient descent with step `lr` ({bf["gd"][0]["steps"]} steps, {", ".join(bf["cases"])},
+n in {{1, 3}}, the same kind of unbalanced starts):
+
+| lr | runs where U rose | largest relative step of U | diverged |
+|---|---|---|---|
+{gd_rows}
+
+Weight decay `(wd_W, wd_H)` on the flow (t up to 1e5, by which it has converged). For equal decays the decay terms cancel in dU/dt and the
+proof carries over (module docs); for unequal ones nothing is claimed. A rise counts above 1e-9 of the start value
+(U and V fall to the solver's noise, ~1e-20, as the flow converges; that noise is clamped at 1e-12):
+
+| (wd_W, wd_H) | start | U rose in | largest U increase / U(0) | V rose in | largest V increase / V(0) |
+|---|---|---|---|---|---|
+{wd_rows}
 
 ## 3. Natural distances to NC need not be monotone for K >= 8 (SPEC 5)
 

@@ -2,7 +2,7 @@
 
 ``hadainit ufm --out DIR [--quick]`` writes ``report.json`` (headline numbers),
 ``report.md`` (each claim, its figure, its number) and PNG figures into DIR.
-No data needed; under 2 minutes on 2 CPU cores (``--quick``: about 10 s).
+No data needed; about a minute on 2 CPU cores (``--quick``: about 15 s).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from hadainit.bases import mode_pairs
+from hadainit.bases import paired_spectrum
 from hadainit.ufm import (
     UFM,
     etf_angle,
@@ -26,6 +26,8 @@ from hadainit.ufm import (
     spectral_flow,
     spectral_gd,
     time_to_margin,
+    unbalanced_lyapunov,
+    unbalanced_lyapunov_derivative,
 )
 from hadainit.ufm.examples import ETF_ANGLE_RISE_K8, UNBALANCED_V_RISE_A, UNBALANCED_V_RISE_B
 
@@ -34,17 +36,12 @@ from .report import write_report
 
 
 def _paired_spectrum(k: int, basis: str, gen: torch.Generator, low: float, high: float, batch=()) -> torch.Tensor:
-    a = low + (high - low) * torch.rand(*batch, k, generator=gen, dtype=torch.float64)
-    pairs = mode_pairs(k, basis)
-    a[..., pairs[:, 1]] = a[..., pairs[:, 0]]
-    return a
+    return paired_spectrum(low + (high - low) * torch.rand(*batch, k, generator=gen, dtype=torch.float64), basis)
 
 
 def _log_spectrum(k: int, basis: str, gen: torch.Generator, batch: int, decades: float) -> torch.Tensor:
     lam = torch.exp(math.log(10) * decades * (torch.rand(batch, k, generator=gen, dtype=torch.float64) - 0.7))
-    pairs = mode_pairs(k, basis)
-    lam[:, pairs[:, 1]] = lam[:, pairs[:, 0]]
-    return lam
+    return paired_spectrum(lam, basis)
 
 
 def frozen_vectors(out: Path, gen: torch.Generator, steps: int) -> dict:
@@ -100,13 +97,25 @@ def leakage_by_init(out: Path, gen: torch.Generator, steps: int) -> dict:
     return results
 
 
+def _log_uniform_pair(k: int, basis: str, gen: torch.Generator, batch: int, low: float, high: float):
+    """a and b drawn independently, log-uniform over 10^low .. 10^high: unbalanced starts."""
+    def one():
+        return paired_spectrum(10 ** (low + (high - low) * torch.rand(batch, k, generator=gen, dtype=torch.float64)), basis)
+
+    return one(), one()
+
+
+UNBALANCED_CASES = [(3, "fourier"), (4, "walsh"), (7, "fourier"), (16, "walsh"), (64, "walsh"), (100, "fourier"), (256, "walsh")]
+UNBALANCED_QUICK = [(4, "walsh"), (7, "fourier"), (16, "walsh")]
+
+
 def lyapunov(out: Path, gen: torch.Generator, quick: bool) -> dict:
-    """V(t) along balanced flows for many K and random spectra; the unbalanced counterexample."""
+    """V(t) along balanced flows; U (SPEC 5b) along unbalanced ones, where V can rise."""
     cases = [(4, "walsh"), (16, "walsh"), (64, "walsh"), (10, "fourier"), (100, "fourier")]
     cases += [] if quick else [(256, "walsh"), (1024, "walsh"), (1000, "fourier")]
     batch = 8 if quick else 32
     times = torch.logspace(-2, 10, 121, dtype=torch.float64)
-    fig, (ax, ax2) = new_figure(2)
+    fig, (ax, ax2, ax3) = new_figure(3, width=5.2)
     max_increase, max_deriv, count = -math.inf, -math.inf, 0
     for k, basis in cases:
         a = _log_spectrum(k, basis, gen, batch, 3.0).sqrt()
@@ -118,14 +127,39 @@ def lyapunov(out: Path, gen: torch.Generator, quick: bool) -> dict:
         ax.plot(times.numpy(), v[:, 0].numpy(), label=f"K={k} {basis}")
     label(ax, "t (gradient flow)", "V = KL(u || lam_hat)", logx=True, logy=True)
     ax.set_title("balanced: V decreases")
+
     unb = spectral_flow(UNBALANCED_V_RISE_A, UNBALANCED_V_RISE_B, times)
-    v_unb = kl_lyapunov(unb.lam)
+    v_unb, u_unb = kl_lyapunov(unb.lam), unbalanced_lyapunov(unb.a, unb.b)
     lam0 = UNBALANCED_V_RISE_A * UNBALANCED_V_RISE_B
     bal = spectral_flow(lam0.sqrt(), lam0.sqrt(), times)
-    ax2.plot(times.numpy(), v_unb.numpy(), label="unbalanced (a_3=10, b_3=0.2)")
-    ax2.plot(times.numpy(), kl_lyapunov(bal.lam).numpy(), label="same lam, balanced")
-    label(ax2, "t (gradient flow)", "V", logx=True)
-    ax2.set_title("unbalanced: V can rise")
+    ax2.plot(times.numpy(), v_unb.numpy(), color="C3", lw=2, label="V, unbalanced (a_3=10, b_3=0.2): rises")
+    ax2.plot(times.numpy(), u_unb.numpy(), color="C0", lw=2, label="U, same run: falls")
+    ax2.plot(times.numpy(), kl_lyapunov(bal.lam).numpy(), color="0.5", ls="--", label="V, same lam balanced (= U)")
+    label(ax2, "t (gradient flow)", "V, U", logx=True, logy=True)
+    ax2.set_title("the kept counterexample")
+
+    # random unbalanced starts: a and b independent over 3 decades
+    flows, worst_u, worst_du, v_rose, v_rise, shown = 0, -math.inf, -math.inf, 0, 0.0, []
+    for k, basis in UNBALANCED_QUICK if quick else UNBALANCED_CASES:
+        for n in (1, 3):
+            a, b = _log_uniform_pair(k, basis, gen, 4 if quick else 12, -2.0, 1.0)
+            res = spectral_flow(a, b, times, basis=basis, samples_per_class=n)
+            u = unbalanced_lyapunov(res.a, res.b, samples_per_class=n)
+            v = kl_lyapunov(res.lam)
+            worst_u = max(worst_u, (u.diff(dim=0) / u[:-1]).max().item())
+            worst_du = max(worst_du, unbalanced_lyapunov_derivative(res.a, res.b, basis, samples_per_class=n).max().item())
+            # (K = 3 fourier: the two modes are one pair, V = 0 throughout: no rise to measure)
+            rises = torch.where(v[0] > 0, (v.max(dim=0).values - v[0]) / v[0].clamp_min(1e-300), 0.0)
+            v_rose += int((rises > 1e-9).sum())
+            v_rise = max(v_rise, rises.max().item())
+            flows += a.shape[0]
+            shown += [(rises[j].item(), f"K={k}", u[:, j] / u[0, j], v[:, j] / v[0, j]) for j in range(a.shape[0])]
+    for i, (_, name, u_rel, v_rel) in enumerate(sorted(shown, key=lambda x: -x[0])[:6]):
+        ax3.plot(times.numpy(), v_rel.numpy(), color="C3", alpha=0.7, lw=1, label="V / V(0)" if i == 0 else None)
+        ax3.plot(times.numpy(), u_rel.numpy(), color="C0", alpha=0.7, lw=1, label="U / U(0), same runs" if i == 0 else None)
+    ax3.axhline(1.0, color="k", lw=0.8)
+    label(ax3, "t (gradient flow)", "relative to t = 0", logx=True, logy=True)
+    ax3.set_title(f"6 of {flows} unbalanced runs (V rose most)")
     return {
         "trajectories": count,
         "cases": [f"K={k} {b}" for k, b in cases],
@@ -134,8 +168,73 @@ def lyapunov(out: Path, gen: torch.Generator, quick: bool) -> dict:
         "unbalanced_V_start": v_unb[0].item(),
         "unbalanced_V_max": v_unb.max().item(),
         "unbalanced_V_rise": (v_unb.max() - v_unb[0]).item(),
-        "figure": save(fig, out / "lyapunov.png", "KL Lyapunov function along gradient flow"),
+        "unbalanced_U_start": u_unb[0].item(),
+        "unbalanced_U_end": u_unb[-1].item(),
+        "unbalanced_U_max_step": u_unb.diff().max().item(),
+        "random_unbalanced_flows": flows,
+        "random_unbalanced_cases": [f"K={k} {b}" for k, b in (UNBALANCED_QUICK if quick else UNBALANCED_CASES)],
+        "random_max_rel_step_U": worst_u,
+        "random_max_dU_dt_closed_form": worst_du,
+        "random_V_rose_in": v_rose,
+        "random_V_max_rel_rise": v_rise,
+        "figure": save(fig, out / "lyapunov.png", "Lyapunov functions along gradient flow: V (balanced), U (any start)"),
     }
+
+
+def _rises(f: torch.Tensor) -> tuple[int, float]:
+    """(runs in which f rose, largest increase between two samples relative to f(0)); f of shape (T, runs)."""
+    rise = (f.diff(dim=0).clamp_min(0).max(dim=0).values) / f[0]
+    return int((rise > 1e-9).sum()), rise.max().item()
+
+
+def lyapunov_beyond_flow(gen: torch.Generator, quick: bool) -> dict:
+    """Measured, not claimed: U under gradient descent (step sizes lr / K), U and V with weight decay."""
+    cases = [(4, "walsh"), (10, "fourier")] if quick else [(4, "walsh"), (16, "walsh"), (10, "fourier")]
+    batch, steps = (4, 200) if quick else (12, 1000)
+    gd = []
+    for lr_k in (0.1, 1.0, 10.0, 100.0):
+        worst, rose, runs, diverged = -math.inf, 0, 0, 0
+        for k, basis in cases:
+            for n in (1, 3):
+                a, b = _log_uniform_pair(k, basis, gen, batch, -2.0, 1.0)
+                runs += batch
+                try:
+                    res = spectral_gd(a, b, lr=lr_k * k, steps=steps, basis=basis, samples_per_class=n)
+                except ValueError:  # diverged (reported, then counted)
+                    diverged += batch
+                    continue
+                u = unbalanced_lyapunov(res.a, res.b, samples_per_class=n)
+                step = u.diff(dim=0) / u[:-1]
+                worst = max(worst, step.max().item())
+                rose += int((step > 1e-12).any(dim=0).sum())
+        gd.append({"lr_over_K": lr_k, "steps": steps, "runs": runs, "runs_where_U_rose": rose,
+                   "max_rel_step_U": worst, "diverged": diverged})
+    # with weight decay the flow converges (exponentially in t: stiff in log-time) well before t = 1e5
+    times = torch.logspace(-2, 5, 50, dtype=torch.float64)
+    decays = [(1e-3, 1e-3), (1e-3, 3e-3)] if quick else [(1e-3, 1e-3), (1e-2, 1e-2), (1e-3, 3e-3), (3e-3, 1e-3)]
+    decay = []
+    for wd in decays:
+        rows = {start: {"weight_decay": list(wd), "start": start, "runs": 0, "U_rose_in": 0, "U_max_increase": 0.0,
+                        "V_rose_in": 0, "V_max_increase": 0.0} for start in ("unbalanced", "balanced")}
+        for k, basis in ((4, "walsh"),) if quick else ((4, "walsh"), (10, "fourier")):
+            for n in (1,) if quick else (1, 3):
+                # half the GD batch: LSODA's Jacobian costs one RHS call per state component
+                a, b = _log_uniform_pair(k, basis, gen, batch // 2, -2.0, 1.0)
+                b = torch.cat((b, a / math.sqrt(n)))  # unbalanced starts, then balanced ones (a_i^2 = n b_i^2)
+                res = spectral_flow(torch.cat((a, a)), b, times, basis=basis, samples_per_class=n, weight_decay=wd)
+                # U and V fall to the solver's noise (~1e-20) as the flow converges: clamped at 1e-12
+                u = unbalanced_lyapunov(res.a, res.b, samples_per_class=n).clamp_min(1e-12)
+                v = kl_lyapunov(res.lam).clamp_min(1e-12)
+                half = a.shape[0]
+                for start, part in (("unbalanced", slice(0, half)), ("balanced", slice(half, 2 * half))):
+                    row = rows[start]
+                    for name, f in (("U", u), ("V", v)):
+                        r, m = _rises(f[:, part])
+                        row[f"{name}_rose_in"] += r
+                        row[f"{name}_max_increase"] = max(row[f"{name}_max_increase"], m)
+                    row["runs"] += half
+        decay += list(rows.values())
+    return {"cases": [f"K={k} {basis}" for k, basis in cases], "gd": gd, "weight_decay": decay}
 
 
 def etf_angle_example(out: Path, gen: torch.Generator, quick: bool) -> dict:
@@ -274,6 +373,7 @@ def run(out: Path, quick: bool = False, seed: int = 0) -> dict:
         ("frozen_vectors", lambda: frozen_vectors(out, gen, steps)),
         ("leakage", lambda: leakage_by_init(out, gen, steps)),
         ("lyapunov", lambda: lyapunov(out, gen, quick)),
+        ("lyapunov_beyond_flow", lambda: lyapunov_beyond_flow(gen, quick)),
         ("etf_angle", lambda: etf_angle_example(out, gen, quick)),
         ("slowdown", lambda: slowdown(out)),
         ("random_init", lambda: random_vs_spectral(out, gen, 2000 if quick else 20000)),
@@ -291,7 +391,7 @@ def run(out: Path, quick: bool = False, seed: int = 0) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hadainit ufm", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="output directory")
-    parser.add_argument("--quick", action="store_true", help="a ~10-second version")
+    parser.add_argument("--quick", action="store_true", help="a ~15-second version")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     report = run(args.out, args.quick, args.seed)

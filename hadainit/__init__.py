@@ -5,7 +5,7 @@ callbacks live in :mod:`hadainit.callbacks`, the validation runs in
 :mod:`hadainit.experiments`.
 """
 
-from .bases import basis_matrix, mode_pairs, softmax_basis
+from .bases import basis_matrix, mode_pairs, paired_spectrum, softmax_basis
 from .drift import InitialBasis, drift, initial_basis, leakage
 from .hadamard import constructible_orders, fwht, hadamard_matrix, is_constructible
 from .init import DEFAULT_GAIN, hadamard_, spectral_init, spectral_record
@@ -25,6 +25,7 @@ __all__ = [
     "is_constructible",
     "leakage",
     "mode_pairs",
+    "paired_spectrum",
     "softmax_basis",
     "spectral_init",
     "spectral_record",

@@ -23,33 +23,20 @@ import math
 import torch
 from torch import Tensor
 
+from . import _checks
 from .hadamard import hadamard_matrix, is_power_of_two
 
-__all__ = [
-    "BASIS_KINDS",
-    "SOFTMAX_DIAGONALIZING",
-    "resolve_basis",
-    "softmax_basis",
-    "basis_matrix",
-    "mode_pairs",
-    "check_spectrum",
-]
+__all__ = ["BASIS_KINDS", "SOFTMAX_DIAGONALIZING", "softmax_basis", "basis_matrix", "mode_pairs", "paired_spectrum"]
 
 BASIS_KINDS = ("auto", "walsh", "fourier", "hadamard")
+#: The kinds for which ``softmax(Q diag(lam) Q^T)`` stays diagonal: the exact theory applies to these only.
 SOFTMAX_DIAGONALIZING = ("walsh", "fourier")
-
-
-def _check_num_classes(num_classes: int) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
 
 
 def resolve_basis(num_classes: int, kind: str = "auto") -> str:
     """The concrete basis kind for ``num_classes``: ``"auto"`` is walsh for powers of two, else fourier."""
-    _check_num_classes(num_classes)
-    if kind not in BASIS_KINDS:
+    _checks.positive_int(num_classes, "num_classes", minimum=2)
+    if not isinstance(kind, str) or kind not in BASIS_KINDS:
         raise ValueError(f"unknown basis kind {kind!r}; expected one of {BASIS_KINDS}")
     if kind == "auto":
         return "walsh" if is_power_of_two(num_classes) else "fourier"
@@ -85,6 +72,7 @@ def basis_matrix(
     True
     """
     kind = resolve_basis(num_classes, kind)
+    dtype = _checks.floating_dtype(dtype)  # the entries are +-1/sqrt(K), cos, sin: not integers
     if kind == "fourier":
         q = _fourier(num_classes)
     else:  # walsh is the Sylvester case of hadamard_matrix
@@ -117,7 +105,7 @@ def softmax_basis(
     >>> bool((D - torch.diag(torch.diagonal(D))).abs().max() < 1e-14)
     True
     """
-    if kind not in BASIS_KINDS:
+    if not isinstance(kind, str) or kind not in BASIS_KINDS:
         raise ValueError(f"unknown basis kind {kind!r}; expected one of {('auto',) + SOFTMAX_DIAGONALIZING}")
     if kind not in ("auto",) + SOFTMAX_DIAGONALIZING:
         raise ValueError(
@@ -139,33 +127,61 @@ def mode_pairs(num_classes: int, kind: str = "auto") -> Tensor:
     return torch.stack((2 * f - 1, 2 * f), dim=1)
 
 
+def paired_spectrum(values, kind: str = "auto") -> Tensor:
+    """A valid spectrum for the basis ``kind`` made from K free values (last dim).
+
+    fourier: each sin mode takes the value of its cos mode (:func:`mode_pairs`),
+    so the softmax stays diagonal; walsh and hadamard: every mode is free, the
+    values are returned as they are. Always a new tensor; integer values become
+    float64, a floating tensor keeps its dtype and device.
+
+    >>> paired_spectrum(torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0]), "fourier")
+    tensor([0., 1., 1., 3., 3.])
+    """
+    t = _checks.real_tensor(values, "values").detach().clone()
+    if t.dim() == 0:
+        raise ValueError("values must have shape (..., K), got a 0-d tensor")
+    pairs = mode_pairs(t.shape[-1], kind).to(t.device)
+    t[..., pairs[:, 1]] = t[..., pairs[:, 0]]
+    return t
+
+
 def check_spectrum(
     values, num_classes: int, kind: str, name: str, *, dtype: torch.dtype | None = torch.float64
 ) -> Tensor:
-    """``values`` as a finite tensor of shape (..., K), admissible for the basis kind.
+    """``values`` as a finite tensor of shape (..., K), admissible for the basis kind (internal helper).
 
     ``dtype=None`` keeps a floating tensor's dtype and device (float64 otherwise).
     Fourier spectra must be equal within (cos, sin) pairs (to 1e-12 relative);
     they are then made exactly equal, so the softmax stays exactly diagonal.
     """
-    if dtype is None:
-        dtype = values.dtype if isinstance(values, Tensor) and values.is_floating_point() else torch.float64
-    t = torch.as_tensor(values, dtype=dtype).detach().clone()
+    t = _checks.real_tensor(values, name).detach()
     if t.dim() == 0 or t.shape[-1] != num_classes:
         raise ValueError(f"{name} must have length {num_classes} in its last dim, got shape {tuple(t.shape)}")
     if not torch.isfinite(t).all():
         raise ValueError(f"{name} must be finite, got {t.tolist() if t.numel() <= 16 else 'non-finite values'}")
+    t = _checks.fit_dtype(t, t.dtype if dtype is None else dtype, name).clone()
     if resolve_basis(num_classes, kind) == "fourier":
         pairs = mode_pairs(num_classes, "fourier").to(t.device)
         c, s = t[..., pairs[:, 0]], t[..., pairs[:, 1]]
         bad = (c - s).abs() > 1e-12 * torch.maximum(c.abs(), s.abs())
         if bad.any():
-            i = int(pairs[bad.nonzero()[0, -1], 0])
+            where = tuple(bad.nonzero()[0].tolist())  # first offending (batch..., pair)
+            i = int(pairs[where[-1], 0])
             raise ValueError(
                 f"{name} is not paired for the fourier basis: modes {i} and {i + 1} (a cos/sin pair) must be "
-                f"equal, got {t[..., i].flatten()[0].item()} and {t[..., i + 1].flatten()[0].item()}"
+                f"equal, got {c[where].item()} and {s[where].item()}"
             )
-        mean = (c + s) / 2
+        t = _tie_pairs(t, "fourier")
+    return t
+
+
+def _tie_pairs(t: Tensor, kind: str) -> Tensor:
+    """Each fourier (cos, sin) pair set to its mean, in place (a solver's output drifts apart by round-off)."""
+    if kind == "fourier":
+        pairs = mode_pairs(t.shape[-1], "fourier").to(t.device)
+        c, s = t[..., pairs[:, 0]], t[..., pairs[:, 1]]
+        mean = c + (s - c) / 2  # (c + s) / 2 would overflow near the largest float
         t[..., pairs[:, 0]] = mean
         t[..., pairs[:, 1]] = mean
     return t

@@ -22,10 +22,13 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-__all__ = ["hadamard_matrix", "constructible_orders", "is_constructible", "fwht", "is_power_of_two"]
+from . import _checks
+
+__all__ = ["hadamard_matrix", "constructible_orders", "is_constructible", "fwht"]
 
 
 def is_power_of_two(n: int) -> bool:
+    """Whether the int ``n`` is 1, 2, 4, 8, ... (internal helper)."""
     return n >= 1 and n & (n - 1) == 0
 
 
@@ -157,14 +160,14 @@ def constructible_orders(limit: int) -> list[int]:
     >>> constructible_orders(24)
     [1, 2, 4, 8, 12, 16, 20, 24]
     """
-    if not isinstance(limit, int) or limit < 1:
-        raise ValueError(f"limit must be a positive integer, got {limit!r}")
+    limit = _checks.positive_int(limit, "limit")
     return sorted(_recipes(limit))
 
 
 def is_constructible(n: int) -> bool:
-    """Whether :func:`hadamard_matrix` can build an order-``n`` matrix."""
-    return isinstance(n, int) and n >= 1 and _recipe(n) is not None
+    """Whether :func:`hadamard_matrix` can build an order-``n`` matrix (False for n < 1; TypeError for a non-int)."""
+    n = _checks.integer(n, "n")
+    return n >= 1 and _recipe(n) is not None
 
 
 def _nearest_orders(n: int) -> tuple[int | None, int]:
@@ -219,7 +222,9 @@ def hadamard_matrix(n: int, *, dtype: torch.dtype = torch.float64, device: torch
 
     Args:
         n: the order; see :func:`constructible_orders` for what can be built.
-        dtype: dtype of the result (default float64).
+        dtype: dtype of the result (default float64): floating, complex or a
+            signed integer dtype (the entries are +-1); bool and unsigned
+            dtypes cannot hold -1 and raise ``TypeError``.
         device: device of the result.
 
     Raises:
@@ -230,10 +235,11 @@ def hadamard_matrix(n: int, *, dtype: torch.dtype = torch.float64, device: torch
     >>> bool((H @ H.T == 12 * torch.eye(12, dtype=H.dtype)).all())
     True
     """
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"n must be an int, got {type(n).__name__}")
-    if n < 1:
-        raise ValueError(f"the order n must be >= 1, got {n}")
+    n = _checks.positive_int(n, "n")
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype, got {type(dtype).__name__} {dtype!r}")
+    if not dtype.is_signed:  # bool, uint8, ...: -1 would become True or 255
+        raise TypeError(f"dtype {dtype} cannot hold the -1 entries of a Hadamard matrix; use a signed or floating dtype")
     recipe = _recipe(n)
     if recipe is None:
         below, above = _nearest_orders(n)

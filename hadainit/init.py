@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from . import _checks
 from .bases import basis_matrix, check_spectrum, resolve_basis
 
-__all__ = ["DEFAULT_GAIN", "SpectralInit", "hadamard_", "spectral_init", "spectral_factors", "compose_spectral", "spectral_record", "random_orthonormal"]
+__all__ = ["DEFAULT_GAIN", "SpectralInit", "hadamard_", "spectral_init", "spectral_record", "random_orthonormal"]
 
 #: ``nn.Linear``'s default init draws U(-1/sqrt(d), 1/sqrt(d)): E||w_k||^2 = d / (3d) = 1/3,
 #: whatever d. The default gain gives every row exactly that norm.
@@ -60,6 +61,9 @@ def random_orthonormal(
     Drawn in float64 on the generator's device (CPU without a generator), via QR
     of a Gaussian matrix with the signs of R's diagonal fixed.
     """
+    rows = _checks.positive_int(rows, "rows")
+    cols = _checks.positive_int(cols, "cols")
+    dtype = _checks.floating_dtype(dtype)
     if cols > rows:
         raise ValueError(f"cannot draw {cols} orthonormal columns in dimension {rows}")
     _check_generator(generator)
@@ -71,19 +75,11 @@ def random_orthonormal(
     return (q * signs).to(dtype=dtype, device=device)
 
 
-def _check_orthonormal(m: Tensor, name: str) -> Tensor:
-    err = (m.T @ m - torch.eye(m.shape[1], dtype=m.dtype)).abs().max().item()
-    if not err < 1e-10:
-        raise ValueError(f"{name} must have orthonormal columns (max |M^T M - I| = {err:.3g} > 1e-10)")
-    return m
-
-
 def _left_basis(num_classes: int, basis: str | Tensor) -> tuple[str, Tensor]:
     if isinstance(basis, Tensor):
-        q = basis.detach().to(torch.float64, copy=True).cpu()
-        if q.shape != (num_classes, num_classes):
-            raise ValueError(f"a basis tensor must be {num_classes} x {num_classes}, got shape {tuple(q.shape)}")
-        return "custom", _check_orthonormal(q, "a basis tensor")
+        if basis.shape != (num_classes, num_classes):
+            raise ValueError(f"a basis tensor must be {num_classes} x {num_classes}, got shape {tuple(basis.shape)}")
+        return "custom", _checks.orthonormal_columns(basis, "a basis tensor").cpu().clone()
     if not isinstance(basis, str):
         raise TypeError(f"basis must be a str or a K x K tensor, got {type(basis).__name__}")
     kind = resolve_basis(num_classes, basis)
@@ -136,9 +132,8 @@ def hadamard_(
             f"hadamard_ needs 2 <= num_classes <= features for weight shape {tuple(tensor.shape)} "
             f"(K={k}, d={d}): K orthogonal rows need d >= K"
         )
-    gain = DEFAULT_GAIN if gain is None else float(gain)
-    if not (math.isfinite(gain) and gain > 0):
-        raise ValueError(f"gain must be a positive finite number, got {gain}")
+    gain = DEFAULT_GAIN if gain is None else _checks.positive_float(gain, "gain")
+    zero_mean = _checks.boolean(zero_mean, "zero_mean")
     kind, q = _left_basis(k, basis)
     v = random_orthonormal(d, k, generator=generator)
     s = torch.full((k,), gain, dtype=torch.float64)
@@ -147,7 +142,7 @@ def hadamard_(
             raise ValueError("zero_mean needs a basis whose column 0 is constant (a kind name), not a custom tensor")
         s[0] = 0.0
         s[1:] = gain / math.sqrt(1.0 - 1.0 / k)  # row norm^2 = s^2 (1 - 1/K)
-    w = (q * s) @ v.T.to(q.device)
+    w = _checks.fit_dtype((q * s) @ v.T.to(q.device), tensor.dtype, f"gain {gain:g}")
     with torch.no_grad():
         tensor.copy_(w)
     setattr(tensor, _RECORD_ATTR, SpectralInit(kind=kind, left=q, right=v.cpu(), singular_values=s))
@@ -177,7 +172,7 @@ def spectral_init(
             must be equal within (cos, sin) pairs.
         samples_per_class: n; every class's n columns of H are equal.
         right: V (d x K, orthonormal columns); drawn with ``generator`` if None.
-        dtype: of W and H.
+        dtype: of W and H, a floating dtype; they must fit its range.
 
     Returns:
         ``(W, H)`` with W of shape (K, d) and H of shape (d, n K); column
@@ -187,20 +182,21 @@ def spectral_init(
     >>> W.shape, H.shape
     (torch.Size([8, 16]), torch.Size([16, 8]))
     """
-    _, q, a, b, v = spectral_factors(
+    dtype = _checks.floating_dtype(dtype)
+    _, q, a, b, v = _spectral_factors(
         num_classes, feature_dim, a, b, basis=basis, samples_per_class=samples_per_class, right=right,
         generator=generator,
     )
-    w, h = compose_spectral(q, a, b, v, samples_per_class)
-    return w.to(dtype), h.to(dtype)
+    w, h = _compose_spectral(q, a, b, v, samples_per_class)
+    return _checks.fit_dtype(w, dtype, "W"), _checks.fit_dtype(h, dtype, "H")
 
 
-def compose_spectral(q: Tensor, a: Tensor, b: Tensor, v: Tensor, samples_per_class: int = 1) -> tuple[Tensor, Tensor]:
+def _compose_spectral(q: Tensor, a: Tensor, b: Tensor, v: Tensor, samples_per_class: int = 1) -> tuple[Tensor, Tensor]:
     """``W = Q diag(a) V^T`` and ``H = V diag(b) Q^T`` with each class column repeated n times."""
     return (q * a) @ v.T, ((v * b) @ q.T).repeat_interleave(samples_per_class, dim=1)
 
 
-def spectral_factors(
+def _spectral_factors(
     num_classes: int,
     feature_dim: int,
     a,
@@ -212,10 +208,8 @@ def spectral_factors(
     generator: torch.Generator | None = None,
 ) -> tuple[str, Tensor, Tensor, Tensor, Tensor]:
     """The validated factors ``(kind, Q, a, b, V)`` of :func:`spectral_init`, all float64 on the CPU."""
-    if isinstance(feature_dim, bool) or not isinstance(feature_dim, int):
-        raise TypeError(f"feature_dim must be an int, got {type(feature_dim).__name__}")
-    if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) or samples_per_class < 1:
-        raise ValueError(f"samples_per_class must be a positive int, got {samples_per_class!r}")
+    feature_dim = _checks.positive_int(feature_dim, "feature_dim")
+    samples_per_class = _checks.positive_int(samples_per_class, "samples_per_class")
     kind, q = _left_basis(num_classes, basis)
     if feature_dim < num_classes:
         raise ValueError(f"spectral_init needs feature_dim >= num_classes, got d={feature_dim} < K={num_classes}")
@@ -227,8 +221,8 @@ def spectral_factors(
     if right is None:
         v = random_orthonormal(feature_dim, num_classes, generator=generator)
     else:
-        v = right.detach().to(torch.float64, copy=True).cpu()
-        if v.shape != (feature_dim, num_classes):
-            raise ValueError(f"right must be {feature_dim} x {num_classes}, got shape {tuple(v.shape)}")
-        _check_orthonormal(v, "right")
+        if not isinstance(right, Tensor) or right.shape != (feature_dim, num_classes):
+            got = tuple(right.shape) if isinstance(right, Tensor) else type(right).__name__
+            raise ValueError(f"right must be a {feature_dim} x {num_classes} tensor, got {got}")
+        v = _checks.orthonormal_columns(right, "right").cpu().clone()
     return kind, q, a, b, v

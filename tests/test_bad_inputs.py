@@ -10,14 +10,32 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from hadainit import fwht, hadamard_, hadamard_matrix, softmax_basis, spectral_init
+from hadainit import (
+    basis_matrix,
+    constructible_orders,
+    fwht,
+    hadamard_,
+    hadamard_matrix,
+    is_constructible,
+    softmax_basis,
+    spectral_init,
+)
 from hadainit.callbacks import NeuralCollapseMonitor, SpectralMonitor
 from hadainit.drift import InitialBasis, drift, initial_basis
 from hadainit.experiments import data
 from hadainit.metrics import NearestMeanMismatch, NeuralCollapse
 from hadainit.metrics.functional import neural_collapse
 from hadainit.metrics.logits import LogitSpectrum
-from hadainit.ufm import UFM, kl_lyapunov, spectral_flow, spectral_gd, time_to_margin
+from hadainit.init import random_orthonormal
+from hadainit.ufm import (
+    UFM,
+    kl_lyapunov,
+    spectral_flow,
+    spectral_gd,
+    time_to_margin,
+    unbalanced_lyapunov,
+    unbalanced_lyapunov_derivative,
+)
 from tests.lightning_helpers import TinyModule, loader, trainer
 
 TABLE = Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md"
@@ -62,6 +80,14 @@ def _fed(metric, *args):
     return metric
 
 
+def _seeded():
+    return torch.Generator().manual_seed(0)
+
+
+def _ufm(left, right):
+    return UFM(torch.randn(4, 8, generator=_seeded()), torch.randn(8, 4, generator=_seeded()), left=left, right=right)
+
+
 def _zero_row_weight():
     w = torch.randn(4, 6)
     w[1] = 0
@@ -97,6 +123,44 @@ CASES = {
     "ufm-shapes": lambda _: UFM(torch.zeros(4, 6), torch.zeros(6, 5), samples_per_class=2),
     "ufm-loss": lambda _: UFM.random(4, 6).loss("hinge"),
     "ufm-decay": lambda _: UFM.random(4, 6).loss("ce", (-1.0, 0.0)),
+    "dtype-basis-int": lambda _: softmax_basis(8, dtype=torch.int64),
+    "dtype-basis-matrix-int": lambda _: basis_matrix(12, "hadamard", dtype=torch.int32),
+    "dtype-spectral-int": lambda _: spectral_init(4, 8, [1.0] * 4, dtype=torch.int64),
+    "dtype-ufm-int": lambda _: UFM.from_spectrum(4, 8, [1.0] * 4, dtype=torch.int64),
+    "dtype-ufm-random-int": lambda _: UFM.random(4, 8, dtype=torch.int32),
+    "dtype-orthonormal-int": lambda _: random_orthonormal(8, 4, dtype=torch.int64),
+    "dtype-hadamard-bool": lambda _: hadamard_matrix(12, dtype=torch.bool),
+    "dtype-hadamard-uint8": lambda _: hadamard_matrix(4, dtype=torch.uint8),
+    "dtype-hadamard-str": lambda _: hadamard_matrix(4, dtype="float64"),
+    "dtype-values-bool": lambda _: kl_lyapunov(torch.tensor([True, True, True])),
+    "dtype-values-complex": lambda _: spectral_gd(torch.ones(4, dtype=torch.complex128), [1.0] * 4, lr=0.1, steps=1),
+    "init-gain-overflow-f16": lambda _: hadamard_(torch.empty(4, 8, dtype=torch.float16), gain=1e6),
+    "init-gain-overflow-f32": lambda _: hadamard_(torch.empty(4, 8), gain=1e300),
+    "init-gain-underflow": lambda _: hadamard_(torch.empty(4, 8), gain=1e-300),
+    "init-gain-str": lambda _: hadamard_(torch.empty(4, 8), gain="2"),
+    "init-zero-mean-str": lambda _: hadamard_(torch.empty(4, 8), zero_mean="no"),
+    "spectral-overflow": lambda _: spectral_init(4, 8, [1e300] * 4, dtype=torch.float32),
+    "spectral-n-float": lambda _: spectral_init(4, 8, [1.0] * 4, samples_per_class=2.0),
+    "ufm-random-underflow": lambda _: UFM.random(4, 8, std=1e-300, dtype=torch.float32),
+    "gd-b-underflow": lambda _: spectral_gd(torch.ones(4, dtype=torch.float32), [1e-50] * 4, lr=0.1, steps=1),
+    "gd-decay-str": lambda _: spectral_gd([1.0] * 4, [1.0] * 4, lr=0.1, steps=1, weight_decay="12"),
+    "gd-decay-dict": lambda _: UFM.random(4, 6).loss("ce", {1: 0, 2: 0}),
+    "gd-lr-str": lambda _: spectral_gd([1.0] * 4, [1.0] * 4, lr="0.1", steps=1),
+    "gd-diverge-mse": lambda _: spectral_gd([0.0, 1.0, 2.0, 0.5], [0.0, 1.0, 0.3, 0.2], lr=10.0, steps=100, loss="mse"),
+    "gd-diverge-ce": lambda _: spectral_gd([0.0, 1.0, 2.0, 0.5], [0.0, 1.0, 0.3, 0.2], lr=1e300, steps=5),
+    "ufm-diverge": lambda _: UFM.random(4, 8, generator=_seeded()).gradient_descent(1e6, 100),
+    "ufm-step-lr": lambda _: UFM.random(4, 6).step(nan),
+    "ufm-left-bool": lambda _: _ufm(torch.eye(4, dtype=torch.bool), torch.eye(8, 4)),
+    "ufm-record-str": lambda _: UFM.random(4, 6).gradient_descent(0.1, 1, record="loss"),
+    "ufm-left-basis": lambda _: _ufm(2 * torch.eye(4), torch.eye(8, 4)),
+    "ufm-right-basis": lambda _: _ufm(torch.eye(4), torch.ones(8, 4)),
+    "margin-overflow": lambda _: time_to_margin(720.0, 0.5, 8),
+    "margin-gamma-str": lambda _: time_to_margin("3", 0.5, 4),
+    "unbalanced-zero": lambda _: unbalanced_lyapunov([0.0, 1.0, 0.0, 2.0], [0.0, 1.0, 1.0, 1.0]),
+    "unbalanced-shape": lambda _: unbalanced_lyapunov([0.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0]),
+    "unbalanced-overflow": lambda _: unbalanced_lyapunov_derivative([0.0] + [1e200] * 3, [0.0] + [1e200] * 3),
+    "orders-type": lambda _: constructible_orders(4.0),
+    "constructible-type": lambda _: is_constructible(True),
     "metric-dims": lambda _: NeuralCollapse(5, 8).update(torch.randn(4, 2, 4), labels4),
     "metric-feature-dim": lambda _: NeuralCollapse(5, 8).update(torch.randn(4, 7), labels4),
     "metric-labels-range": lambda _: NeuralCollapse(5, 8).update(torch.randn(4, 8), torch.tensor([0, 1, 2, 5])),

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from hadainit.bases import basis_matrix, check_spectrum, mode_pairs, resolve_basis, softmax_basis
+from hadainit.bases import basis_matrix, check_spectrum, mode_pairs, paired_spectrum, resolve_basis, softmax_basis
 from hadainit.drift import leakage
 from hadainit.hadamard import hadamard_matrix
 
@@ -12,10 +12,7 @@ FOURIER_K = list(range(2, 65))
 
 
 def _admissible(k: int, kind: str, gen: torch.Generator, scale: float = 3.0) -> torch.Tensor:
-    lam = scale * torch.rand(k, generator=gen, dtype=torch.float64)
-    pairs = mode_pairs(k, kind)
-    lam[pairs[:, 1]] = lam[pairs[:, 0]]
-    return lam
+    return paired_spectrum(scale * torch.rand(k, generator=gen, dtype=torch.float64), kind)
 
 
 def _offdiag_after_softmax(q: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,17 @@ import torch
 
 from hadainit.bases import softmax_basis
 from hadainit.metrics.functional import neural_collapse
-from hadainit.ufm import UFM, kl_lyapunov, softmax_spectrum, spectral_flow, spectral_gd
+from hadainit.ufm import (
+    UFM,
+    coefficient_of_variation,
+    etf_angle,
+    kl_lyapunov,
+    lyapunov_derivative,
+    softmax_spectrum,
+    spectral_flow,
+    spectral_gd,
+)
+from hadainit.ufm.lyapunov import kl_to_uniform
 from hadainit.ufm.dynamics import spectral_rhs
 
 mpmath = pytest.importorskip("mpmath")
@@ -108,3 +118,77 @@ def test_zero_classifier_rows_are_a_clear_error():
     w[1] = 0
     with pytest.raises(ValueError, match=r"classifier rows \[1\] are zero"):
         neural_collapse(x, labels, w)
+
+
+# ----------------------------------------------- scale-invariant functions at any finite scale (issue 14)
+
+
+def _mp_v(values):
+    x = [mpmath.mpf(v) for v in values]
+    return mpmath.log(sum(x) / len(x)) - sum(mpmath.log(v) for v in x) / len(x)
+
+
+def _mp_etf_angle(values):
+    x = [mpmath.mpf(v) for v in values]
+    return 1 - sum(x) / (mpmath.sqrt(sum(v * v for v in x)) * mpmath.sqrt(len(x)))
+
+
+def _mp_cv(values):
+    x = [mpmath.mpf(v) for v in values]
+    mean = sum(x) / len(x)
+    return mpmath.sqrt(sum((v - mean) ** 2 for v in x) / len(x)) / abs(mean)
+
+
+@pytest.mark.parametrize(
+    "lam",
+    [
+        [0.0, 1e308, 1.5e308, 1e308],  # the mean overflowed: NaN
+        [0.0, 1e-300, 1e300, 1.0],  # 600 decades: a ratio underflowed, V was inf (true ~689)
+        [0.0, 5e-324, 1.0, 2.0],  # the smallest subnormal
+        [0.0, 1e-310, 1.1e-310, 1.2e-310],  # all subnormal
+        [3.0, 1e-200, 2e-200, 1e-200, 4e-200],
+        [0.0, 1.7e308, 1.7e308, 1.7e308, 1e-300],
+    ],
+)
+def test_kl_lyapunov_exact_at_any_finite_scale(lam):
+    assert math.isclose(kl_lyapunov(lam).item(), float(_mp_v(lam[1:])), rel_tol=1e-13)
+    assert math.isclose(kl_to_uniform(torch.tensor(lam[1:], dtype=torch.float64)).item(), float(_mp_v(lam[1:])), rel_tol=1e-13)
+
+
+@pytest.mark.parametrize("scale", [1e-300, 1e-200, 1e-100, 1.0, 1e100, 1e200, 1e300])
+def test_etf_angle_and_cv_exact_at_any_finite_scale(scale):
+    base = [0.0, 1.0, 2.0, 1.0, 0.5]
+    lam = [x * scale for x in base]
+    # was 0.5 at 1e200 (norm overflowed) and "lam_bar = 0" at 1e-200 (norm underflowed)
+    assert math.isclose(etf_angle(lam).item(), float(_mp_etf_angle(lam[1:])), rel_tol=1e-13)
+    assert math.isclose(coefficient_of_variation(lam).item(), float(_mp_cv(lam[1:])), rel_tol=1e-13)
+    assert math.isclose(etf_angle([0.0, 1e200, 2e200, 1e200]).item(), float(_mp_etf_angle([1, 2, 1])), rel_tol=1e-13)
+
+
+def test_scale_invariant_functions_stay_exact_near_nc_at_extreme_scales():
+    # near NC the values are second-order small: scaling must not add a rounding error per entry
+    gen = torch.Generator().manual_seed(3)
+    for scale in (1e-305, 1.0, 1e305):
+        lam = (1.0 + 1e-7 * torch.randn(9, generator=gen, dtype=torch.float64)) * scale
+        assert math.isclose(kl_lyapunov(lam).item(), float(_mp_v(lam[1:].tolist())), rel_tol=1e-9), scale
+        assert math.isclose(etf_angle(lam).item(), float(_mp_etf_angle(lam[1:].tolist())), rel_tol=1e-8), scale
+
+
+def test_softmax_spectrum_at_the_largest_floats_has_no_nan():
+    # margins near 1e308 used to give inf - inf = NaN masses; ties at huge margins share the mass
+    for lam, basis, p_ref in [
+        ([0.0, 1e308, -1e308, 1e308], "walsh", [1 / 3, 0.0, 1 / 3, 1 / 3]),
+        ([0.0, 1e308, 1.5e308, 1e308, 1e308, 1.7e308, 1e308, 1.2e308], "walsh", [1.0] + [0.0] * 7),
+        ([0.0, 1e308, 1e308, -1e308, -1e308], "fourier", [0.0, 0.5, 0.0, 0.0, 0.5]),
+        ([0.0, 1e17, 1e17, -1e17, -1e17], "fourier", [0.0, 0.5, 0.0, 0.0, 0.5]),  # a tie at margin 4e16
+    ]:
+        loss, p, c = softmax_spectrum(torch.tensor(lam, dtype=torch.float64), basis)
+        assert not torch.isnan(loss) and torch.isfinite(p).all() and torch.isfinite(c).all(), lam
+        assert torch.allclose(p, torch.tensor(p_ref, dtype=torch.float64), atol=1e-15), (lam, p)
+    # classes m and K - m tie exactly in a symmetric circulant: the reference masses are exact
+
+
+def test_lyapunov_derivative_finite_at_huge_scale():
+    lam = torch.tensor([0.0, 1e307, 2e307, 3e307, 1e307, 2e307, 3e307, 1e307], dtype=torch.float64)
+    d = lyapunov_derivative(lam)
+    assert torch.isfinite(d) and d <= 0

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from hadainit import DEFAULT_GAIN, hadamard_, spectral_init, spectral_record
-from hadainit.bases import mode_pairs, softmax_basis
+from hadainit.bases import paired_spectrum, softmax_basis
 from tests.conftest import cuda
 
 
@@ -105,11 +105,8 @@ def test_cuda_tensor():
 @pytest.mark.parametrize("k, basis, n", [(8, "walsh", 1), (8, "walsh", 3), (7, "fourier", 1), (10, "fourier", 2)])
 def test_spectral_init_structure(k, basis, n):
     gen = _gen(1)
-    a = 0.5 + torch.rand(k, generator=gen, dtype=torch.float64)
-    b = 0.5 + torch.rand(k, generator=gen, dtype=torch.float64)
-    pairs = mode_pairs(k, basis)
-    a[pairs[:, 1]] = a[pairs[:, 0]]
-    b[pairs[:, 1]] = b[pairs[:, 0]]
+    a = paired_spectrum(0.5 + torch.rand(k, generator=gen, dtype=torch.float64), basis)
+    b = paired_spectrum(0.5 + torch.rand(k, generator=gen, dtype=torch.float64), basis)
     v, _ = torch.linalg.qr(torch.randn(2 * k, k, generator=gen, dtype=torch.float64))
     w, h = spectral_init(k, 2 * k, a, b, basis=basis, samples_per_class=n, right=v)
     q = softmax_basis(k, basis)

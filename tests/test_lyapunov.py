@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from hadainit.bases import mode_pairs
+from hadainit.bases import paired_spectrum
 from hadainit.ufm import (
     coefficient_of_variation,
     etf_angle,
@@ -23,9 +23,7 @@ TIMES = torch.logspace(-2, 8, 120, dtype=torch.float64)
 def _random_balanced(k, basis, batch, seed, decades=3.0):
     gen = torch.Generator().manual_seed(seed)
     lam = torch.exp(math.log(10) * decades * (torch.rand(batch, k, generator=gen, dtype=torch.float64) - 0.7))
-    pairs = mode_pairs(k, basis)
-    lam[:, pairs[:, 1]] = lam[:, pairs[:, 0]]
-    return lam.sqrt()
+    return paired_spectrum(lam, basis).sqrt()
 
 
 def test_definitions_against_direct_formulas():

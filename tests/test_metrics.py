@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hadainit import InitialBasis, hadamard_, initial_basis
-from hadainit.bases import mode_pairs
+from hadainit.bases import paired_spectrum
 from hadainit.metrics import ClassMeans, NearestMeanMismatch, NeuralCollapse
 from hadainit.metrics.functional import neural_collapse, per_class
 from hadainit.metrics.pairwise import pair_statistics
@@ -176,9 +176,7 @@ def test_many_more_classes_than_dimensions():
 def test_ufm_spectral_init_lyapunov_and_leakage():
     gen = torch.Generator().manual_seed(4)
     for k, basis in [(8, "walsh"), (10, "fourier")]:
-        a = 0.3 + torch.rand(k, generator=gen, dtype=torch.float64)
-        pairs = mode_pairs(k, basis)
-        a[pairs[:, 1]] = a[pairs[:, 0]]
+        a = paired_spectrum(0.3 + torch.rand(k, generator=gen, dtype=torch.float64), basis)
         model = UFM.from_spectrum(k, 20, a, basis=basis, samples_per_class=3, generator=gen)
         model.gradient_descent(0.5, 50, record=())
         lam = torch.stack(model.spectrum()).prod(0)

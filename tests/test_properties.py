@@ -11,9 +11,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from hadainit import constructible_orders, fwht, hadamard_, hadamard_matrix, softmax_basis
-from hadainit.bases import mode_pairs
+from hadainit.bases import paired_spectrum
 from hadainit.metrics.functional import neural_collapse
-from hadainit.ufm import kl_lyapunov, spectral_flow, spectral_gd
+from hadainit.ufm import (
+    coefficient_of_variation,
+    etf_angle,
+    kl_lyapunov,
+    margins,
+    softmax_spectrum,
+    spectral_flow,
+    spectral_gd,
+    unbalanced_lyapunov,
+)
 
 ORDERS = constructible_orders(256)
 seeds = st.integers(0, 2**31 - 1)
@@ -101,9 +110,7 @@ def test_hadamard_init_properties(k, extra, gain, zero_mean, seed, dtype):
 
 def _balanced(k, basis, seed, decades=2.0):
     lam = torch.exp(math.log(10) * decades * (torch.rand(k, generator=_gen(seed), dtype=torch.float64) - 0.6))
-    pairs = mode_pairs(k, basis)
-    lam[pairs[:, 1]] = lam[pairs[:, 0]]
-    return lam.sqrt()
+    return paired_spectrum(lam, basis).sqrt()
 
 
 ks = st.sampled_from([(4, "walsh"), (8, "walsh"), (32, "walsh"), (5, "fourier"), (6, "fourier"), (12, "fourier")])
@@ -128,6 +135,79 @@ def test_balanced_gd_modes_grow_and_lyapunov_decreases(kb, seed, steps):
     assert (lam.diff(dim=0) >= 0).all()  # every mode non-decreasing from a positive balanced spectrum
     v = kl_lyapunov(res.lam)
     assert (v.diff() <= 1e-13 * v[:-1]).all()
+
+
+# ------------------------------------------------------------------ extreme scales and dtypes (issue 14)
+
+SCALE_FREE = {
+    "kl_lyapunov": kl_lyapunov,
+    "etf_angle": etf_angle,
+    "coefficient_of_variation": coefficient_of_variation,
+    "unbalanced_lyapunov": lambda x: unbalanced_lyapunov(x, _reversed(x)),
+}
+
+
+def _reversed(x):
+    return x.flip(-1) if isinstance(x, torch.Tensor) else type(x)(reversed(x))
+
+
+@given(st.sampled_from(sorted(SCALE_FREE)), st.integers(3, 40), st.floats(0.0, 12.0), st.integers(-1000, 1000), seeds)
+def test_scale_free_functions_are_exact_under_power_of_two_scaling(name, k, decades, exponent, seed):
+    # lam spans `decades` decades; scaled by 2^e (exact while every entry stays a normal float) the
+    # value must not change by a single bit, whatever e does to the squares and sums inside
+    f = SCALE_FREE[name]
+    lam = torch.exp(math.log(10) * decades * -torch.rand(k, generator=_gen(seed), dtype=torch.float64))
+    low, high = -1020 + math.ceil(decades * math.log2(10)), 1022
+    e = min(max(exponent, low), high)
+    scaled = torch.ldexp(lam, torch.tensor(e))
+    assert torch.isfinite(scaled).all() and (scaled >= torch.finfo(torch.float64).tiny).all()
+    assert torch.equal(f(scaled), f(lam)), (name, e)
+
+
+@given(st.sampled_from(sorted(SCALE_FREE)), st.integers(3, 40), st.floats(0.5, 12.0), st.floats(-300.0, 300.0), seeds)
+def test_scale_free_functions_under_any_decimal_scale(name, k, decades, exponent, seed):
+    f = SCALE_FREE[name]
+    lam = torch.exp(math.log(10) * decades * -torch.rand(k, generator=_gen(seed), dtype=torch.float64))
+    lam = lam / lam[1:].max()  # spans exactly up to 1, down to 10^-decades
+    got, ref = f(lam * 10.0**exponent), f(lam)
+    # the scaling rounds each entry (relative eps): that moves the value by ~eps, not more
+    assert torch.isfinite(got) and math.isclose(got.item(), ref.item(), rel_tol=1e-9, abs_tol=1e-14), (name, exponent)
+
+
+ENTRY = {
+    **SCALE_FREE,
+    "margins": margins,
+    "softmax_spectrum": lambda x: softmax_spectrum(x)[2],
+    "spectral_gd": lambda x: spectral_gd(x, x, lr=0.1, steps=2).a,
+}
+
+
+@given(st.sampled_from(sorted(ENTRY)), st.sampled_from([4, 8, 16]), seeds,
+       st.sampled_from([torch.int16, torch.int32, torch.int64, torch.uint8]))
+def test_integer_inputs_in_any_form_are_float64(name, k, seed, dtype):
+    f = ENTRY[name]
+    values = torch.randint(1, 50, (k,), generator=_gen(seed))
+    ref = f(values.to(torch.float64))
+    for form in (values.tolist(), values.to(dtype), tuple(values.tolist())):
+        got = f(form)
+        assert got.dtype == torch.float64 and torch.equal(got, ref), (name, type(form))
+
+
+@given(st.sampled_from(sorted(SCALE_FREE)), st.integers(3, 30), seeds)
+def test_float32_inputs_are_computed_in_float64(name, k, seed):
+    x = torch.rand(k, generator=_gen(seed)) + 0.1
+    assert torch.equal(SCALE_FREE[name](x), SCALE_FREE[name](x.double()))
+
+
+@given(st.sampled_from(ORDERS), st.sampled_from([torch.int8, torch.int16, torch.int32, torch.int64, torch.float16]))
+def test_hadamard_matrix_exact_in_every_signed_dtype(n, dtype):
+    assert torch.equal(hadamard_matrix(n, dtype=dtype).to(torch.float64), hadamard_matrix(n))
+
+
+@given(st.sampled_from([torch.bool, torch.uint8, torch.int32, torch.int64]), st.integers(2, 20))
+def test_non_integer_values_refuse_integer_dtypes(dtype, k):
+    with pytest.raises(TypeError, match="floating dtype"):
+        softmax_basis(k, "fourier", dtype=dtype)
 
 
 # ------------------------------------------------------------------ metrics

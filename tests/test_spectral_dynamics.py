@@ -7,7 +7,7 @@ import torch
 from scipy.integrate import quad
 from scipy.special import expi
 
-from hadainit.bases import mode_pairs, softmax_basis
+from hadainit.bases import paired_spectrum, softmax_basis
 from hadainit.ufm import (
     UFM,
     class0_logits,
@@ -25,9 +25,8 @@ def _gen(seed=0):
 
 
 def _paired(x, k, basis):
-    pairs = mode_pairs(k, basis)
-    x[..., pairs[:, 1]] = x[..., pairs[:, 0]]
-    return x
+    assert x.shape[-1] == k
+    return paired_spectrum(x, basis)
 
 
 def _spectrum(k, basis, gen, low=0.3, high=1.5, batch=()):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hadainit.bases import mode_pairs
+from hadainit.bases import paired_spectrum
 from hadainit.ufm import UFM
 
 
@@ -14,10 +14,7 @@ def _gen(seed=0):
 
 
 def _spectrum(k, basis, gen, low=0.5, high=1.5):
-    a = low + (high - low) * torch.rand(k, generator=gen, dtype=torch.float64)
-    pairs = mode_pairs(k, basis)
-    a[pairs[:, 1]] = a[pairs[:, 0]]
-    return a
+    return paired_spectrum(low + (high - low) * torch.rand(k, generator=gen, dtype=torch.float64), basis)
 
 
 def test_n1_is_a_two_layer_linear_network_on_one_hot_inputs():

@@ -45,6 +45,15 @@ def test_headline_numbers_back_the_claims(quick_run):
     assert r["leakage"]["Paley (K=12)"]["final"] > 1e-2 and r["leakage"]["random (K=16)"]["final"] > 1e-2
     assert r["lyapunov"]["max_increase_V_balanced"] <= 0 and r["lyapunov"]["max_dV_dt_closed_form"] <= 0
     assert r["lyapunov"]["unbalanced_V_rise"] > 0.1
+    # U (SPEC 5b): falls on the counterexample and on every random unbalanced flow, while V rose on some
+    assert r["lyapunov"]["unbalanced_U_max_step"] < 0 and r["lyapunov"]["unbalanced_U_end"] < r["lyapunov"]["unbalanced_U_start"]
+    assert r["lyapunov"]["random_max_rel_step_U"] <= 1e-13 and r["lyapunov"]["random_max_dU_dt_closed_form"] <= 0
+    assert r["lyapunov"]["random_V_rose_in"] > 0
+    bf = r["lyapunov_beyond_flow"]
+    assert [g["lr_over_K"] for g in bf["gd"]] == [0.1, 1.0, 10.0, 100.0]
+    assert all(g["runs"] > 0 and g["max_rel_step_U"] == g["max_rel_step_U"] for g in bf["gd"])  # measured, no NaN
+    equal = [w for w in bf["weight_decay"] if w["weight_decay"][0] == w["weight_decay"][1]]
+    assert equal and all(w["U_rose_in"] == 0 for w in equal)  # the proof covers equal decays
     assert r["etf_angle"]["k8_angle_rise"] > 0.015 and r["etf_angle"]["k8_max_increase_V"] <= 0
     assert r["etf_angle"]["k4_max_angle_increase"] <= 0
     assert 1 < r["slowdown"]["ratio_at_gamma_30"] < r["slowdown"]["ratio_at_gamma_25"] < 1.05

@@ -1,7 +1,14 @@
 """The unconstrained features model: dense model, exact reduced dynamics, Lyapunov function."""
 
 from .dynamics import SpectralFlowResult, SpectralGDResult, spectral_flow, spectral_gd, time_to_margin
-from .lyapunov import coefficient_of_variation, etf_angle, kl_lyapunov, lyapunov_derivative
+from .lyapunov import (
+    coefficient_of_variation,
+    etf_angle,
+    kl_lyapunov,
+    lyapunov_derivative,
+    unbalanced_lyapunov,
+    unbalanced_lyapunov_derivative,
+)
 from .model import UFM, GDHistory
 from .spectral import class0_logits, margins, softmax_spectrum
 
@@ -20,4 +27,6 @@ __all__ = [
     "spectral_flow",
     "spectral_gd",
     "time_to_margin",
+    "unbalanced_lyapunov",
+    "unbalanced_lyapunov_derivative",
 ]

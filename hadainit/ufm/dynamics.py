@@ -21,14 +21,22 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from scipy.integrate import solve_ivp
 from torch import Tensor
 
 from .. import _checks
-from ..bases import check_spectrum, resolve_basis
+from ..bases import SOFTMAX_DIAGONALIZING, _tie_pairs, check_spectrum, resolve_basis
 from .spectral import margins, softmax_spectrum
 
-__all__ = ["SpectralGDResult", "SpectralFlowResult", "spectral_rhs", "spectral_gd", "spectral_flow", "time_to_margin"]
+# scipy.integrate is imported inside spectral_flow: importing the package (and hadainit.metrics)
+# must not pay for it.
+
+__all__ = ["SpectralGDResult", "SpectralFlowResult", "spectral_gd", "spectral_flow", "time_to_margin"]
+
+#: The largest horizon time_to_margin integrates to (float64's largest finite value is 1.8e308).
+_T_MAX = 1e308
+
+#: How often (in steps) GD checks its iterate for inf/NaN; the first bad step is then found by replay.
+_CHECK_EVERY = 64
 
 
 @dataclass
@@ -75,15 +83,15 @@ class SpectralFlowResult:
 
 
 def _validate(a, b, basis: str, samples_per_class: int, weight_decay, loss: str):
-    a_t = a if isinstance(a, Tensor) else torch.as_tensor(a, dtype=torch.float64)
-    if not a_t.is_floating_point():
-        a_t = a_t.to(torch.float64)
+    a_t = _checks.real_tensor(a, "a")
     if a_t.dim() == 0 or a_t.shape[-1] < 2:
         raise ValueError(f"a must have shape (..., K) with K >= 2 modes, got {tuple(a_t.shape)}")
     k = a_t.shape[-1]
     kind = resolve_basis(k, basis)
-    if kind not in ("walsh", "fourier"):
-        raise ValueError(f"the reduced dynamics need a softmax-diagonalizing basis (walsh, fourier), got {basis!r}")
+    if kind not in SOFTMAX_DIAGONALIZING:
+        raise ValueError(
+            f"the reduced dynamics need a softmax-diagonalizing basis {SOFTMAX_DIAGONALIZING}, got {basis!r}"
+        )
     a_t = check_spectrum(a_t, k, kind, "a", dtype=None)
     b_t = check_spectrum(b, k, kind, "b", dtype=a_t.dtype).to(a_t.device)
     if a_t.shape != b_t.shape:
@@ -95,7 +103,7 @@ def _validate(a, b, basis: str, samples_per_class: int, weight_decay, loss: str)
 def spectral_rhs(
     a: Tensor, b: Tensor, kind: str, samples_per_class: int, weight_decay: tuple[float, float], loss: str
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(da/dt, db/dt, loss)`` of the reduced flow (no validation: internal hot path)."""
+    """``(da/dt, db/dt, loss)`` of the reduced flow (no validation: an internal hot path)."""
     k = a.shape[-1]
     wd_w, wd_h = weight_decay
     lam = a * b
@@ -109,6 +117,35 @@ def spectral_rhs(
     da = c * b / k - wd_w * a
     db = c * a / (samples_per_class * k) - wd_h * b
     return da, db, value
+
+
+def _divergence_message(
+    step: int, lr: float, loss: str, weight_decay: tuple[float, float], num_classes: int, samples_per_class: int
+) -> str:
+    """What to say when gradient descent produced inf/NaN at ``step``: the step, and the stable bound if known.
+
+    Squared loss without weight decay: at a minimum ``Z = Y`` the Hessian is
+    ``J^T J / N`` and, with ``||W||_2 ||H||_2 >= ||Y||_2 = sqrt(n)``, its largest
+    eigenvalue is at least ``2 sqrt(n) / N = 2 / (K sqrt(n))`` (per mode of the
+    reduced map: ``(b^2 + a^2/n) / K`` with ``a b = 1``). GD can therefore settle
+    at no minimum once ``lr > K sqrt(n)``. Cross-entropy has no minimum and no
+    such bound is known: its curvature falls as the margins grow.
+    """
+    k, n = num_classes, samples_per_class
+    text = f"gradient descent diverged: the iterate (or its loss) is not finite after step {step} (lr={lr:g})"
+    if loss == "mse" and weight_decay == (0.0, 0.0):
+        return text + f"; for the squared loss no minimum is stable for lr > K sqrt(n) = {k * math.sqrt(n):.4g}"
+    which = "cross-entropy" if loss == "ce" else "the squared loss with weight decay"
+    return text + f"; no stable step-size bound is known for {which}: lower lr"
+
+
+def _first_bad_step(start: int, state: tuple[Tensor, ...], advance: Callable, finite: Callable, limit: int) -> int:
+    """Replay ``advance`` from ``state`` (verified finite after step ``start``): the first step that is not finite."""
+    for t in range(start + 1, limit + 1):
+        state = advance(*state)
+        if not finite(*state):
+            return t
+    return limit  # not reached: non-finite values stay non-finite under these maps
 
 
 def spectral_gd(
@@ -138,12 +175,27 @@ def spectral_gd(
         weight_decay: ``(wd_W, wd_H)``.
         loss: ``"ce"`` or ``"mse"`` (squared loss: the modes decouple).
         record_every: recording interval.
+
+    Raises:
+        ValueError: if an iterate becomes inf or NaN; the message gives the first
+            such step (a loss that overflows counts) and, where one is known,
+            the stable step-size bound.
     """
     a, b, kind, n, wd, loss = _validate(a, b, basis, samples_per_class, weight_decay, loss)
     lr = _checks.positive_float(lr, "lr")
     steps = _checks.positive_int(steps, "steps", minimum=0)
     every = _checks.positive_int(record_every, "record_every")
+
+    def advance(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        da, db, _ = spectral_rhs(a, b, kind, n, wd, loss)
+        return a + lr * da, b + lr * db
+
+    def finite(a: Tensor, b: Tensor) -> bool:
+        value = spectral_rhs(a, b, kind, n, wd, loss)[2]  # e.g. MSE: lam ~ 1e160 is finite, its loss is not
+        return bool(torch.isfinite(a).all() and torch.isfinite(b).all() and torch.isfinite(value).all())
+
     rec_step, rec_a, rec_b, rec_loss = [], [], [], []
+    safe = (0, a, b)  # the last iterate verified finite (checked every _CHECK_EVERY steps: no sync per step)
     for t in range(steps + 1):
         da, db, value = spectral_rhs(a, b, kind, n, wd, loss)
         if t % every == 0 or t == steps:
@@ -153,10 +205,27 @@ def spectral_gd(
             rec_loss.append(value)
         if t < steps:
             a, b = a + lr * da, b + lr * db
+            if (t + 1) % _CHECK_EVERY == 0 or t + 1 == steps:
+                if not finite(a, b):
+                    bad = _first_bad_step(safe[0], safe[1:], advance, finite, t + 1)
+                    raise ValueError(_divergence_message(bad, lr, loss, wd, a.shape[-1], n))
+                safe = (t + 1, a, b)
     return SpectralGDResult(torch.tensor(rec_step), torch.stack(rec_a), torch.stack(rec_b), torch.stack(rec_loss))
 
 
 EventFn = Callable[[float, Tensor, Tensor], float]
+
+
+@dataclass
+class _Initial:
+    """The solve_ivp answer for a grid that is just t = 0: the initial state, status 0."""
+
+    t: np.ndarray
+    y: np.ndarray
+    t_events: list
+    status: int = 0
+    message: str = "only t = 0 was requested: the initial state"
+    nfev: int = 0
 
 
 def spectral_flow(
@@ -169,7 +238,7 @@ def spectral_flow(
     weight_decay=(0.0, 0.0),
     loss: str = "ce",
     rtol: float = 1e-9,
-    atol: float = 1e-12,
+    atol: float | None = None,
     events: Sequence[EventFn] | EventFn | None = None,
     method: str = "auto",
 ) -> SpectralFlowResult:
@@ -181,8 +250,13 @@ def spectral_flow(
 
     Args:
         a0, b0: initial singular values, shape (..., K).
-        t: increasing output times >= 0 (integration starts at 0).
-        rtol, atol: solver tolerances (on a and b).
+        t: strictly increasing output times >= 0 (integration starts at 0; ``[0.0]``
+            alone returns the initial state). Times closer together than the
+            log-time resolution (about ``1e-16 * t * log(t)``, e.g. 1e20 and
+            1e20 + 1e5) share one state: float64 cannot tell them apart in log-time.
+        rtol, atol: solver tolerances (on a and b). ``atol=None``: ``1e-12`` times
+            the largest initial value if that is below 1 (the flow is linear at
+            small scale, so a tiny start needs a proportionally tiny atol).
         events: callables ``event(t, a, b) -> float`` whose sign changes are
             located, with optional ``terminal``/``direction`` attributes as in
             solve_ivp; their times are in ``t_events``.
@@ -191,10 +265,15 @@ def spectral_flow(
             converges exponentially, which is stiff in log-time).
     """
     a0, b0, kind, n, wd, loss = _validate(a0, b0, basis, samples_per_class, weight_decay, loss)
-    times = torch.as_tensor(t, dtype=torch.float64).flatten()
+    from scipy.integrate import solve_ivp  # lazy: see the imports
+
+    times = _checks.real_tensor(t, "t", dtype=torch.float64).flatten().cpu()
     if times.numel() == 0 or not torch.isfinite(times).all() or (times < 0).any() or (times.diff() <= 0).any():
         raise ValueError("t must be a non-empty, strictly increasing sequence of finite times >= 0")
     rtol = _checks.positive_float(rtol, "rtol")
+    if atol is None:
+        scale = float(torch.maximum(a0.abs().max(), b0.abs().max()))
+        atol = 1e-12 * min(1.0, scale) if scale > 0 else 1e-12
     atol = _checks.positive_float(atol, "atol")
     if method == "auto":
         method = "DOP853" if loss == "ce" and wd == (0.0, 0.0) else "LSODA"
@@ -222,14 +301,20 @@ def spectral_flow(
         wrapped.append(fn)
 
     y0 = torch.cat((a0.flatten(), b0.flatten())).to(torch.float64).cpu().numpy()
-    taus = torch.log1p(times).numpy()
-    sol = solve_ivp(
-        fun, (0.0, float(taus[-1])), y0, method=method, t_eval=taus, rtol=rtol, atol=atol, events=wrapped or None
-    )
-    reached = len(sol.t)
-    ys = torch.from_numpy(np.ascontiguousarray(sol.y.T)) if reached else torch.empty(0, 2 * size, dtype=torch.float64)
-    a_out = ys[:, :size].reshape(reached, *shape)
-    b_out = ys[:, size:].reshape(reached, *shape)
+    # distinct huge times can share a log-time: solve at the distinct ones, then give each time its row
+    taus, row = np.unique(torch.log1p(times).numpy(), return_inverse=True)
+    if taus[-1] == 0.0:  # only t = 0 asked for: the initial state, nothing to integrate
+        sol = _Initial(t=taus, y=y0[:, None], t_events=[np.empty(0) for _ in wrapped])
+    else:
+        sol = solve_ivp(
+            fun, (0.0, float(taus[-1])), y0, method=method, t_eval=taus, rtol=rtol, atol=atol, events=wrapped or None
+        )
+    kept = torch.from_numpy(row.reshape(-1))[torch.from_numpy(row.reshape(-1)) < len(sol.t)]
+    reached = len(kept)
+    ys = torch.from_numpy(np.ascontiguousarray(sol.y.T))[kept] if reached else torch.empty(0, 2 * size, dtype=torch.float64)
+    # the exact flow keeps fourier pairs equal; a solver (LSODA's Jacobian) can part them by round-off
+    a_out = _tie_pairs(ys[:, :size].reshape(reached, *shape), kind)
+    b_out = _tie_pairs(ys[:, size:].reshape(reached, *shape), kind)
     if reached:
         _, _, value = spectral_rhs(a_out, b_out, kind, n, wd, loss)
     else:  # a terminal event fired before the first requested time
@@ -261,25 +346,37 @@ def time_to_margin(
     Computed from the reduced dynamics by event detection on the smallest
     margin, not from the symmetric-manifold approximation
     ``dlam/dt = 2 lam / (exp(lam) + K - 1)`` (the tests compare the two).
-    Margins already reached (``gamma <= lam0``) take time 0.
+    Margins already reached (``gamma <= lam0``) take time 0. Any positive
+    finite ``lam0`` works (the flow is solved with a tolerance scaled to it);
+    a margin whose time exceeds float64's range (``exp(gamma) / (2 gamma)`` beyond
+    1e308, i.e. gamma above about 700) raises ``ValueError``.
 
     Returns a float64 tensor with the shape of ``gamma``.
     """
     k = _checks.positive_int(num_classes, "num_classes", minimum=2)
     kind = resolve_basis(k, basis)
     lam0 = _checks.positive_float(lam0, "lam0")
-    targets = torch.as_tensor(gamma, dtype=torch.float64)
+    rtol = _checks.positive_float(rtol, "rtol")
+    targets = _checks.real_tensor(gamma, "gamma", dtype=torch.float64).cpu()
     if not torch.isfinite(targets).all():
         raise ValueError("gamma must be finite")
     flat = targets.flatten()
     pending = sorted({float(g) for g in flat if g > lam0})
     result = torch.zeros_like(flat)
     if pending:
+        g = pending[-1]  # t(g) >= int_{g - 1}^{g} e^l / (2 l) dl >= (e^g - e^(g - 1)) / (2 g): beyond float64?
+        if g + math.log(-math.expm1(-min(1.0, g - lam0))) - math.log(2 * g) > math.log(torch.finfo(torch.float64).max):
+            raise ValueError(
+                f"margin {g:g} is reached only after t ~ exp(gamma) / (2 gamma) = 10^{(g - math.log(2 * g)) / math.log(10):.0f}, "
+                f"beyond float64's range; margins up to about 700 can be timed"
+            )
         a0 = torch.full((k,), math.sqrt(lam0), dtype=torch.float64)
         a0[0] = 0.0  # the constant mode never matters
         g_max = pending[-1]
-        # horizon: the symmetric-manifold time bound (e^g + K) log(g / lam0) / (2 lam0)-ish, times 10
-        horizon = 10.0 * ((math.exp(min(g_max, 700.0)) + k) * (1.0 + math.log(g_max / lam0)) / (2.0 * min(lam0, 1.0)))
+        # horizon: 10x the symmetric-manifold bound t(g) <= (e^g + K - 1) log(g / lam0) / 2, in logs (no overflow)
+        log_h = math.log(5.0) + float(torch.logaddexp(torch.tensor(g_max), torch.tensor(math.log(k - 1.0))))
+        log_h += math.log(max(math.log(g_max / lam0), 1e-300))
+        horizon = math.exp(min(log_h, math.log(_T_MAX)))
         events = []
         for g in pending:
             def ev(t, a, b, g=g):
@@ -288,9 +385,15 @@ def time_to_margin(
             ev.direction = 1
             ev.terminal = g == g_max
             events.append(ev)
-        sol = spectral_flow(a0, a0, [horizon], basis=kind, rtol=rtol, atol=1e-14, events=events)
+        atol = 1e-14 * min(1.0, a0[1].item())  # linear at small scale: the tolerance scales with the start
+        sol = spectral_flow(a0, a0, [horizon], basis=kind, rtol=rtol, atol=atol, events=events)
         for g, te in zip(pending, sol.t_events):
             if te.numel() == 0:
+                if horizon >= _T_MAX:
+                    raise ValueError(
+                        f"margin {g:g} is reached only after t ~ exp(gamma) / (2 gamma) = 10^{(g - math.log(2 * g)) / math.log(10):.0f}, "
+                        f"beyond float64's range; margins up to about 700 can be timed"
+                    )
                 raise RuntimeError(f"margin {g} was not reached before t = {horizon:.3g} ({sol.message})")
             result[flat == g] = te[0]
     return result.reshape(targets.shape)

@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from .. import _checks
 from ..drift import leakage
-from ..init import compose_spectral, spectral_factors
+from ..init import _compose_spectral, _spectral_factors
+from .dynamics import _CHECK_EVERY, _divergence_message
 
 __all__ = ["UFM", "GDHistory", "RECORDABLE"]
 
@@ -48,9 +49,12 @@ class UFM(nn.Module):
         weight: initial W.
         features: initial H; its column count must be ``K * samples_per_class``.
         samples_per_class: n.
-        left, right: the tracked basis (K x K and d x K, orthonormal columns) in
-            which the spectrum and leakage are measured; ``from_spectrum`` sets the
-            spectral one, ``random`` the SVD basis of W(0).
+        left, right: the tracked basis (K x K and d x K, orthonormal columns,
+            checked) in which the spectrum and leakage are measured;
+            ``from_spectrum`` sets the spectral one, ``random`` the SVD basis of W(0).
+
+    W and H follow the core's dtype rule: integer tensors become float64, a
+    floating W keeps its dtype and H takes it.
     """
 
     def __init__(
@@ -64,6 +68,8 @@ class UFM(nn.Module):
     ) -> None:
         super().__init__()
         n = _checks.positive_int(samples_per_class, "samples_per_class")
+        weight = _checks.real_tensor(weight, "weight")
+        features = _checks.real_tensor(features, "features")
         if weight.dim() != 2 or features.dim() != 2 or weight.shape[1] != features.shape[0]:
             raise ValueError(
                 f"need W (K, d) and H (d, N); got W {tuple(weight.shape)} and H {tuple(features.shape)}"
@@ -76,16 +82,22 @@ class UFM(nn.Module):
         if not (torch.isfinite(weight).all() and torch.isfinite(features).all()):
             raise ValueError("W and H must be finite")
         self.W = nn.Parameter(weight.detach().clone())
-        self.H = nn.Parameter(features.detach().clone().to(weight.dtype))
+        self.H = nn.Parameter(_checks.fit_dtype(features.detach(), weight.dtype, "H").clone())
         self.samples_per_class = n
         self.register_buffer("labels", torch.arange(k, device=weight.device).repeat_interleave(n))
         if (left is None) != (right is None):
             raise ValueError("give both left and right bases, or neither")
-        if left is not None and (left.shape != (k, k) or right.shape != (weight.shape[1], k)):
-            raise ValueError(f"need left ({k}, {k}) and right ({weight.shape[1]}, {k})")
+        if left is not None:
+            if not (isinstance(left, Tensor) and isinstance(right, Tensor)):
+                raise TypeError(f"left and right must be tensors, got {type(left).__name__} and {type(right).__name__}")
+            if left.shape != (k, k) or right.shape != (weight.shape[1], k):
+                raise ValueError(f"need left ({k}, {k}) and right ({weight.shape[1]}, {k})")
+            # a basis that is not orthonormal makes the spectrum and leakage meaningless (leakage above 1)
+            left = _checks.orthonormal_columns(left, "left").to(weight)
+            right = _checks.orthonormal_columns(right, "right").to(weight)
         # buffers, so that .to(device/dtype) moves the tracked basis with the model
-        self.register_buffer("left", None if left is None else left.to(weight))
-        self.register_buffer("right", None if right is None else right.to(weight))
+        self.register_buffer("left", left)
+        self.register_buffer("right", right)
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -103,11 +115,13 @@ class UFM(nn.Module):
         device: torch.device | str | None = None,
     ) -> "UFM":
         """The spectral initialization of SPEC section 2 (see :func:`~hadainit.init.spectral_init`)."""
-        _, q, a, b, v = spectral_factors(
+        dtype = _checks.floating_dtype(dtype)
+        _, q, a, b, v = _spectral_factors(
             num_classes, feature_dim, a, b, basis=basis, samples_per_class=samples_per_class, generator=generator
         )
-        w, h = compose_spectral(q, a, b, v, samples_per_class)
-        model = cls(w.to(dtype), h.to(dtype), samples_per_class, left=q.to(dtype), right=v.to(dtype))
+        w, h = _compose_spectral(q, a, b, v, samples_per_class)
+        w, h = _checks.fit_dtype(w, dtype, "W"), _checks.fit_dtype(h, dtype, "H")
+        model = cls(w, h, samples_per_class, left=q.to(dtype), right=v.to(dtype))
         return model.to(device)
 
     @classmethod
@@ -127,13 +141,14 @@ class UFM(nn.Module):
         d = _checks.positive_int(feature_dim, "feature_dim")
         n = _checks.positive_int(samples_per_class, "samples_per_class")
         std = _checks.positive_float(std, "std")
+        dtype = _checks.floating_dtype(dtype)
         w = std * torch.randn(k, d, generator=generator, dtype=torch.float64)
         h = std * torch.randn(d, k * n, generator=generator, dtype=torch.float64)
         left = right = None
         if d >= k:
             u, _, vh = torch.linalg.svd(w, full_matrices=False)
             left, right = u, vh.T
-        model = cls(w.to(dtype), h.to(dtype), n, left=left, right=right)
+        model = cls(_checks.fit_dtype(w, dtype, "W"), _checks.fit_dtype(h, dtype, "H"), n, left=left, right=right)
         return model.to(device)
 
     # --------------------------------------------------------------- quantities
@@ -180,6 +195,7 @@ class UFM(nn.Module):
     @torch.no_grad()
     def step(self, lr: float, kind: str = "ce", weight_decay=(0.0, 0.0)) -> None:
         """One GD step; both matrices are updated from the same old iterate."""
+        lr = _checks.positive_float(lr, "lr")  # a NaN step would silently poison W and H
         g_w, g_h = self.gradients(kind, weight_decay)
         self.W -= lr * g_w
         self.H -= lr * g_h
@@ -221,27 +237,40 @@ class UFM(nn.Module):
             steps: number of steps.
             loss: ``"ce"`` or ``"mse"``.
             weight_decay: ``(wd_W, wd_H)``.
-            record: any of :data:`RECORDABLE`.
+            record: a tuple of names from :data:`RECORDABLE`.
             record_every: recording interval in steps.
+
+        Raises:
+            ValueError: if W or H becomes inf or NaN (or a recorded loss does). The
+                message names the first such step and the stable step-size bound
+                where one is known; the model is left at the last finite iterate.
         """
         lr = _checks.positive_float(lr, "lr")
         steps = _checks.positive_int(steps, "steps", minimum=0)
         every = _checks.positive_int(record_every, "record_every")
         _checks.loss_kind(loss)
         weight_decay = _checks.weight_decay(weight_decay)
+        if isinstance(record, str) or not isinstance(record, (tuple, list, set, frozenset)):
+            raise TypeError(f"record must be a tuple of names from {RECORDABLE}, got {record!r}")
         unknown = set(record) - set(RECORDABLE)
         if unknown:
-            raise ValueError(f"cannot record {sorted(unknown)}; choose from {RECORDABLE}")
+            raise ValueError(f"cannot record {sorted(map(str, unknown))}; choose from {RECORDABLE}")
         if ("spectrum" in record or "leakage" in record):
             self._need_basis()
         rows: dict[str, list[Tensor]] = {name: [] for name in
                                          ("step", "loss", "singular_values", "spectrum_W", "spectrum_H",
                                           "leakage_W", "leakage_H")}
 
+        def diverged(t: int) -> ValueError:
+            return ValueError(_divergence_message(t, lr, loss, weight_decay, self.num_classes, self.samples_per_class))
+
         def snapshot(t: int) -> None:
             rows["step"].append(torch.tensor(t))
             if "loss" in record:
-                rows["loss"].append(self.loss(loss, weight_decay))
+                value = self.loss(loss, weight_decay)
+                if not torch.isfinite(value):  # finite W and H whose logits overflow
+                    raise diverged(t)
+                rows["loss"].append(value)
             if "singular_values" in record:
                 rows["singular_values"].append(torch.linalg.svdvals(self.W))
             if "spectrum" in record:
@@ -253,9 +282,34 @@ class UFM(nn.Module):
                 rows["leakage_W"].append(lw)
                 rows["leakage_H"].append(lh)
 
+        # the iterate is checked for inf/NaN every _CHECK_EVERY steps and before each snapshot
+        # (no device sync per step); on a failure the steps since the last good copy are replayed
+        safe = (0, self.W.clone(), self.H.clone())
         snapshot(0)
         for t in range(1, steps + 1):
             self.step(lr, loss, weight_decay)
-            if t % every == 0 or t == steps:
+            record_now = t % every == 0 or t == steps
+            if record_now or t % _CHECK_EVERY == 0:
+                if not self._finite():
+                    raise diverged(self._replay_to_first_bad(safe, t, lr, loss, weight_decay))
+                safe = (t, self.W.clone(), self.H.clone())
+            if record_now:
                 snapshot(t)
         return GDHistory(**{k: (torch.stack(v) if v else None) for k, v in rows.items()})
+
+    def _finite(self) -> bool:
+        return bool(torch.isfinite(self.W).all() and torch.isfinite(self.H).all())
+
+    def _replay_to_first_bad(self, safe: tuple[int, Tensor, Tensor], last: int, lr: float, loss: str, wd) -> int:
+        """From the finite copy ``safe`` = (step, W, H), step until the iterate is not finite; stay just before."""
+        start, w, h = safe
+        self.W.copy_(w)
+        self.H.copy_(h)
+        for t in range(start + 1, last + 1):
+            w, h = self.W.clone(), self.H.clone()
+            self.step(lr, loss, wd)
+            if not self._finite():
+                self.W.copy_(w)
+                self.H.copy_(h)
+                return t
+        return last  # pragma: no cover - non-finite values stay non-finite under GD

@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m hadainit.experiments.cli ufm --out out/ufm
+	$(PY) -m hadainit.experiments.cli ufm --out out/ufm --overwrite
 	$(PY) -m hadainit.experiments.cli real --out out/real --overwrite
 
 validate: $(STAMP)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .runs import write_atomic
+
 
 def _e(x: float) -> str:
     return f"{x:.3g}"
@@ -115,4 +117,4 @@ MSE modes decouple and settle at lam = 1 (max |lam - 1| at t = 1e12: {_e(cm["mse
 CE modes grow without bound (smallest mode {_e(cm["ce_min_lam_at_t_1e6"])} at t = 1e6,
 {_e(cm["ce_min_lam_at_end"])} at t = 1e12). Figure: `{cm["figure"]}`.
 """
-    path.write_text(text)
+    write_atomic(path, text)

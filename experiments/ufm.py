@@ -33,6 +33,7 @@ from hadainit.ufm.examples import ETF_ANGLE_RISE_K8, UNBALANCED_V_RISE_A, UNBALA
 
 from .figures import label, new_figure, save
 from .report import write_report
+from .runs import prepare_out, write_atomic
 
 
 def _paired_spectrum(k: int, basis: str, gen: torch.Generator, low: float, high: float, batch=()) -> torch.Tensor:
@@ -383,7 +384,7 @@ def run(out: Path, quick: bool = False, seed: int = 0) -> dict:
     for name, section in tqdm(sections, desc="hadainit ufm", file=sys.stderr):
         report[name] = section()
     report["seconds"] = time.perf_counter() - start
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    write_atomic(out / "report.json", json.dumps(report, indent=2))
     write_report(report, out / "report.md")
     return report
 
@@ -393,7 +394,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--quick", action="store_true", help="a ~15-second version")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     args = parser.parse_args(argv)
+    try:
+        prepare_out(args.out, overwrite=args.overwrite)
+    except FileExistsError as err:
+        print(f"hadainit ufm: {err}", file=sys.stderr)
+        return 2
     report = run(args.out, args.quick, args.seed)
     print((args.out / "report.md").read_text())
     print(f"wrote {args.out}/report.json, report.md and figures in {report['seconds']:.1f} s")

@@ -169,3 +169,12 @@ def test_data_modules_have_fixed_splits_and_leave_the_rng_alone():
     with pytest.raises(ValueError, match="batch_size"):
         Digits(batch_size=0)
     assert math.isfinite(float(m.train_set.tensors[0].abs().max()))
+
+
+def test_every_command_refuses_a_non_empty_out(tmp_path, capsys):
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "report.json").write_text("{}")
+    for command in (["ufm", "--quick"], ["real"], ["validate", "--quick"], ["compare", str(tmp_path)]):
+        assert cli.main([*command, "--out", str(full)]) == 2, command
+        assert "not empty: pass --overwrite" in capsys.readouterr().err

@@ -319,38 +319,70 @@ def _range(r: dict, key: str, wd: str | None = None) -> tuple[float, float]:
 
 
 def _conclusions(r: dict) -> list[str]:
-    """Plain statements, each computed from the numbers of the sections below."""
+    """Plain statements, each computed from (and conditioned on) the numbers of the sections below."""
     cmp = [c for group in r["comparisons_to_default"].values() for c in group.values() if c["beyond_noise"] is not None]
     beyond = sum(c["beyond_noise"] for c in cmp)
+    if not cmp:
+        init = "one seed per configuration: differences cannot be judged against seed noise (run `hadainit validate`)."
+    else:
+        # under no effect, each comparison exceeds 2 SE with probability ~0.0455: the chance of this many or more
+        n, p0 = len(cmp), 0.0455
+        tail = sum(math.comb(n, j) * p0**j * (1 - p0) ** (n - j) for j in range(beyond, n + 1))
+        if tail > 0.05:
+            init = (f"{beyond} of {n} init-vs-default comparisons of accuracy and speed of collapse exceed 2 standard "
+                    f"errors of the seed spread, as chance alone would give with probability {tail:.2f} (binomial, "
+                    "p = 0.046 each): the Hadamard and ETF last-layer inits neither help nor hurt these networks "
+                    "measurably.")
+        else:
+            init = (f"{beyond} of {n} init-vs-default comparisons exceed 2 standard errors of the seed spread, more "
+                    f"than chance gives (probability {tail:.2g}): see section 1 for which and in which direction.")
     drift, out = _range(r, "drift"), _range(r, "drift_out_of_span")
     leak0, leak = _range(r, "logit_leakage_init"), _range(r, "logit_leakage")
-    decays = sorted({g.split("|")[2] for g in r["groups"]}, key=float)
-    slopes = {wd: _range(r, "slowdown.slope", wd) for wd in decays}
+    if leak[0] > 0.1 and drift[0] > 0.1:
+        regime = ("W leaves its initial singular structure in every configuration (final drift "
+                  f"{drift[0]:.2f}-{drift[1]:.2f}; out of span(V0) {out[0]:.2f}-{out[1]:.2f}) and the class-mean logits "
+                  f"stay far from diagonal in the softmax basis (logit_leakage {leak0[0]:.2f}-{leak0[1]:.2f} at init, "
+                  f"{leak[0]:.2f}-{leak[1]:.2f} at the end) for every init: the networks never enter the regime where the "
+                  "exact dynamics hold, and the Hadamard init does not put them there.")
+    else:
+        regime = (f"final drift {drift[0]:.2f}-{drift[1]:.2f}, final logit_leakage {leak[0]:.2f}-{leak[1]:.2f} "
+                  "(section 2).")
     v, d, f = r["V"], r["distances"], r["forecast"]
-    lines = [
-        f"- **Initialization.** {beyond} of {len(cmp)} init-vs-default comparisons of accuracy and speed of collapse "
-        "exceed 2 standard errors of the seed spread (about 1 in 20 would by chance): the Hadamard and ETF "
-        "last-layer inits neither help nor hurt these networks measurably.",
-        f"- **Frozen singular vectors do not carry over.** W leaves its initial singular structure in every run "
-        f"(final drift {drift[0]:.2f}-{drift[1]:.2f}, mostly out of span(V0): {out[0]:.2f}-{out[1]:.2f}), and the "
-        f"class-mean logits stay far from diagonal in the softmax basis (logit_leakage {leak0[0]:.2f}-{leak0[1]:.2f} "
-        f"at init, {leak[0]:.2f}-{leak[1]:.2f} at the end) for every init: real networks never enter the regime "
-        "where the exact dynamics hold, and the Hadamard init does not put them there.",
-        f"- **V is not a Lyapunov function here.** It rose in {v['runs_with_a_rise']} of {v['runs']} runs, typically "
-        "in the first epochs, before falling through the terminal phase.",
-        f"- **Natural distances.** etf_angle rose first in {d['etf_angle_rises_first']} of {d['runs_measured']} runs "
-        f"and the ETF gap of the class means in {d['etf_gap_means_rises_first']}: the non-monotone approach the theory "
-        "predicts for K >= 8 is seen, but not consistently.",
-        "- **Slowdown.** " + "; ".join(
-            f"weight decay {wd}: the spectral margin grows {lo:.2g} to {hi:.2g} per e-fold of epochs" for wd, (lo, hi)
-            in slopes.items()) + ". Without weight decay that is several times the UFM law's ~1 per e-fold: these "
-        "networks slow down less than the two-layer model predicts; with weight decay the margin saturates.",
-        f"- **Forecast.** The exact reduced flow with one fitted time scale beats the naive baseline on the "
-        f"held-out spectrum in {f['forecast_wins_spectrum']} of {f['runs']} runs and on the margin in "
-        f"{f['forecast_wins_margin']}: it predicts the modes equalizing (V falling to 0), while the real spectra keep "
-        "their shape, and one time scale cannot follow margins that grow faster than the reduced flow's.",
-    ]
-    return lines
+    rise = (f"V rose in {v['runs_with_a_rise']} of {v['runs']} runs (median first rise after epoch "
+            f"{v['median_first_rise_epoch']:.3g}, largest single rise {v['largest_relative_rise']:.3g} relative)"
+            + (": on these networks it is a diagnostic, not a Lyapunov function." if v["runs_with_a_rise"] else
+               ": it decreased monotonically here."))
+    n, a = d["runs_measured"], d["etf_angle_rises_first"]
+    seen = "in every run" if a == n else "in none" if a == 0 else "in some runs only"
+    distances = (f"etf_angle rose first in {a} of {n} runs and the ETF gap of the class means in "
+                 f"{d['etf_gap_means_rises_first']}: the initial rise of a natural distance is seen {seen}.")
+    slopes = []
+    for wd in sorted({g.split("|")[2] for g in r["groups"]}, key=float):
+        lo, hi = _range(r, "slowdown.slope", wd)
+        if math.isnan(lo):
+            continue
+        text = f"weight decay {wd}: {lo:.2g} to {hi:.2g} per e-fold of epochs"
+        if float(wd) == 0 and lo > 2:
+            text += " (several times the UFM law's ~1: these networks slow down less than the two-layer model)"
+        elif float(wd) > 0 and abs(lo) < 1 and abs(hi) < 1:
+            text += " (the margin saturates under weight decay)"
+        slopes.append(text)
+    wins = f["forecast_wins_spectrum"]
+    if not f["runs"]:
+        forecast = "no run had enough positive spectra to fit."
+    elif wins == 0:
+        forecast = (f"the exact reduced flow with one fitted time scale loses to the naive baseline on the held-out "
+                    f"spectrum in all {f['runs']} runs (and on the margin in {f['runs'] - f['forecast_wins_margin']}): "
+                    "the real spectra change shape less than the flow predicts (the baseline, which holds the shape, "
+                    "has the lower error), so the exact dynamics do not forecast these runs.")
+    else:
+        forecast = (f"the reduced flow beats the naive baseline on the held-out spectrum in {wins} of {f['runs']} runs "
+                    f"and on the margin in {f['forecast_wins_margin']}.")
+    return [f"- **Initialization.** {init}", f"- **The tractable regime.** {regime}", f"- **V.** {rise}",
+            f"- **Natural distances.** {distances}",
+            "- **Slowdown (spectral margin against log-epoch).** " + ("; ".join(slopes) + "." if slopes else
+                                                                      "no run reached a terminal phase to fit."),
+            f"- **Forecast.** {forecast}"]
 
 
 def _markdown(r: dict) -> str:

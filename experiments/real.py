@@ -7,14 +7,12 @@ runs, analysis and figures as ``hadainit validate`` (see there), small enough fo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-import time
 from pathlib import Path
 
-from .runs import prepare_out, write_atomic
-from .validate import RunSpec, run_all
+from .runs import prepare_out
+from .validate import RunSpec, run_study
 
 
 def plan(epochs: int) -> list[RunSpec]:
@@ -30,20 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs < 4:
         print(f"hadainit real: --epochs must be >= 4, got {args.epochs}", file=sys.stderr)
         return 2
-    from .study import analyze
-
-    start = time.perf_counter()
     try:
         out = prepare_out(args.out, overwrite=args.overwrite)
-        specs = run_all(plan(args.epochs), out, min(2, os.cpu_count() or 1), progress=lambda _: None)
-        wall = time.perf_counter() - start
-        write_atomic(out / "runs.json", json.dumps({"quick": True, "wall_seconds": wall, "runs": specs}, indent=2))
-        analyze(out, specs, quick=True, seconds=wall)
+        report = run_study(plan(args.epochs), out, jobs=min(2, os.cpu_count() or 1), quick=True,
+                           progress=lambda _: None)
     except (FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"hadainit real: {err}", file=sys.stderr)
         return 2
     print((out / "report.md").read_text())
-    print(f"hadainit real: wrote {out}/report.md and figures in {time.perf_counter() - start:.0f} s")
+    print(f"hadainit real: wrote {out}/report.md and figures in {report['seconds']:.0f} s")
     return 0
 
 

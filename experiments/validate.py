@@ -109,6 +109,17 @@ def run_all(specs: list[RunSpec], root: Path, jobs: int, progress=print) -> list
     return done
 
 
+def run_study(specs: list[RunSpec], out: Path, *, jobs: int, quick: bool, progress=print) -> dict:
+    """Train ``specs`` into ``out/runs``, record them in ``runs.json``, and write the analysis."""
+    from .study import analyze
+
+    start = time.perf_counter()
+    done = run_all(specs, out, jobs, progress)
+    wall = time.perf_counter() - start
+    write_atomic(out / "runs.json", json.dumps({"quick": quick, "wall_seconds": wall, "runs": done}, indent=2))
+    return analyze(out, done, quick=quick, seconds=wall)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hadainit validate", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/validate"), help="the study folder")
@@ -126,20 +137,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     from .study import analyze
 
-    start = time.perf_counter()
     try:
         if args.analyze_only:
             out = args.out
             saved = json.loads((out / "runs.json").read_text())
-            specs, wall, quick = saved["runs"], saved["wall_seconds"], saved["quick"]
+            report = analyze(out, saved["runs"], quick=saved["quick"], seconds=saved["wall_seconds"])
         else:
             out = prepare_out(args.out, overwrite=args.overwrite)
-            plan_ = plan(args.quick, args.seeds, args.epochs)
-            print(f"hadainit validate: {len(plan_)} runs, {args.jobs} at a time, into {out}")
-            specs = run_all(plan_, out, args.jobs)
-            wall, quick = time.perf_counter() - start, args.quick
-            write_atomic(out / "runs.json", json.dumps({"quick": quick, "wall_seconds": wall, "runs": specs}, indent=2))
-        report = analyze(out, specs, quick=quick, seconds=wall)
+            specs = plan(args.quick, args.seeds, args.epochs)
+            print(f"hadainit validate: {len(specs)} runs, {args.jobs} at a time, into {out}")
+            report = run_study(specs, out, jobs=args.jobs, quick=args.quick)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, TypeError) as err:
         print(f"hadainit validate: {err if not isinstance(err, KeyError) else f'runs.json lacks {err}'}", file=sys.stderr)
         return 2

@@ -172,3 +172,14 @@ def features_of(module, data, body: str = "body"):
     with torch.no_grad():
         x, y = data.tensors
         return getattr(module, body)(x), y
+
+
+def assert_values_close(got: dict, ref: dict, rel: float, abs_: float) -> None:
+    """Every key of ``ref`` (scalars and lists) matches ``got``."""
+    import math
+
+    for key, value in ref.items():
+        if isinstance(value, list):
+            assert torch.allclose(torch.tensor(got[key]), torch.tensor(value), rtol=rel, atol=abs_), key
+        else:
+            assert math.isclose(got[key], value, rel_tol=rel, abs_tol=abs_), (key, got[key], value)

@@ -12,7 +12,7 @@ from hadainit.callbacks import FORECAST_KEYS, SPECTRAL_KEYS, NeuralCollapseMonit
 from hadainit.drift import InitialBasis
 from hadainit.metrics.functional import neural_collapse
 from hadainit.metrics.logits import logit_spectrum
-from tests.lightning_helpers import DigitsMLP, digits, digits_loader, features_of
+from tests.lightning_helpers import DigitsMLP, assert_values_close, digits, digits_loader, features_of
 from tests.metrics_reference import reference_drift
 
 
@@ -60,12 +60,7 @@ def test_eval_mode_values_equal_an_independent_pass_over_the_final_network():
         if key != "nc4":  # the monitor's NC4 uses the previous measurement's means
             assert math.isclose(nc.history[-1][key], value, rel_tol=1e-9, abs_tol=1e-12), key
     spec = logit_spectrum(feats, labels, weight, bias)
-    for key, value in spec.items():
-        got = spectral.history[-1][key]
-        if isinstance(value, list):
-            assert torch.allclose(torch.tensor(got), torch.tensor(value), rtol=1e-5, atol=1e-5), key
-        else:
-            assert math.isclose(got, value, rel_tol=1e-5, abs_tol=1e-5), key  # float32 logits vs float64
+    assert_values_close(spectral.history[-1], spec, rel=1e-5, abs_=1e-5)  # float32 logits vs float64
 
 
 def test_deepcopied_model_keeps_the_keys_and_warns():

@@ -26,7 +26,7 @@ def new_figure(ncols: int = 1, width: float = 6.0, height: float = 4.2, nrows: i
 def save(fig, path: Path, title: str | None = None) -> str:
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96) if title else None)  # room for the title above the panels
     fig.savefig(path, dpi=110)
     return Path(path).name
 

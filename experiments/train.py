@@ -111,7 +111,7 @@ def cli(argv: list[str] | None = None) -> TrainCLI:
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
-            "max_epochs": 150,
+            "max_epochs": 300,
             "accelerator": "auto",
             "callbacks": [ModelCheckpoint(save_last=True)],
             "log_every_n_steps": 1,

@@ -78,7 +78,7 @@ def test_print_config_and_help(capsys):
     assert info.value.code == 0
     text = capsys.readouterr().out
     for needle in ("init: etf", "class_path: hadainit.experiments.data.MNIST1D", "nc_monitor:", "spectral_monitor:",
-                   "max_epochs: 150", "mode: eval"):
+                   "max_epochs: 300", "mode: eval"):
         assert needle in text, needle
     with pytest.raises(SystemExit):
         train.main(["--help"])

@@ -1,0 +1,308 @@
+// The fast Walsh–Hadamard transform of hadainit, as a compiled CPU kernel.
+//
+// Built on first use by torch's extension loader (hadainit/_fwht_ext.py); the
+// pure-PyTorch transform in hadainit/hadamard.py is the fallback and the
+// reference the tests compare against.
+//
+// Layout: the input is viewed as (outer, n, inner), contiguous; the transform
+// runs along n. A complex tensor is its real view with inner doubled. Each
+// length-n "segment" (n * inner elements) is transformed with butterflies:
+//
+// * low bits of the index, in L1-sized blocks: the stages whose partner lies
+//   inside one SIMD register are lane shuffles (fused with the read of the
+//   input), the others radix-2^R vertical butterflies between registers;
+// * high bits, across blocks, in L2-sized column strips, radix-2^R again.
+//
+// A segment that fits in L2 is done start to end by one thread (one read of
+// the input and one write of the output from and to memory); a larger one
+// takes two parallel sweeps (blocks, then strips). Only additions and
+// subtractions: the result is that of the radix-2 butterfly network, exactly
+// (a lane stage computes v + t or t - v as sign * v + t, exact with or without
+// fused multiply-add).
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/csrc/utils/pybind.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+#elif defined(__AVX__)
+constexpr int kVecBytes = 32;
+#else
+constexpr int kVecBytes = 16;
+#endif
+
+#ifndef HADAINIT_RADIX_BITS
+#define HADAINIT_RADIX_BITS 3
+#endif
+constexpr int kRadixBits = HADAINIT_RADIX_BITS;  // butterfly stages per sweep between registers
+#ifndef HADAINIT_BLOCK_KIB
+#define HADAINIT_BLOCK_KIB 16
+#endif
+#ifndef HADAINIT_STRIP_KIB
+#define HADAINIT_STRIP_KIB 512
+#endif
+#ifndef HADAINIT_FUSE_KIB
+#define HADAINIT_FUSE_KIB 1024
+#endif
+constexpr int64_t kBlockBytes = HADAINIT_BLOCK_KIB * 1024;  // low bits: a block that stays in L1
+constexpr int64_t kStripBytes = HADAINIT_STRIP_KIB * 1024;  // high bits: a column strip that stays in L2
+constexpr int64_t kFuseBytes = HADAINIT_FUSE_KIB * 1024;    // segments up to this size: one thread, start to end
+constexpr int64_t kParallelBytes = 256 * 1024;              // less work than this per thread is not split
+
+template <typename T>
+struct Simd {
+  static constexpr int W = kVecBytes / static_cast<int>(sizeof(T));
+  using I = std::conditional_t<sizeof(T) == 8, int64_t, int32_t>;
+  typedef T vec __attribute__((vector_size(kVecBytes)));
+  typedef I ivec __attribute__((vector_size(kVecBytes)));
+};
+
+template <typename V, typename T>
+inline V load(const T* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(V));
+  return v;
+}
+
+template <typename V, typename T>
+inline void store(T* p, const V& v) {
+  std::memcpy(p, &v, sizeof(V));
+}
+
+inline bool is_pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
+
+inline int log2i(int64_t v) {
+  int b = 0;
+  while ((int64_t{1} << b) < v) ++b;
+  return b;
+}
+
+// One butterfly stage between lanes l and l ^ H of one register.
+template <typename T, int H>
+inline typename Simd<T>::vec lane_stage(typename Simd<T>::vec v) {
+  using S = Simd<T>;
+  typename S::ivec idx;
+  typename S::vec sign;
+  for (int l = 0; l < S::W; ++l) {
+    idx[l] = static_cast<typename S::I>(l ^ H);
+    sign[l] = (l & H) ? T(-1) : T(1);
+  }
+  typename S::vec t = __builtin_shuffle(v, idx);
+  return sign * v + t;  // lane l without bit H: v_l + v_(l+H); with it: v_(l-H) - v_l
+}
+
+// The stages at lane distances from, 2 from, ..., W / 2 (from a power of two below W).
+template <typename T>
+inline typename Simd<T>::vec lane_stages(typename Simd<T>::vec v, int64_t from) {
+  constexpr int W = Simd<T>::W;
+  if (from <= 1) v = lane_stage<T, 1>(v);
+  if constexpr (W > 2) if (from <= 2) v = lane_stage<T, 2>(v);
+  if constexpr (W > 4) if (from <= 4) v = lane_stage<T, 4>(v);
+  if constexpr (W > 8) if (from <= 8) v = lane_stage<T, 8>(v);
+  return v;
+}
+
+// R butterfly stages among the 2^R values v[0 .. 2^R).
+template <typename X, int R>
+inline void butterflies(X* v) {
+#pragma GCC unroll 8
+  for (int s = 0; s < R; ++s) {
+    const int h = 1 << s;
+#pragma GCC unroll 16
+    for (int m = 0; m < (1 << R); ++m) {
+      if (!(m & h)) {
+        X a = v[m], b = v[m | h];
+        v[m] = a + b;
+        v[m | h] = a - b;
+      }
+    }
+  }
+}
+
+// For j in [0, width): the radix-2^R butterfly among src[j + m * dist], m < 2^R, into dst (may equal src).
+template <typename T, int R>
+void vertical(const T* src, T* dst, int64_t dist, int64_t width) {
+  using S = Simd<T>;
+  using vec = typename S::vec;
+  constexpr int M = 1 << R;
+  int64_t j = 0;
+  for (; j + S::W <= width; j += S::W) {
+    vec v[M];
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) v[m] = load<vec>(src + j + m * dist);
+    butterflies<vec, R>(v);
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) store(dst + j + m * dist, v[m]);
+  }
+  for (; j < width; ++j) {
+    T v[M];
+    for (int m = 0; m < M; ++m) v[m] = src[j + m * dist];
+    butterflies<T, R>(v);
+    for (int m = 0; m < M; ++m) dst[j + m * dist] = v[m];
+  }
+}
+
+template <typename T>
+void vertical_r(int r, const T* src, T* dst, int64_t dist, int64_t width) {
+  switch (r) {
+    case 1: vertical<T, 1>(src, dst, dist, width); break;
+    case 2: vertical<T, 2>(src, dst, dist, width); break;
+    case 3: vertical<T, 3>(src, dst, dist, width); break;
+    default: vertical<T, 4>(src, dst, dist, width); break;
+  }
+}
+
+// Bits [0, kb) of the index along n, for one block of inner << kb contiguous elements.
+template <typename T>
+void block_low(const T* src, T* dst, int64_t inner, int kb) {
+  using S = Simd<T>;
+  const int64_t len = inner << kb;
+  const T* from = src;
+  int b = 0;
+  if (is_pow2(inner) && inner < S::W && len >= S::W) {
+    for (int64_t j = 0; j < len; j += S::W) {
+      store(dst + j, lane_stages<T>(load<typename S::vec>(src + j), inner));
+    }
+    b = log2i(S::W / inner);
+    from = dst;
+  }
+  while (b < kb) {
+    const int r = std::min(kRadixBits, kb - b);
+    const int64_t dist = inner << b;
+    for (int64_t g = 0; g < len; g += dist << r) vertical_r<T>(r, from + g, dst + g, dist, dist);
+    from = dst;
+    b += r;
+  }
+  if (from != dst) std::memcpy(dst, src, len * sizeof(T));  // kb == 0: nothing to do in this block
+}
+
+// Columns per strip: rows * width * sizeof(T) about budget, whole cache lines, at most a row.
+template <typename T>
+int64_t strip_width(int64_t block_len, int64_t rows, int64_t budget) {
+  const int64_t line = 64 / static_cast<int64_t>(sizeof(T));
+  const int64_t w = budget / (rows * static_cast<int64_t>(sizeof(T)));
+  return std::min(block_len, std::max(line, w / line * line));
+}
+
+// Bits [kb, bits) for the columns [c0, c0 + w) of a segment seen as rows of block_len elements.
+template <typename T>
+void strip_high(T* seg, int64_t block_len, int kb, int bits, int64_t c0, int64_t w) {
+  const int64_t rows = int64_t{1} << (bits - kb);
+  for (int b = kb; b < bits;) {
+    const int r = std::min(kRadixBits, bits - b);
+    const int64_t step = int64_t{1} << (b - kb);  // partner distance in rows
+    for (int64_t g = 0; g < rows; g += step << r) {
+      for (int64_t m = 0; m < step; ++m) {
+        T* p = seg + (g + m) * block_len + c0;
+        vertical_r<T>(r, p, p, step * block_len, w);
+      }
+    }
+    b += r;
+  }
+}
+
+// Bits [kb, bits) of one segment, in column strips whose rows fill about budget bytes.
+template <typename T>
+void high_bits(T* seg, int64_t block_len, int kb, int bits, int64_t budget) {
+  const int64_t w = strip_width<T>(block_len, int64_t{1} << (bits - kb), budget);
+  for (int64_t c0 = 0; c0 < block_len; c0 += w) strip_high<T>(seg, block_len, kb, bits, c0, std::min(w, block_len - c0));
+}
+
+template <typename T>
+void transform(const T* src, T* dst, int64_t outer, int64_t n, int64_t inner) {
+  const int bits = log2i(n);
+  const int64_t seg_len = n * inner;
+  // low bits per block: as many as fit in kBlockBytes (at least none)
+  int kb = 0;
+  while (kb < bits && (inner << (kb + 1)) * static_cast<int64_t>(sizeof(T)) <= kBlockBytes) ++kb;
+  const int64_t block_len = inner << kb;
+  const int64_t blocks = n >> kb;
+  const int64_t seg_bytes = seg_len * static_cast<int64_t>(sizeof(T));
+  if (seg_bytes <= kFuseBytes) {
+    const int64_t grain = std::max<int64_t>(1, kParallelBytes / std::max<int64_t>(seg_bytes, 1));
+    at::parallel_for(0, outer, grain, [&](int64_t lo, int64_t hi) {
+      for (int64_t o = lo; o < hi; ++o) {
+        const T* s = src + o * seg_len;
+        T* d = dst + o * seg_len;
+        for (int64_t c = 0; c < blocks; ++c) block_low<T>(s + c * block_len, d + c * block_len, inner, kb);
+        if (kb < bits) high_bits<T>(d, block_len, kb, bits, 2 * kBlockBytes);
+      }
+    });
+    return;
+  }
+  const int64_t block_bytes = block_len * static_cast<int64_t>(sizeof(T));
+  at::parallel_for(0, outer * blocks, std::max<int64_t>(1, kParallelBytes / block_bytes), [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const int64_t off = (i / blocks) * seg_len + (i % blocks) * block_len;
+      block_low<T>(src + off, dst + off, inner, kb);
+    }
+  });
+  if (kb == bits) return;
+  const int64_t w = strip_width<T>(block_len, blocks, kStripBytes);
+  const int64_t strips = (block_len + w - 1) / w;
+  const int64_t strip_bytes = w * blocks * static_cast<int64_t>(sizeof(T));
+  at::parallel_for(0, outer * strips, std::max<int64_t>(1, kParallelBytes / strip_bytes), [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const int64_t c0 = (i % strips) * w;
+      strip_high<T>(dst + (i / strips) * seg_len, block_len, kb, bits, c0, std::min(w, block_len - c0));
+    }
+  });
+}
+
+// The transform of x along dim (0 <= dim < x.dim(), x.size(dim) a power of two), unnormalized:
+// a new contiguous tensor. float32, float64, complex64, complex128 on the CPU.
+at::Tensor fwht(const at::Tensor& x, int64_t dim) {
+  TORCH_CHECK(x.device().is_cpu(), "hadainit fwht kernel: CPU tensors only");
+  TORCH_CHECK(dim >= 0 && dim < x.dim(), "hadainit fwht kernel: dim out of range");
+  const int64_t n = x.size(dim);
+  TORCH_CHECK(is_pow2(n), "hadainit fwht kernel: the length must be a power of two");
+  at::Tensor resolved = x.resolve_conj().resolve_neg();
+  at::Tensor out;
+  at::Tensor src;
+  if (resolved.is_contiguous()) {
+    src = resolved;
+    out = at::empty(resolved.sizes(), resolved.options());
+  } else {
+    src = resolved.contiguous();  // a fresh copy: transform it in place
+    out = src;
+  }
+  if (out.numel() == 0) return out;
+  int64_t inner = 1;
+  for (int64_t k = dim + 1; k < x.dim(); ++k) inner *= x.size(k);
+  const int64_t outer = x.numel() / (n * inner);
+  at::Tensor s = src, d = out;
+  if (x.is_complex()) {
+    s = at::view_as_real(src);
+    d = at::view_as_real(out);
+    inner *= 2;
+  }
+  switch (s.scalar_type()) {
+    case at::kDouble:
+      transform<double>(s.const_data_ptr<double>(), d.mutable_data_ptr<double>(), outer, n, inner);
+      break;
+    case at::kFloat:
+      transform<float>(s.const_data_ptr<float>(), d.mutable_data_ptr<float>(), outer, n, inner);
+      break;
+    default:
+      TORCH_CHECK(false, "hadainit fwht kernel: float32, float64, complex64 or complex128 only, got ", x.scalar_type());
+  }
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "hadainit's compiled fast Walsh-Hadamard transform (CPU)";
+  m.def("fwht", &fwht, "Unnormalized Walsh-Hadamard transform of x along dim: a new contiguous tensor",
+        pybind11::arg("x"), pybind11::arg("dim"));
+  m.attr("vector_bytes") = kVecBytes;
+  m.attr("radix_bits") = kRadixBits;
+}

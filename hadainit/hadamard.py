@@ -23,7 +23,7 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-from . import _checks, _fwht_ext
+from . import _checks, _kernels
 
 __all__ = ["hadamard_matrix", "constructible_orders", "is_constructible", "fwht"]
 
@@ -301,7 +301,7 @@ def _kernel_for(x: Tensor):
     """The compiled kernel module if it applies to ``x`` (a plain CPU tensor of a kernel dtype), else None."""
     if x.dtype not in _KERNEL_DTYPES or x.device.type != "cpu" or type(x) not in _PLAIN:
         return None
-    return _fwht_ext.kernel()
+    return _kernels.kernel()
 
 
 def _transform(x: Tensor, dim: int) -> Tensor:
@@ -357,7 +357,7 @@ def fwht(x: Tensor, dim: int = -1) -> Tensor:
     ``fwht(fwht(x)) == n * x``.
 
     On the CPU, float32/float64/complex64/complex128 go through a compiled
-    butterfly kernel (built once on first use, see ``hadainit._fwht_ext``;
+    butterfly kernel (built once on first use, see ``hadainit._kernels``;
     :func:`fwht_kernel_status` says whether it is in use); other dtypes, other
     devices, or a machine without a C++ compiler use the pure-PyTorch path,
     which gives the same values to round-off.
@@ -389,6 +389,6 @@ def fwht(x: Tensor, dim: int = -1) -> Tensor:
 _is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
 
 
-def fwht_kernel_status() -> "_fwht_ext.KernelStatus":
+def fwht_kernel_status() -> "_kernels.KernelStatus":
     """Whether :func:`fwht` uses its compiled CPU kernel (building it first if not yet tried), and why not."""
-    return _fwht_ext.status()
+    return _kernels.status()

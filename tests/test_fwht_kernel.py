@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from hadainit import _fwht_ext, fwht, hadamard_matrix
+from hadainit import _kernels, fwht, hadamard_matrix
 from hadainit.hadamard import _fwht_reference, fwht_kernel_status
 
 ROOT = Path(__file__).resolve().parents[1]
-KERNEL = _fwht_ext.kernel()
+KERNEL = _kernels.kernel()
 needs_kernel = pytest.mark.skipif(KERNEL is None, reason=f"fwht kernel unavailable: {fwht_kernel_status().reason}")
 
 TOL = {torch.float64: 1e-14, torch.complex128: 1e-14, torch.float32: 2e-6, torch.complex64: 2e-6}
@@ -142,7 +142,7 @@ def test_forward_mode_jvp():
 
 
 def test_forced_fallback_gives_the_reference(monkeypatch):
-    monkeypatch.setattr(_fwht_ext, "kernel", lambda: None)
+    monkeypatch.setattr(_kernels, "kernel", lambda: None)
     x = torch.randn(3, 5, 64, dtype=torch.float64, requires_grad=True)
     got = fwht(x, 2)
     assert torch.equal(got, _fwht_reference(x.detach(), 2))
@@ -159,9 +159,9 @@ def test_a_failing_build_falls_back(monkeypatch, tmp_path):
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     monkeypatch.setattr(cpp_extension, "load", broken_load)
-    monkeypatch.setattr(_fwht_ext, "_status", None)
-    monkeypatch.setattr(_fwht_ext, "_module", None)
-    status = _fwht_ext.status()
+    monkeypatch.setattr(_kernels, "_status", None)
+    monkeypatch.setattr(_kernels, "_module", None)
+    status = _kernels.status()
     assert not status.available and "simulated compiler failure" in status.reason
     x = torch.randn(4, 32, dtype=torch.float64)
     assert torch.equal(fwht(x), _fwht_reference(x, 1))
@@ -181,7 +181,7 @@ def _run(env_extra: dict, tmp_path) -> str:
 
 
 def test_environment_switch_disables_the_kernel(tmp_path):
-    assert _run({_fwht_ext.DISABLE_ENV: "1"}, tmp_path) == f"disabled by {_fwht_ext.DISABLE_ENV}"
+    assert _run({_kernels.DISABLE_ENV: "1"}, tmp_path) == f"disabled by {_kernels.DISABLE_ENV}"
 
 
 @pytest.mark.parametrize("compiler", ["/nonexistent/c++", "false"])

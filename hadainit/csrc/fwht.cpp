@@ -1,6 +1,6 @@
 // The fast Walsh–Hadamard transform of hadainit, as a compiled CPU kernel.
 //
-// Built on first use by torch's extension loader (hadainit/_fwht_ext.py); the
+// Built on first use by torch's extension loader (hadainit/_kernels.py); the
 // pure-PyTorch transform in hadainit/hadamard.py is the fallback and the
 // reference the tests compare against.
 //
@@ -20,15 +20,18 @@
 // (a lane stage computes v + t or t - v as sign * v + t, exact with or without
 // fused multiply-add).
 
-#include <ATen/ATen.h>
+#include "kernels.h"
+
 #include <ATen/Parallel.h>
-#include <torch/csrc/utils/pybind.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/view_as_real.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
 
+namespace hadainit {
 namespace {
 
 #if defined(__AVX512F__)
@@ -257,52 +260,57 @@ void transform(const T* src, T* dst, int64_t outer, int64_t n, int64_t inner) {
   });
 }
 
-// The transform of x along dim (0 <= dim < x.dim(), x.size(dim) a power of two), unnormalized:
-// a new contiguous tensor. float32, float64, complex64, complex128 on the CPU.
-at::Tensor fwht(const at::Tensor& x, int64_t dim) {
-  TORCH_CHECK(x.device().is_cpu(), "hadainit fwht kernel: CPU tensors only");
-  TORCH_CHECK(dim >= 0 && dim < x.dim(), "hadainit fwht kernel: dim out of range");
-  const int64_t n = x.size(dim);
-  TORCH_CHECK(is_pow2(n), "hadainit fwht kernel: the length must be a power of two");
-  at::Tensor resolved = x.resolve_conj().resolve_neg();
-  at::Tensor out;
-  at::Tensor src;
-  if (resolved.is_contiguous()) {
-    src = resolved;
-    out = at::empty(resolved.sizes(), resolved.options());
-  } else {
-    src = resolved.contiguous();  // a fresh copy: transform it in place
-    out = src;
-  }
-  if (out.numel() == 0) return out;
+template <typename T>
+void run(const at::Tensor& s, at::Tensor& d, int64_t outer, int64_t n, int64_t inner) {
+  transform<T>(s.const_data_ptr<T>(), d.mutable_data_ptr<T>(), outer, n, inner);
+}
+
+// src -> dst (same shape, both contiguous; may be the same tensor) along dim.
+void transform_tensor(const at::Tensor& src, at::Tensor& dst, int64_t dim) {
+  const int64_t n = src.size(dim);
+  if (src.numel() == 0) return;
   int64_t inner = 1;
-  for (int64_t k = dim + 1; k < x.dim(); ++k) inner *= x.size(k);
-  const int64_t outer = x.numel() / (n * inner);
-  at::Tensor s = src, d = out;
-  if (x.is_complex()) {
+  for (int64_t k = dim + 1; k < src.dim(); ++k) inner *= src.size(k);
+  const int64_t outer = src.numel() / (n * inner);
+  at::Tensor s = src, d = dst;
+  if (src.is_complex()) {
     s = at::view_as_real(src);
-    d = at::view_as_real(out);
+    d = at::view_as_real(dst);
     inner *= 2;
   }
   switch (s.scalar_type()) {
-    case at::kDouble:
-      transform<double>(s.const_data_ptr<double>(), d.mutable_data_ptr<double>(), outer, n, inner);
-      break;
-    case at::kFloat:
-      transform<float>(s.const_data_ptr<float>(), d.mutable_data_ptr<float>(), outer, n, inner);
-      break;
+    case at::kDouble: run<double>(s, d, outer, n, inner); break;
+    case at::kFloat: run<float>(s, d, outer, n, inner); break;
     default:
-      TORCH_CHECK(false, "hadainit fwht kernel: float32, float64, complex64 or complex128 only, got ", x.scalar_type());
+      TORCH_CHECK(false, "hadainit fwht kernel: float32, float64, complex64 or complex128 only, got ", src.scalar_type());
   }
-  return out;
+}
+
+void check(const at::Tensor& x, int64_t dim) {
+  TORCH_CHECK(x.device().is_cpu(), "hadainit fwht kernel: CPU tensors only");
+  TORCH_CHECK(dim >= 0 && dim < x.dim(), "hadainit fwht kernel: dim out of range");
+  TORCH_CHECK(is_pow2(x.size(dim)), "hadainit fwht kernel: the length must be a power of two");
 }
 
 }  // namespace
 
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "hadainit's compiled fast Walsh-Hadamard transform (CPU)";
-  m.def("fwht", &fwht, "Unnormalized Walsh-Hadamard transform of x along dim: a new contiguous tensor",
-        pybind11::arg("x"), pybind11::arg("dim"));
-  m.attr("vector_bytes") = kVecBytes;
-  m.attr("radix_bits") = kRadixBits;
+at::Tensor fwht(const at::Tensor& x, int64_t dim) {
+  check(x, dim);
+  at::Tensor resolved = x.resolve_conj().resolve_neg();
+  if (!resolved.is_contiguous()) {
+    at::Tensor copy = resolved.contiguous();  // a fresh copy: transform it in place
+    transform_tensor(copy, copy, dim);
+    return copy;
+  }
+  at::Tensor out = at::empty(resolved.sizes(), resolved.options());
+  transform_tensor(resolved, out, dim);
+  return out;
 }
+
+void fwht_(at::Tensor& x, int64_t dim) {
+  check(x, dim);
+  TORCH_CHECK(x.is_contiguous() && !x.is_conj() && !x.is_neg(), "hadainit fwht_: a contiguous, resolved tensor");
+  transform_tensor(x, x, dim);
+}
+
+}  // namespace hadainit

@@ -1,18 +1,21 @@
-"""The compiled CPU kernel behind :func:`hadainit.fwht`: optional, built once, cached.
+"""hadainit's compiled CPU kernels: optional, built once, cached.
 
-``csrc/fwht.cpp`` (shipped in the package) is compiled on first use by torch's
-extension loader (:func:`torch.utils.cpp_extension.load`) into torch's
-extension cache, ``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``, in
-a folder whose name carries a hash of the source, the compiler flags and the
+Two users: :func:`hadainit.fwht` (``csrc/fwht.cpp``, a cache-blocked butterfly
+transform) and the reduced GD step (``csrc/reduced_step.cpp``, its elementwise
+passes fused; :mod:`hadainit.ufm._fused_step`). The sources ship in the package
+and are compiled on first use by torch's extension loader
+(:func:`torch.utils.cpp_extension.load`) into torch's extension cache,
+``$TORCH_EXTENSIONS_DIR`` or ``~/.cache/torch_extensions``, in a folder whose
+name carries a hash of the sources, the compiler flags and the
 torch/Python versions: a change of any of them builds a new copy, and a
 finished build is imported directly on later runs (no compiler call, no
 ``torch.utils.cpp_extension`` import).
 
 Nothing here is required: without a C++ compiler, with a broken one, or with
 ``HADAINIT_NO_EXTENSION=1`` in the environment (read at the first call),
-:func:`kernel` returns None and ``fwht`` runs its pure-PyTorch path, which is
-also the reference the tests hold the kernel to. :func:`status` says which
-path is in use and why.
+:func:`kernel` returns None and both users run their pure-PyTorch paths,
+which are also the references the tests hold the kernels to. :func:`status`
+says which path is in use and why.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ __all__ = ["DISABLE_ENV", "KernelStatus", "kernel", "status"]
 #: Set to 1 (before the first fwht call) to never build or load the kernel.
 DISABLE_ENV = "HADAINIT_NO_EXTENSION"
 
-SOURCE = Path(__file__).with_name("csrc") / "fwht.cpp"
+CSRC = Path(__file__).with_name("csrc")
+SOURCES = ("fwht.cpp", "reduced_step.cpp", "module.cpp")  # compiled; kernels.h is hashed too
 _MARKER = "hadainit_build.json"  # written after a build that imported: the .so is complete
 
 _log = logging.getLogger(__name__)
@@ -68,7 +72,7 @@ class KernelStatus:
 
 def _compile_flags() -> tuple[list[str], list[str]]:
     """(cflags, ldflags): -O3, the SIMD level torch itself dispatches to, OpenMP where torch uses it."""
-    cflags = ["-O3"]
+    cflags = ["-O3", "-ffp-contract=off"]  # no fused multiply-add: the step's values are the reference's, bit for bit
     ldflags: list[str] = []
     if platform.machine().lower() in ("x86_64", "amd64"):
         capability = torch.backends.cpu.get_cpu_capability()
@@ -106,11 +110,12 @@ def _extensions_root() -> Path:
 
 def _name(cflags: list[str], ldflags: list[str]) -> str:
     digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), repr((cflags, ldflags)).encode(), torch.__version__.encode(),
+    sources = [(CSRC / name).read_bytes() for name in (*SOURCES, "kernels.h")]
+    for part in (*sources, repr((cflags, ldflags)).encode(), torch.__version__.encode(),
                  sys.version.encode(), os.environ.get("CXX", "").encode()):
         digest.update(part)
         digest.update(b"\0")
-    return f"hadainit_fwht_{digest.hexdigest()[:16]}"
+    return f"hadainit_kernels_{digest.hexdigest()[:16]}"
 
 
 def _import(name: str, path: Path) -> ModuleType:
@@ -152,15 +157,15 @@ def _load() -> tuple[ModuleType | None, KernelStatus]:
                                   str(directory))
     try:
         existed = library.exists()
-        _log.info("hadainit: compiling the fwht kernel once into %s", directory)
+        _log.info("hadainit: compiling the CPU kernels once into %s", directory)
         from torch.utils.cpp_extension import load  # imports setuptools: only when building
 
         directory.mkdir(parents=True, exist_ok=True)
-        module = load(name, [str(SOURCE)], extra_cflags=cflags, extra_ldflags=ldflags,
+        module = load(name, [str(CSRC / source) for source in SOURCES], extra_cflags=cflags, extra_ldflags=ldflags,
                       build_directory=str(directory), verbose=False)
     except Exception as exc:
         first_line = (str(exc).strip().splitlines() or [""])[0][:300]
-        _log.info("hadainit: the fwht kernel could not be built (%s); using the pure-PyTorch transform", first_line)
+        _log.info("hadainit: the CPU kernels could not be built (%s); using the pure-PyTorch paths", first_line)
         return None, KernelStatus(False, f"build failed: {type(exc).__name__}: {first_line}", str(directory))
     seconds = time.perf_counter() - start
     recorded = None if existed else seconds  # another process built it: this one only loaded it
@@ -175,7 +180,7 @@ def _load() -> tuple[ModuleType | None, KernelStatus]:
 
 
 def kernel() -> ModuleType | None:
-    """The compiled module (with ``fwht(x, dim)``), building it on the first call; None if unavailable."""
+    """The compiled module (``fwht``, ``fwht_`` and the step's passes), building it on the first call; None if unavailable."""
     global _module, _status
     if _status is None:
         with _lock:

@@ -42,7 +42,8 @@ __all__ = ["DISABLE_ENV", "KernelStatus", "kernel", "status"]
 DISABLE_ENV = "HADAINIT_NO_EXTENSION"
 
 CSRC = Path(__file__).with_name("csrc")
-SOURCES = ("fwht.cpp", "reduced_step.cpp", "module.cpp")  # compiled; kernels.h is hashed too
+SOURCES = ("fwht.cpp", "reduced_step.cpp", "module.cpp")  # compiled
+HEADERS = ("kernels.h", "simd.h")  # hashed too
 _MARKER = "hadainit_build.json"  # written after a build that imported: the .so is complete
 
 _log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ def _extensions_root() -> Path:
 
 def _name(cflags: list[str], ldflags: list[str]) -> str:
     digest = hashlib.sha256()
-    sources = [(CSRC / name).read_bytes() for name in (*SOURCES, "kernels.h")]
+    sources = [(CSRC / name).read_bytes() for name in (*SOURCES, *HEADERS)]
     for part in (*sources, repr((cflags, ldflags)).encode(), torch.__version__.encode(),
                  sys.version.encode(), os.environ.get("CXX", "").encode()):
         digest.update(part)

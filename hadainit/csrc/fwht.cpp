@@ -21,6 +21,7 @@
 // fused multiply-add).
 
 #include "kernels.h"
+#include "simd.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
@@ -34,51 +35,11 @@
 namespace hadainit {
 namespace {
 
-#if defined(__AVX512F__)
-constexpr int kVecBytes = 64;
-#elif defined(__AVX__)
-constexpr int kVecBytes = 32;
-#else
-constexpr int kVecBytes = 16;
-#endif
-
-#ifndef HADAINIT_RADIX_BITS
-#define HADAINIT_RADIX_BITS 3
-#endif
-constexpr int kRadixBits = HADAINIT_RADIX_BITS;  // butterfly stages per sweep between registers
-#ifndef HADAINIT_BLOCK_KIB
-#define HADAINIT_BLOCK_KIB 16
-#endif
-#ifndef HADAINIT_STRIP_KIB
-#define HADAINIT_STRIP_KIB 512
-#endif
-#ifndef HADAINIT_FUSE_KIB
-#define HADAINIT_FUSE_KIB 1024
-#endif
-constexpr int64_t kBlockBytes = HADAINIT_BLOCK_KIB * 1024;  // low bits: a block that stays in L1
-constexpr int64_t kStripBytes = HADAINIT_STRIP_KIB * 1024;  // high bits: a column strip that stays in L2
-constexpr int64_t kFuseBytes = HADAINIT_FUSE_KIB * 1024;    // segments up to this size: one thread, start to end
-constexpr int64_t kParallelBytes = 256 * 1024;              // less work than this per thread is not split
-
-template <typename T>
-struct Simd {
-  static constexpr int W = kVecBytes / static_cast<int>(sizeof(T));
-  using I = std::conditional_t<sizeof(T) == 8, int64_t, int32_t>;
-  typedef T vec __attribute__((vector_size(kVecBytes)));
-  typedef I ivec __attribute__((vector_size(kVecBytes)));
-};
-
-template <typename V, typename T>
-inline V load(const T* p) {
-  V v;
-  std::memcpy(&v, p, sizeof(V));
-  return v;
-}
-
-template <typename V, typename T>
-inline void store(T* p, const V& v) {
-  std::memcpy(p, &v, sizeof(V));
-}
+constexpr int kRadixBits = 3;                  // butterfly stages per sweep between registers (16 was slower)
+constexpr int64_t kBlockBytes = 16 * 1024;     // low bits: a block that stays in L1
+constexpr int64_t kStripBytes = 512 * 1024;    // high bits: a column strip that stays in L2
+constexpr int64_t kFuseBytes = 1024 * 1024;    // segments up to this size: one thread, start to end
+constexpr int64_t kParallelBytes = 256 * 1024; // less work than this per thread is not split
 
 inline bool is_pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
 
@@ -130,9 +91,11 @@ inline void butterflies(X* v) {
   }
 }
 
-// For j in [0, width): the radix-2^R butterfly among src[j + m * dist], m < 2^R, into dst (may equal src).
-template <typename T, int R>
-void vertical(const T* src, T* dst, int64_t dist, int64_t width) {
+// Radix-2^R butterflies of distance dist, for j in [0, width): among src[j + m * dist], m < 2^R,
+// into dst (may be src). With Lanes, first the lane stages from lane distance `lanes_from` on each
+// loaded register (then dist must be W: the 2^R registers are contiguous).
+template <typename T, int R, bool Lanes = false>
+inline void vertical(const T* src, T* dst, int64_t dist, int64_t width, int64_t lanes_from = 1) {
   using S = Simd<T>;
   using vec = typename S::vec;
   constexpr int M = 1 << R;
@@ -140,7 +103,10 @@ void vertical(const T* src, T* dst, int64_t dist, int64_t width) {
   for (; j + S::W <= width; j += S::W) {
     vec v[M];
 #pragma GCC unroll 16
-    for (int m = 0; m < M; ++m) v[m] = load<vec>(src + j + m * dist);
+    for (int m = 0; m < M; ++m) {
+      v[m] = load<vec>(src + j + m * dist);
+      if constexpr (Lanes) v[m] = lane_stages<T>(v[m], lanes_from);
+    }
     butterflies<vec, R>(v);
 #pragma GCC unroll 16
     for (int m = 0; m < M; ++m) store(dst + j + m * dist, v[m]);
@@ -150,6 +116,22 @@ void vertical(const T* src, T* dst, int64_t dist, int64_t width) {
     for (int m = 0; m < M; ++m) v[m] = src[j + m * dist];
     butterflies<T, R>(v);
     for (int m = 0; m < M; ++m) dst[j + m * dist] = v[m];
+  }
+}
+
+// The radix-2^R butterflies of distance dist over every group of dist << R elements in [0, len).
+template <typename T, int R, bool Lanes = false>
+void groups(const T* src, T* dst, int64_t dist, int64_t len, int64_t lanes_from = 1) {
+  for (int64_t g = 0; g < len; g += dist << R) vertical<T, R, Lanes>(src + g, dst + g, dist, dist, lanes_from);
+}
+
+template <typename T, bool Lanes = false>
+void groups_r(int r, const T* src, T* dst, int64_t dist, int64_t len, int64_t lanes_from = 1) {
+  switch (r) {
+    case 1: groups<T, 1, Lanes>(src, dst, dist, len, lanes_from); break;
+    case 2: groups<T, 2, Lanes>(src, dst, dist, len, lanes_from); break;
+    case 3: groups<T, 3, Lanes>(src, dst, dist, len, lanes_from); break;
+    default: groups<T, 4, Lanes>(src, dst, dist, len, lanes_from); break;
   }
 }
 
@@ -163,7 +145,9 @@ void vertical_r(int r, const T* src, T* dst, int64_t dist, int64_t width) {
   }
 }
 
-// Bits [0, kb) of the index along n, for one block of inner << kb contiguous elements.
+// Bits [0, kb) of the index along n, for one block of inner << kb contiguous elements. When inner is a
+// power of two below a register, the first pass reads src once and does the lane stages and the
+// next R bits together; the later passes are in place in dst (in L1).
 template <typename T>
 void block_low(const T* src, T* dst, int64_t inner, int kb) {
   using S = Simd<T>;
@@ -171,16 +155,19 @@ void block_low(const T* src, T* dst, int64_t inner, int kb) {
   const T* from = src;
   int b = 0;
   if (is_pow2(inner) && inner < S::W && len >= S::W) {
-    for (int64_t j = 0; j < len; j += S::W) {
-      store(dst + j, lane_stages<T>(load<typename S::vec>(src + j), inner));
+    b = log2i(S::W / inner);  // the lane bits
+    const int r = std::min(kRadixBits, kb - b);
+    if (r == 0) {
+      for (int64_t j = 0; j < len; j += S::W) store(dst + j, lane_stages<T>(load<typename S::vec>(src + j), inner));
+    } else {
+      groups_r<T, true>(r, src, dst, S::W, len, inner);
     }
-    b = log2i(S::W / inner);
+    b += r;
     from = dst;
   }
   while (b < kb) {
     const int r = std::min(kRadixBits, kb - b);
-    const int64_t dist = inner << b;
-    for (int64_t g = 0; g < len; g += dist << r) vertical_r<T>(r, from + g, dst + g, dist, dist);
+    groups_r<T>(r, from, dst, inner << b, len);
     from = dst;
     b += r;
   }
@@ -229,7 +216,9 @@ void transform(const T* src, T* dst, int64_t outer, int64_t n, int64_t inner) {
   const int64_t block_len = inner << kb;
   const int64_t blocks = n >> kb;
   const int64_t seg_bytes = seg_len * static_cast<int64_t>(sizeof(T));
-  if (seg_bytes <= kFuseBytes) {
+  const int64_t threads = at::get_num_threads();
+  // one thread per segment while there are segments for every thread (or too little work to split one)
+  if (seg_bytes <= kFuseBytes && (outer >= threads || seg_bytes <= kParallelBytes)) {
     const int64_t grain = std::max<int64_t>(1, kParallelBytes / std::max<int64_t>(seg_bytes, 1));
     at::parallel_for(0, outer, grain, [&](int64_t lo, int64_t hi) {
       for (int64_t o = lo; o < hi; ++o) {
@@ -249,7 +238,12 @@ void transform(const T* src, T* dst, int64_t outer, int64_t n, int64_t inner) {
     }
   });
   if (kb == bits) return;
-  const int64_t w = strip_width<T>(block_len, blocks, kStripBytes);
+  // strips that fit in L1 if they can be at least 4 cache lines wide, else in L2; enough for every thread
+  const int64_t line = 64 / static_cast<int64_t>(sizeof(T));
+  int64_t w = strip_width<T>(block_len, blocks, 2 * kBlockBytes);
+  if (w < 4 * line) w = strip_width<T>(block_len, blocks, kStripBytes);
+  const int64_t per_segment = (threads + outer - 1) / outer;
+  if (per_segment > 1) w = std::min(w, std::max(line, block_len / per_segment / line * line));
   const int64_t strips = (block_len + w - 1) / w;
   const int64_t strip_bytes = w * blocks * static_cast<int64_t>(sizeof(T));
   at::parallel_for(0, outer * strips, std::max<int64_t>(1, kParallelBytes / strip_bytes), [&](int64_t lo, int64_t hi) {

@@ -4,6 +4,8 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <optional>
+#include <tuple>
 
 namespace hadainit {
 
@@ -15,11 +17,19 @@ void fwht_(at::Tensor& x, int64_t dim);
 // reduced_step.cpp: the elementwise passes of one reduced CE/MSE step (hadainit/ufm/_fused_step.py).
 // All tensors are contiguous CPU float32/float64 of shape (rows, K), per-row values of shape (rows,).
 void logits_input(const at::Tensor& a, const at::Tensor& b, at::Tensor& z);
-at::Tensor shift(const at::Tensor& z, const at::Tensor& top, at::Tensor& e, at::Tensor& mask);
-void probs(at::Tensor& e, const at::Tensor& mask, const at::Tensor& denom);
+std::tuple<at::Tensor, at::Tensor> top_of(const at::Tensor& z);
+at::Tensor shift(const at::Tensor& z, const at::Tensor& top, at::Tensor& e, at::Tensor& mask);  // e may be z
+at::Tensor probs(at::Tensor& e, const at::Tensor& mask, const at::Tensor& count, const at::Tensor& sum);
 void update_ce(const at::Tensor& mu, const at::Tensor& rest, const at::Tensor& a, const at::Tensor& b,
                at::Tensor& out_a, at::Tensor& out_b, int64_t samples_per_class, double wd_w, double wd_h,
                double lr, bool step);
+// logits_input, fwht_, top_of, shift, exp_, probs, fwht_ and update_ce (walsh, CE) in one call: (top, others, overflow).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ce_walsh(const at::Tensor& a, const at::Tensor& b, at::Tensor& z,
+                                                        at::Tensor& e, at::Tensor& mask,
+                                                        const std::optional<at::Tensor>& out_a,
+                                                        const std::optional<at::Tensor>& out_b,
+                                                        int64_t samples_per_class, double wd_w, double wd_h,
+                                                        double lr, bool step);
 void update_mse(const at::Tensor& a, const at::Tensor& b, at::Tensor& out_a, at::Tensor& out_b,
                 int64_t samples_per_class, double wd_w, double wd_h, double lr, bool step);
 

@@ -8,14 +8,19 @@
 // operations in the caller (their rounding is torch's).
 
 #include "kernels.h"
+#include "simd.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <initializer_list>
 #include <limits>
+#include <tuple>
+#include <vector>
 
 namespace hadainit {
 namespace {
@@ -23,17 +28,22 @@ namespace {
 constexpr int64_t kSerial = 1 << 15;  // fewer elements than this: one thread
 constexpr int64_t kGrain = 1 << 15;   // elements per parallel chunk, at least
 
-// f(row, lo, hi) over the columns [lo, hi) of every row, on torch's threads.
+// f(row, lo, hi) over the columns [lo, hi) of every row, on torch's threads: rows are cut into
+// chunks of at least kGrain elements, and (row, chunk) items are shared out.
 template <typename F>
 void over_rows(int64_t rows, int64_t k, const F& f) {
+  const int64_t per_row = std::max<int64_t>(1, k / kGrain);
+  const int64_t chunk = (k + per_row - 1) / per_row;
+  auto body = [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      const int64_t r = i / per_row, c = i % per_row;
+      f(r, c * chunk, std::min(k, (c + 1) * chunk));
+    }
+  };
   if (rows * k < kSerial) {
-    for (int64_t r = 0; r < rows; ++r) f(r, 0, k);
-  } else if (rows >= at::get_num_threads() || k < 2 * kGrain) {
-    at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / k), [&](int64_t lo, int64_t hi) {
-      for (int64_t r = lo; r < hi; ++r) f(r, 0, k);
-    });
+    body(0, rows * per_row);
   } else {
-    for (int64_t r = 0; r < rows; ++r) at::parallel_for(0, k, kGrain, [&](int64_t lo, int64_t hi) { f(r, lo, hi); });
+    at::parallel_for(0, rows * per_row, std::max<int64_t>(1, kGrain / chunk), body);
   }
 }
 
@@ -47,6 +57,19 @@ template <typename T>
 inline T clamp_min0(T x) {  // torch.clamp_min(x, 0): NaN stays NaN
   return x < T(0) ? T(0) : x;
 }
+
+// x / d, as a multiplication by 1 / d when d is a power of two (then both are the exact x * 2^-e,
+// correctly rounded: the same value), else a division.
+template <typename T>
+struct Divide {
+  T d, inverse;
+  bool power_of_two;
+  explicit Divide(double divisor) : d(static_cast<T>(divisor)), inverse(T(1) / d) {
+    int e = 0;
+    power_of_two = divisor > 0 && std::frexp(divisor, &e) == 0.5;
+  }
+  inline T operator()(T x) const { return power_of_two ? x * inverse : x / d; }
+};
 
 void check_rows(const at::Tensor& t, const at::Tensor& like, const char* name) {
   TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.scalar_type() == like.scalar_type(),
@@ -73,15 +96,93 @@ void logits_input(const at::Tensor& a, const at::Tensor& b, at::Tensor& z) {
   check_same(z, a, "z");
   const int64_t k = a.size(-1), rows = a.numel() / std::max<int64_t>(k, 1);
   HADAINIT_FLOAT_TYPES(a.scalar_type(), [&] {
-    const T* pa = a.const_data_ptr<T>();
-    const T* pb = b.const_data_ptr<T>();
-    T* pz = z.mutable_data_ptr<T>();
-    const T kk = static_cast<T>(k);
-    over_rows(rows, k, [&](int64_t r, int64_t lo, int64_t hi) {
-      const int64_t o = r * k;
-      for (int64_t m = lo; m < hi; ++m) pz[o + m] = (pa[o + m] * pb[o + m]) / kk;  // (a * b) / K
+    const T* pa0 = a.const_data_ptr<T>();
+    const T* pb0 = b.const_data_ptr<T>();
+    T* pz0 = z.mutable_data_ptr<T>();
+    const Divide<T> by_k(static_cast<double>(k));
+    over_rows(rows, k, [=](int64_t r, int64_t lo, int64_t hi) {
+      const T* __restrict pa = pa0 + r * k;
+      const T* __restrict pb = pb0 + r * k;
+      T* __restrict pz = pz0 + r * k;
+      for (int64_t m = lo; m < hi; ++m) pz[m] = by_k(pa[m] * pb[m]);  // (a * b) / K
     });
   });
+}
+
+std::tuple<at::Tensor, at::Tensor> top_of(const at::Tensor& z) {
+  check_rows(z, z, "z");
+  const int64_t k = z.size(-1), rows = z.numel() / std::max<int64_t>(k, 1);
+  TORCH_CHECK(k >= 2, "hadainit reduced step: K >= 2 modes");
+  at::Tensor top = at::empty({rows}, z.options());
+  at::Tensor overflow = at::empty({rows}, z.options().dtype(at::kBool));
+  bool* po = overflow.mutable_data_ptr<bool>();
+  HADAINIT_FLOAT_TYPES(z.scalar_type(), [&] {
+    const T* pz0 = z.const_data_ptr<T>();
+    T* pt = top.mutable_data_ptr<T>();
+    // max over m >= 1 of z(m), NaN if any is NaN (torch's amax), over [m0, m1) of row r
+    auto row_max = [=](int64_t r, int64_t m0, int64_t m1, T& best, bool& nan) {
+      using S = Simd<T>;
+      using vec = typename S::vec;
+      const T* __restrict pz = pz0 + r * k;
+      vec b = vec{} - std::numeric_limits<T>::infinity(), n = vec{};  // n: NaN seen (x != x) in a lane
+      int64_t m = m0;
+      for (; m + S::W <= m1; m += S::W) {
+        const vec x = load<vec>(pz + m);
+        b = x > b ? x : b;
+        n = (x != x) ? x : n;
+      }
+      T bs = -std::numeric_limits<T>::infinity();
+      bool ns = false;
+      for (int l = 0; l < S::W; ++l) {
+        bs = b[l] > bs ? b[l] : bs;
+        ns |= n[l] != n[l];
+      }
+      for (; m < m1; ++m) {
+        bs = pz[m] > bs ? pz[m] : bs;
+        ns |= pz[m] != pz[m];
+      }
+      best = bs;
+      nan = ns;
+    };
+    // min over m of gamma(m) = z(0) - z(m) is z(0) - max z (rounding is monotone), and
+    // top = max(neg(0) = 0, max over m of -clamp(gamma(m))) = clamp_min(-clamp(gamma_min), 0)
+    auto finish_row = [=](int64_t r, T zmax, bool nan) {
+      const T gamma_min = pz0[r * k] - (nan ? std::numeric_limits<T>::quiet_NaN() : zmax);
+      po[r] = gamma_min == -std::numeric_limits<T>::infinity();
+      pt[r] = clamp_min0<T>(-clamp_huge<T>(gamma_min));
+    };
+    const int64_t threads = at::get_num_threads();
+    if (rows >= threads || k < 2 * kGrain) {
+      at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / k), [&](int64_t lo, int64_t hi) {
+        for (int64_t r = lo; r < hi; ++r) {
+          T zmax;
+          bool nan;
+          row_max(r, 1, k, zmax, nan);
+          finish_row(r, zmax, nan);
+        }
+      });
+    } else {
+      std::vector<T> part_max(threads);
+      std::vector<uint8_t> part_nan(threads);
+      for (int64_t r = 0; r < rows; ++r) {
+        at::parallel_for(0, threads, 1, [&](int64_t lo, int64_t hi) {
+          for (int64_t c = lo; c < hi; ++c) {
+            bool nan;
+            row_max(r, 1 + c * (k - 1) / threads, 1 + (c + 1) * (k - 1) / threads, part_max[c], nan);
+            part_nan[c] = nan;
+          }
+        });
+        T zmax = -std::numeric_limits<T>::infinity();
+        bool nan = false;
+        for (int64_t c = 0; c < threads; ++c) {
+          zmax = part_max[c] > zmax ? part_max[c] : zmax;
+          nan |= part_nan[c] != 0;
+        }
+        finish_row(r, zmax, nan);
+      }
+    }
+  });
+  return {top, overflow};
 }
 
 at::Tensor shift(const at::Tensor& z, const at::Tensor& top, at::Tensor& e, at::Tensor& mask) {
@@ -96,19 +197,31 @@ at::Tensor shift(const at::Tensor& z, const at::Tensor& top, at::Tensor& e, at::
   int64_t* pc = count.mutable_data_ptr<int64_t>();
   uint8_t* pm = mask.mutable_data_ptr<uint8_t>();
   HADAINIT_FLOAT_TYPES(z.scalar_type(), [&] {
-    const T* pz = z.const_data_ptr<T>();
+    const T* pz0 = z.const_data_ptr<T>();
     const T* pt = top.const_data_ptr<T>();
-    T* pe = e.mutable_data_ptr<T>();
-    over_rows(rows, k, [&](int64_t r, int64_t lo, int64_t hi) {
-      const int64_t o = r * k;
-      const T z0 = pz[o], t = pt[r];
+    T* pe0 = e.mutable_data_ptr<T>();
+    std::vector<T> first(rows);  // z(0) of every row, read before e (which may be z) is written
+    for (int64_t r = 0; r < rows; ++r) first[r] = pz0[r * k];
+    const T* pfirst = first.data();
+    over_rows(rows, k, [=](int64_t r, int64_t lo, int64_t hi) {
+      const T* pz = pz0 + r * k;  // may alias pe: elementwise, read before written
+      T* pe = pe0 + r * k;
+      uint8_t* __restrict mk = pm + r * k;
+      const T z0 = pfirst[r], t = pt[r];
+      constexpr T minus_inf = -std::numeric_limits<T>::infinity();
       int64_t ties = 0;
-      for (int64_t m = lo; m < hi; ++m) {
-        // neg(m) = z(m) - z(0) as the reference forms it: -clamp(gamma(m)), gamma(m) = z(0) - z(m); neg(0) = 0
-        const T neg = m == 0 ? T(0) : -clamp_huge<T>(z0 - pz[o + m]);
+      for (int64_t m = std::max<int64_t>(lo, 1); m < hi; ++m) {
+        // neg(m) = z(m) - z(0) as the reference forms it: -clamp(gamma(m)), gamma(m) = z(0) - z(m)
+        const T neg = -clamp_huge<T>(z0 - pz[m]);
         const bool at_top = neg == t;
-        pe[o + m] = at_top ? -std::numeric_limits<T>::infinity() : neg - t;  // exp(-inf) = 0: the reference's where()
-        pm[o + m] = at_top;
+        pe[m] = at_top ? minus_inf : neg - t;  // exp(-inf) = 0: the reference's where(at_top, 0, e)
+        mk[m] = at_top;
+        ties += at_top;
+      }
+      if (lo == 0) {  // neg(0) = 0
+        const bool at_top = T(0) == t;
+        pe[0] = at_top ? minus_inf : T(0) - t;
+        mk[0] = at_top;
         ties += at_top;
       }
       __atomic_fetch_add(pc + r, ties, __ATOMIC_RELAXED);
@@ -117,48 +230,103 @@ at::Tensor shift(const at::Tensor& z, const at::Tensor& top, at::Tensor& e, at::
   return count;
 }
 
-void probs(at::Tensor& e, const at::Tensor& mask, const at::Tensor& denom) {
+at::Tensor probs(at::Tensor& e, const at::Tensor& mask, const at::Tensor& count, const at::Tensor& sum) {
   check_rows(e, e, "e");
   const int64_t k = e.size(-1), rows = e.numel() / std::max<int64_t>(k, 1);
-  check_rows(denom, e, "denom");
-  TORCH_CHECK(denom.numel() == rows && mask.numel() == e.numel() && mask.scalar_type() == at::kByte,
-              "hadainit reduced step: probs needs one denominator per row and a uint8 mask like e");
+  check_rows(sum, e, "sum");
+  TORCH_CHECK(sum.numel() == rows && count.numel() == rows && count.scalar_type() == at::kLong &&
+                  count.is_contiguous() && mask.numel() == e.numel() && mask.scalar_type() == at::kByte,
+              "hadainit reduced step: probs needs one count and sum per row and a uint8 mask like e");
+  at::Tensor others = at::empty({rows}, e.options());
   const uint8_t* pm = mask.const_data_ptr<uint8_t>();
+  const int64_t* pc = count.const_data_ptr<int64_t>();
   HADAINIT_FLOAT_TYPES(e.scalar_type(), [&] {
-    T* pe = e.mutable_data_ptr<T>();
-    const T* pd = denom.const_data_ptr<T>();
-    over_rows(rows, k, [&](int64_t r, int64_t lo, int64_t hi) {
-      const int64_t o = r * k;
-      const T d = pd[r], at_top = T(1) / d;  // the reference: e / (1 + others), e = exp(0) = 1 at the top
-      for (int64_t m = lo; m < hi; ++m) pe[o + m] = pm[o + m] ? at_top : pe[o + m] / d;
-      if (lo == 0) pe[o] = T(0);  // p_rest: the true class's mass left out
+    T* pe0 = e.mutable_data_ptr<T>();
+    const T* ps = sum.const_data_ptr<T>();
+    T* po = others.mutable_data_ptr<T>();
+    for (int64_t r = 0; r < rows; ++r) po[r] = static_cast<T>(pc[r] - 1) + ps[r];  // ties beyond one + the rest
+    over_rows(rows, k, [=](int64_t r, int64_t lo, int64_t hi) {
+      T* __restrict pe = pe0 + r * k;
+      const uint8_t* __restrict mk = pm + r * k;
+      const Divide<T> by_d(static_cast<double>(T(1) + po[r]));
+      const T at_top = by_d(T(1));  // the reference: e / (1 + others), e = exp(0) = 1 at the top
+      for (int64_t m = lo; m < hi; ++m) pe[m] = mk[m] ? at_top : by_d(pe[m]);
+      if (lo == 0) pe[0] = T(0);  // p_rest: the true class's mass left out
     });
   });
+  return others;
 }
 
 namespace {
 
 // c -> (da, db) -> the step (or the derivatives), per element, as spectral_rhs and spectral_gd form them.
+// c(m) comes from C (a functor of the row's data and m); c(0) = 0 for CE is the caller's row fix.
+template <typename T, bool Step, typename C>
+void finish(const C& c_of, const T* pa0, const T* pb0, T* qa0, T* qb0, int64_t rows, int64_t k,
+            int64_t samples_per_class, double wd_w, double wd_h, double lr) {
+  const Divide<T> by_k(static_cast<double>(k)), by_nk(static_cast<double>(samples_per_class * k));
+  const T ww = static_cast<T>(wd_w), wh = static_cast<T>(wd_h), s = static_cast<T>(lr);
+  over_rows(rows, k, [=](int64_t r, int64_t lo, int64_t hi) {
+    const T* __restrict pa = pa0 + r * k;
+    const T* __restrict pb = pb0 + r * k;
+    T* __restrict qa = qa0 + r * k;
+    T* __restrict qb = qb0 + r * k;
+    const auto c_row = c_of.row(r);
+    auto one = [&](int64_t m, T c) {
+      const T av = pa[m], bv = pb[m];
+      const T da = by_k(c * bv) - ww * av;   // c * b / K - wd_W * a
+      const T db = by_nk(c * av) - wh * bv;  // c * a / (n K) - wd_H * b
+      qa[m] = Step ? av + s * da : da;
+      qb[m] = Step ? bv + s * db : db;
+    };
+    for (int64_t m = lo; m < hi; ++m) one(m, c_row(m, pa[m], pb[m]));
+    if (lo == 0 && c_of.zero_mode0) one(0, T(0));
+  });
+}
+
 template <typename T, typename C>
-void finish(const C& c_of, const at::Tensor& a, const at::Tensor& b, at::Tensor& out_a, at::Tensor& out_b,
-            int64_t samples_per_class, double wd_w, double wd_h, double lr, bool step) {
+void finish_any(const C& c_of, const at::Tensor& a, const at::Tensor& b, at::Tensor& out_a, at::Tensor& out_b,
+                int64_t samples_per_class, double wd_w, double wd_h, double lr, bool step) {
   const int64_t k = a.size(-1), rows = a.numel() / std::max<int64_t>(k, 1);
   const T* pa = a.const_data_ptr<T>();
   const T* pb = b.const_data_ptr<T>();
   T* qa = out_a.mutable_data_ptr<T>();
   T* qb = out_b.mutable_data_ptr<T>();
-  const T kk = static_cast<T>(k), nk = static_cast<T>(samples_per_class * k);
-  const T ww = static_cast<T>(wd_w), wh = static_cast<T>(wd_h), s = static_cast<T>(lr);
-  over_rows(rows, k, [&](int64_t r, int64_t lo, int64_t hi) {
-    const int64_t o = r * k;
-    for (int64_t m = lo; m < hi; ++m) {
-      const T av = pa[o + m], bv = pb[o + m], c = c_of(r, m, av, bv);
-      const T da = (c * bv) / kk - ww * av;  // c * b / K - wd_W * a
-      const T db = (c * av) / nk - wh * bv;  // c * a / (n K) - wd_H * b
-      qa[o + m] = step ? av + s * da : da;
-      qb[o + m] = step ? bv + s * db : db;
-    }
-  });
+  if (step) {
+    finish<T, true>(c_of, pa, pb, qa, qb, rows, k, samples_per_class, wd_w, wd_h, lr);
+  } else {
+    finish<T, false>(c_of, pa, pb, qa, qb, rows, k, samples_per_class, wd_w, wd_h, lr);
+  }
+}
+
+// CE: c = max(rest - mu, 0), with c(0) = 0 (mode 0 never moves)
+template <typename T>
+struct OneMinusMu {
+  const T* mu;
+  const T* rest;
+  int64_t k;
+  static constexpr bool zero_mode0 = true;
+  auto row(int64_t r) const {
+    const T* __restrict pm = mu + r * k;
+    const T rr = rest[r];
+    return [=](int64_t m, T, T) { return clamp_min0<T>(rr - pm[m]); };
+  }
+};
+
+// MSE: c = 1 - a b
+template <typename T>
+struct OneMinusLam {
+  static constexpr bool zero_mode0 = false;
+  auto row(int64_t) const {
+    return [](int64_t, T av, T bv) { return T(1) - av * bv; };
+  }
+};
+
+void check_outputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out_a, const at::Tensor& out_b) {
+  for (const at::Tensor* out : {&out_a, &out_b}) {
+    TORCH_CHECK(out->data_ptr() != a.data_ptr() && out->data_ptr() != b.data_ptr(),
+                "hadainit reduced step: the outputs must not be the inputs");
+  }
 }
 
 }  // namespace
@@ -167,27 +335,48 @@ void update_ce(const at::Tensor& mu, const at::Tensor& rest, const at::Tensor& a
                at::Tensor& out_a, at::Tensor& out_b, int64_t samples_per_class, double wd_w, double wd_h,
                double lr, bool step) {
   check_rows(a, a, "a");
+  check_outputs(a, b, out_a, out_b);
   for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&mu, &b, &out_a, &out_b}) check_same(*t, a, "mu, b, out_a, out_b");
   const int64_t k = a.size(-1);
   check_rows(rest, a, "rest");
   TORCH_CHECK(rest.numel() * k == a.numel(), "hadainit reduced step: rest needs one value per row");
   HADAINIT_FLOAT_TYPES(a.scalar_type(), [&] {
-    const T* pmu = mu.const_data_ptr<T>();
-    const T* pr = rest.const_data_ptr<T>();
-    // 1 - mu = rest - (H p_rest), clamped at 0; mode 0 never moves
-    auto c_of = [&](int64_t r, int64_t m, T, T) { return m == 0 ? T(0) : clamp_min0<T>(pr[r] - pmu[r * k + m]); };
-    finish<T>(c_of, a, b, out_a, out_b, samples_per_class, wd_w, wd_h, lr, step);
+    const OneMinusMu<T> c_of{mu.const_data_ptr<T>(), rest.const_data_ptr<T>(), k};
+    finish_any<T>(c_of, a, b, out_a, out_b, samples_per_class, wd_w, wd_h, lr, step);
   });
 }
 
 void update_mse(const at::Tensor& a, const at::Tensor& b, at::Tensor& out_a, at::Tensor& out_b,
                 int64_t samples_per_class, double wd_w, double wd_h, double lr, bool step) {
   check_rows(a, a, "a");
+  check_outputs(a, b, out_a, out_b);
   for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&b, &out_a, &out_b}) check_same(*t, a, "b, out_a, out_b");
   HADAINIT_FLOAT_TYPES(a.scalar_type(), [&] {
-    auto c_of = [](int64_t, int64_t, T av, T bv) { return T(1) - av * bv; };  // 1 - lam
-    finish<T>(c_of, a, b, out_a, out_b, samples_per_class, wd_w, wd_h, lr, step);
+    finish_any<T>(OneMinusLam<T>{}, a, b, out_a, out_b, samples_per_class, wd_w, wd_h, lr, step);
   });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ce_walsh(const at::Tensor& a, const at::Tensor& b, at::Tensor& z,
+                                                        at::Tensor& e, at::Tensor& mask,
+                                                        const std::optional<at::Tensor>& out_a,
+                                                        const std::optional<at::Tensor>& out_b,
+                                                        int64_t samples_per_class, double wd_w, double wd_h,
+                                                        double lr, bool step) {
+  // the passes of hadainit/ufm/_fused_step.py FusedRHS._softmax_spectrum (walsh) and update_ce in one call;
+  // exp_ and sum are the same ATen operations the Python sequence calls
+  logits_input(a, b, z);
+  fwht_(z, 1);
+  auto [top, overflow] = top_of(z);
+  at::Tensor count = shift(z, top, e, mask);  // e may be z: in place
+  e.exp_();
+  at::Tensor others = probs(e, mask, count, e.sum(-1));
+  at::Tensor rest = e.sum(-1);
+  fwht_(e, 1);
+  if (out_a.has_value()) {
+    at::Tensor oa = *out_a, ob = *out_b;
+    update_ce(e, rest, a, b, oa, ob, samples_per_class, wd_w, wd_h, lr, step);
+  }
+  return {top, others, overflow};
 }
 
 }  // namespace hadainit

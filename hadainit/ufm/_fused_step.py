@@ -9,13 +9,18 @@ over buffers allocated once:
 1. ``z = (a * b) / K``, then the Walsh–Hadamard transform in place (fourier:
    ``class0_logits``): the logits of a class-0 sample;
 2. the top logit offset ``top`` from ``max z``: subtracting ``z(0)`` and
-   clamping are monotone, so ``max_m (z(m) - z(0)) = max z - z(0)`` exactly;
+   clamping are monotone, so ``max_m (z(m) - z(0)) = max z - z(0)`` exactly
+   (and whether a margin overflows to ``-inf``);
 3. ``e = neg - top`` with ``-inf`` at the top entries (``exp(-inf) = 0``: the
    reference's ``where(at_top, 0, e)``), then torch's ``exp_`` and ``sum``;
 4. ``p_rest = e / (1 + others)`` (``1 / (1 + others)`` at the top entries,
    0 at class 0), torch's ``sum`` for ``rest``, the transform in place for ``mu``;
 5. ``c = max(rest - mu, 0)``, ``(da, db)``, and the step ``a + lr * da`` (or the
    derivatives, for the flow) in one pass.
+
+With the compiled kernels, a walsh CE evaluation is one call (``ce_walsh``: the
+passes above, with torch's ``exp_`` and ``sum`` called from C++) and ``z`` is
+transformed into ``e`` in place; MSE is a single pass (``c = 1 - a b``).
 
 Every value is the reference's bit for bit: the passes perform the same IEEE
 operations in the same order (the C++ kernels are built without fused
@@ -58,6 +63,12 @@ class TorchPasses:
         x.copy_(fwht(x, dim))
 
     @staticmethod
+    def top_of(z: Tensor) -> tuple[Tensor, Tensor]:
+        huge = torch.finfo(z.dtype).max
+        gamma_min = z[:, 0] - z[:, 1:].amax(-1)  # min over m of gamma(m) = z(0) - z(m)
+        return (-gamma_min.clamp(-huge, huge)).clamp_min(0.0), gamma_min == -math.inf
+
+    @staticmethod
     def shift(z: Tensor, top: Tensor, e: Tensor, mask: Tensor) -> Tensor:
         huge = torch.finfo(z.dtype).max
         torch.sub(z[:, :1], z, out=e)  # gamma(m) = z(0) - z(m)
@@ -69,12 +80,14 @@ class TorchPasses:
         return at_top.sum(-1)
 
     @staticmethod
-    def probs(e: Tensor, mask: Tensor, denom: Tensor) -> None:
-        d = denom.unsqueeze(-1)
+    def probs(e: Tensor, mask: Tensor, count: Tensor, total: Tensor) -> Tensor:
+        others = (count - 1).to(e.dtype) + total
+        d = (1.0 + others).unsqueeze(-1)
         at_top = 1.0 / d
         e.div_(d)
         torch.where(mask.bool(), at_top, e, out=e)
         e[:, 0] = 0.0
+        return others
 
     @staticmethod
     def _finish(c: Tensor, a: Tensor, b: Tensor, out_a: Tensor, out_b: Tensor, n: int, wd_w: float, wd_h: float,
@@ -119,7 +132,7 @@ class FusedRHS:
         self.shape = torch.Size(shape)
         self.k = self.shape[-1]
         self.rows = math.prod(self.shape[:-1])
-        self.kind, self.n, self.loss_kind = kind, samples_per_class, loss
+        self.kind, self.n, self.loss_kind = kind, samples_per_class, loss  # validated by the caller
         self.wd_w, self.wd_h = weight_decay
         if passes is None:
             passes = _kernels.kernel() if torch.device(device).type == "cpu" else None
@@ -127,8 +140,9 @@ class FusedRHS:
         self.passes = passes
         flat = (self.rows, self.k)
         if loss == "ce":
-            self.z = torch.empty(flat, dtype=dtype, device=device)
             self.e = torch.empty(flat, dtype=dtype, device=device)
+            # the compiled shift works in place (z becomes e): one K-buffer fewer to keep in cache
+            self.z = self.e if hasattr(passes, "ce_walsh") else torch.empty(flat, dtype=dtype, device=device)
             self.mask = torch.empty(flat, dtype=torch.uint8, device=device)
         self._top = self._others = self._overflow = None
 
@@ -146,6 +160,10 @@ class FusedRHS:
             if out_a is not None:
                 self.passes.update_mse(a2, b2, self._rows(out_a), self._rows(out_b), *args)
             return
+        if self.kind == "walsh" and hasattr(self.passes, "ce_walsh"):  # the compiled passes: all in one call
+            out = (None, None) if out_a is None else (self._rows(out_a), self._rows(out_b))
+            self._top, self._others, self._overflow = self.passes.ce_walsh(a2, b2, self.z, self.e, self.mask, *out, *args)
+            return
         mu, rest = self._softmax_spectrum(a2, b2)
         if out_a is not None:
             self.passes.update_ce(mu, rest, a2, b2, self._rows(out_a), self._rows(out_b), *args)
@@ -158,14 +176,10 @@ class FusedRHS:
             self.passes.fwht_(z, 1)
         else:
             z = class0_logits(a * b, "fourier")
-        huge = torch.finfo(z.dtype).max
-        gamma_min = z[:, 0] - z[:, 1:].amax(-1)  # min over m of gamma(m) = z(0) - z(m)
-        self._overflow = gamma_min == -math.inf
-        top = (-gamma_min.clamp(-huge, huge)).clamp_min(0.0)  # max over m of neg(m) = -clamp(gamma(m)), neg(0) = 0
+        top, self._overflow = self.passes.top_of(z)
         count = self.passes.shift(z, top, e, mask)
         e.exp_()
-        others = (count - 1).to(e.dtype) + e.sum(-1)
-        self.passes.probs(e, mask, 1.0 + others)
+        others = self.passes.probs(e, mask, count, e.sum(-1))
         rest = e.sum(-1)
         self._top, self._others = top, others
         if self.kind == "walsh":

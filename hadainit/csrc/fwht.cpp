@@ -10,12 +10,14 @@
 //
 // * low bits of the index, in L1-sized blocks: the stages whose partner lies
 //   inside one SIMD register are lane shuffles (fused with the read of the
-//   input), the others radix-2^R vertical butterflies between registers;
-// * high bits, across blocks, in L2-sized column strips, radix-2^R again.
+//   input and the first radix-8 pass), the others radix-2^R vertical
+//   butterflies between registers;
+// * higher bits, across blocks, in column strips that fit in L1 (else L2).
 //
 // A segment that fits in L2 is done start to end by one thread (one read of
 // the input and one write of the output from and to memory); a larger one
-// takes two parallel sweeps (blocks, then strips). Only additions and
+// (or a single one with threads to spare) is cut into L2-sized sub-segments
+// done that way, then the remaining bits take a second sweep. Only additions and
 // subtractions: the result is that of the radix-2 butterfly network, exactly
 // (a lane stage computes v + t or t - v as sign * v + t, exact with or without
 // fused multiply-add).
@@ -206,50 +208,53 @@ void high_bits(T* seg, int64_t block_len, int kb, int bits, int64_t budget) {
   for (int64_t c0 = 0; c0 < block_len; c0 += w) strip_high<T>(seg, block_len, kb, bits, c0, std::min(w, block_len - c0));
 }
 
+// One (sub)segment of 2^sb index values by one thread: L1 blocks of kb bits, then bits [kb, sb) in
+// L1-sized column strips (the sub-segment itself stays in L2).
+template <typename T>
+void segment(const T* src, T* dst, int64_t inner, int kb, int sb) {
+  const int64_t block_len = inner << kb;
+  const int64_t blocks = int64_t{1} << (sb - kb);
+  for (int64_t c = 0; c < blocks; ++c) block_low<T>(src + c * block_len, dst + c * block_len, inner, kb);
+  if (kb < sb) high_bits<T>(dst, block_len, kb, sb, 2 * kBlockBytes);
+}
+
 template <typename T>
 void transform(const T* src, T* dst, int64_t outer, int64_t n, int64_t inner) {
   const int bits = log2i(n);
   const int64_t seg_len = n * inner;
-  // low bits per block: as many as fit in kBlockBytes (at least none)
-  int kb = 0;
-  while (kb < bits && (inner << (kb + 1)) * static_cast<int64_t>(sizeof(T)) <= kBlockBytes) ++kb;
-  const int64_t block_len = inner << kb;
-  const int64_t blocks = n >> kb;
-  const int64_t seg_bytes = seg_len * static_cast<int64_t>(sizeof(T));
+  const int64_t elem = static_cast<int64_t>(sizeof(T));
   const int64_t threads = at::get_num_threads();
-  // one thread per segment while there are segments for every thread (or too little work to split one)
-  if (seg_bytes <= kFuseBytes && (outer >= threads || seg_bytes <= kParallelBytes)) {
-    const int64_t grain = std::max<int64_t>(1, kParallelBytes / std::max<int64_t>(seg_bytes, 1));
-    at::parallel_for(0, outer, grain, [&](int64_t lo, int64_t hi) {
-      for (int64_t o = lo; o < hi; ++o) {
-        const T* s = src + o * seg_len;
-        T* d = dst + o * seg_len;
-        for (int64_t c = 0; c < blocks; ++c) block_low<T>(s + c * block_len, d + c * block_len, inner, kb);
-        if (kb < bits) high_bits<T>(d, block_len, kb, bits, 2 * kBlockBytes);
-      }
-    });
-    return;
+  int kb = 0;  // low bits per L1 block
+  while (kb < bits && (inner << (kb + 1)) * elem <= kBlockBytes) ++kb;
+  // sub-segments of sb bits, one thread each, in L2: as large as kFuseBytes allows, and small
+  // enough that every thread has one when a segment is worth splitting
+  int sb = kb;
+  while (sb < bits && (inner << (sb + 1)) * elem <= kFuseBytes) ++sb;
+  if (seg_len * elem > kParallelBytes) {
+    while (sb > kb && (outer << (bits - sb)) < threads) --sb;
   }
-  const int64_t block_bytes = block_len * static_cast<int64_t>(sizeof(T));
-  at::parallel_for(0, outer * blocks, std::max<int64_t>(1, kParallelBytes / block_bytes), [&](int64_t lo, int64_t hi) {
+  const int64_t sub_len = inner << sb;
+  const int64_t subs = n >> sb;  // per segment
+  // sweep 1: every sub-segment start to end (read src once, write dst once)
+  at::parallel_for(0, outer * subs, std::max<int64_t>(1, kParallelBytes / (sub_len * elem)), [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
-      const int64_t off = (i / blocks) * seg_len + (i % blocks) * block_len;
-      block_low<T>(src + off, dst + off, inner, kb);
+      const int64_t off = (i / subs) * seg_len + (i % subs) * sub_len;
+      segment<T>(src + off, dst + off, inner, kb, sb);
     }
   });
-  if (kb == bits) return;
-  // strips that fit in L1 if they can be at least 4 cache lines wide, else in L2; enough for every thread
-  const int64_t line = 64 / static_cast<int64_t>(sizeof(T));
-  int64_t w = strip_width<T>(block_len, blocks, 2 * kBlockBytes);
-  if (w < 4 * line) w = strip_width<T>(block_len, blocks, kStripBytes);
+  if (sb == bits) return;
+  // sweep 2: bits [sb, bits) across sub-segments, in column strips that fit in L1 if they can be at least
+  // 4 cache lines wide, else in L2; enough strips for every thread
+  const int64_t line = 64 / elem;
+  int64_t w = strip_width<T>(sub_len, subs, 2 * kBlockBytes);
+  if (w < 4 * line) w = strip_width<T>(sub_len, subs, kStripBytes);
   const int64_t per_segment = (threads + outer - 1) / outer;
-  if (per_segment > 1) w = std::min(w, std::max(line, block_len / per_segment / line * line));
-  const int64_t strips = (block_len + w - 1) / w;
-  const int64_t strip_bytes = w * blocks * static_cast<int64_t>(sizeof(T));
-  at::parallel_for(0, outer * strips, std::max<int64_t>(1, kParallelBytes / strip_bytes), [&](int64_t lo, int64_t hi) {
+  if (per_segment > 1) w = std::min(w, std::max(line, sub_len / per_segment / line * line));
+  const int64_t strips = (sub_len + w - 1) / w;
+  at::parallel_for(0, outer * strips, std::max<int64_t>(1, kParallelBytes / (w * subs * elem)), [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       const int64_t c0 = (i % strips) * w;
-      strip_high<T>(dst + (i / strips) * seg_len, block_len, kb, bits, c0, std::min(w, block_len - c0));
+      strip_high<T>(dst + (i / strips) * seg_len, sub_len, sb, bits, c0, std::min(w, sub_len - c0));
     }
   });
 }

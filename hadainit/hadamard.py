@@ -299,7 +299,7 @@ _PLAIN = (Tensor, torch.nn.Parameter)
 
 def _kernel_for(x: Tensor):
     """The compiled kernel module if it applies to ``x`` (a plain CPU tensor of a kernel dtype), else None."""
-    if x.dtype not in _KERNEL_DTYPES or x.device.type != "cpu" or type(x) not in _PLAIN:
+    if x.dtype not in _KERNEL_DTYPES or not x.is_cpu or type(x) not in _PLAIN:
         return None
     return _kernels.kernel()
 
@@ -379,14 +379,23 @@ def fwht(x: Tensor, dim: int = -1) -> Tensor:
     n = x.shape[index]
     if not is_power_of_two(n):
         raise ValueError(f"fwht needs a power-of-two length along dim {dim}, got {n} (shape {tuple(x.shape)})")
-    if not (x.requires_grad and torch.is_grad_enabled()) and not _is_functorch_wrapped(x):
+    if not _differentiated(x):
         ext = _kernel_for(x)
-        if ext is not None:  # no autograd graph to record: the kernel directly, no Function overhead
+        if ext is not None:  # no autograd to record: the kernel directly, no Function overhead
             return ext.fwht(x, index)
     return _FWHT.apply(x, index)
 
 
 _is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+
+
+def _differentiated(x: Tensor) -> bool:
+    """Whether some autograd (backward, forward-mode dual numbers, torch.func) or vmap must see this call."""
+    return (
+        (x.requires_grad and torch.is_grad_enabled())
+        or _is_functorch_wrapped(x)
+        or getattr(torch.autograd.forward_ad, "_current_level", 0) >= 0  # inside a dual_level() block
+    )
 
 
 def fwht_kernel_status() -> "_kernels.KernelStatus":

@@ -130,6 +130,17 @@ def test_vmap_with_a_transform_dim():
     assert torch.allclose(got, fwht(x, 0).transpose(0, 1), rtol=0, atol=1e-12)
 
 
+def test_forward_mode_dual_numbers():
+    import torch.autograd.forward_ad as fwAD
+
+    x, v = torch.randn(3, 8, dtype=torch.float64), torch.randn(3, 8, dtype=torch.float64)
+    with fwAD.dual_level():
+        out = fwht(fwAD.make_dual(x, v))
+        primal, tangent = fwAD.unpack_dual(out)
+    assert torch.allclose(primal, fwht(x), rtol=0, atol=1e-12)
+    assert tangent is not None and torch.allclose(tangent, fwht(v), rtol=0, atol=1e-12)
+
+
 def test_forward_mode_jvp():
     x = torch.randn(3, 8, dtype=torch.float64)
     v = torch.randn(3, 8, dtype=torch.float64)

@@ -146,8 +146,9 @@ def bench_reduced_at_scale(device: torch.device, quick: bool) -> list[dict]:
     """Reduced GD at K = 2^16 and 2^20 (walsh, float64): time per step vs its memory floor; resident memory.
 
     Floor: STEP_FLOOR_VECTORS K-vector transfers at the copy rate (a ``copy_`` moves two). Two copy rates,
-    measured in the same rounds: of an 8 MB vector (the memory bandwidth: the K = 2^20 vector, larger
-    than L2) and of a same-size vector (at K = 2^16 that copy runs from L2: a stricter floor).
+    measured in the same rounds: of a same-size vector (the goal's; at K = 2^16 that copy runs from L2,
+    a strict floor for a step whose buffers do not all fit there) and of an 8 MB vector (the memory
+    bandwidth, as at K = 2^20).
     """
     rows = []
     big = torch.zeros(1 << 20, dtype=torch.float64, device=device)
@@ -169,13 +170,14 @@ def bench_reduced_at_scale(device: torch.device, quick: bool) -> list[dict]:
         over = {name: _spread3([s / (STEP_FLOOR_VECTORS * v) for s, v in zip(step, vs)]) for name, vs in vector_s.items()}
         seconds = {"step": statistics.median(step), "reference_step": statistics.median(reference),
                    "copy": statistics.median(rounds["copy"]), "copy_8mb": statistics.median(rounds["copy_8mb"])}
-        extra = {"over_floor": over["memory"], "over_floor_same_size_copy": over["same"],
-                 "floor_s": STEP_FLOOR_VECTORS * statistics.median(vector_s["memory"]),
+        # the goal is judged at the same-size copy rate (as fwht's bound): at K = 2^16 the stricter one
+        extra = {"over_floor": over["same"], "over_floor_memory": over["memory"],
+                 "floor_s": STEP_FLOOR_VECTORS * statistics.median(vector_s["same"]),
                  "speedup_over_reference": _spread3([r / s for r, s in zip(reference, step)])}
         if not quick and device.type == "cpu":
             extra["memory"] = _gd_memory(k, 1000)
-        met = over["memory"][0] <= 4 and extra.get("memory", {}).get("growth_mib", 0.0) <= 1.0
-        rows.append(_row("reduced GD at scale", f"K=2^{e} walsh float64", seconds, ratio=over["memory"][0],
+        met = over["same"][0] <= 4 and extra.get("memory", {}).get("growth_mib", 0.0) <= 1.0
+        rows.append(_row("reduced GD at scale", f"K=2^{e} walsh float64", seconds, ratio=over["same"][0],
                          goal="<= 4x its memory floor" + ("; resident memory flat over 1000 steps" if "memory" in extra else ""),
                          met=met, **extra))
     return rows
@@ -449,8 +451,8 @@ def format_table(results: list[dict]) -> str:
             if not r["kernel"]:
                 extra += " [pure-PyTorch fwht: the compiled kernel is unavailable]"
         if "over_floor" in r:
-            extra = (f"; step/floor {_spread(r['over_floor'])} (floor {_fmt_time(r['floor_s'])} at the 8 MB copy rate;"
-                     f" at the same-size copy rate {_spread(r['over_floor_same_size_copy'])})"
+            extra = (f"; step/floor {_spread(r['over_floor'])} (floor {_fmt_time(r['floor_s'])} at the same-size copy rate;"
+                     f" at the 8 MB copy rate {_spread(r['over_floor_memory'])})"
                      f"; reference step/step {_spread(r['speedup_over_reference'])}")
             if "memory" in r:
                 m = r["memory"]

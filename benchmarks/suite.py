@@ -162,7 +162,8 @@ def bench_reduced_at_scale(device: torch.device, quick: bool) -> list[dict]:
         calls = {"gd": lambda: spectral_gd(a, a, lr=1.0, steps=steps, record_every=steps),
                  "copy": lambda: same_out.copy_(a), "copy_8mb": lambda: big_out.copy_(big),
                  "reference": lambda: _reference_gd(a, 1.0, ref_steps)}
-        rounds = compare_rounds(calls, device=device, repeats=3 if quick else 7)
+        # min_seconds: a copy is timed over many calls (warm, like fwht's bound); a gd call lasts longer anyway
+        rounds = compare_rounds(calls, device=device, repeats=3 if quick else 7, min_seconds=0.0 if quick else 0.05)
         step = _per_round(rounds, "gd", steps + 1)
         reference = _per_round(rounds, "reference", ref_steps + 1)
         vector_s = {"same": [t / 2 for t in rounds["copy"]],  # one K-vector read or written

@@ -43,7 +43,7 @@ DISABLE_ENV = "HADAINIT_NO_EXTENSION"
 
 CSRC = Path(__file__).with_name("csrc")
 SOURCES = ("fwht.cpp", "reduced_step.cpp", "module.cpp")  # compiled
-HEADERS = ("kernels.h", "simd.h")  # hashed too
+HEADERS = ("fwht_kernel.h", "kernels.h", "simd.h")  # hashed too
 _MARKER = "hadainit_build.json"  # written after a build that imported: the .so is complete
 
 _log = logging.getLogger(__name__)

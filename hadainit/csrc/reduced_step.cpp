@@ -7,6 +7,7 @@
 // value is bit-for-bit the reference's. Exponentials and sums stay torch
 // operations in the caller (their rounding is torch's).
 
+#include "fwht_kernel.h"
 #include "kernels.h"
 #include "simd.h"
 
@@ -81,6 +82,42 @@ void check_same(const at::Tensor& t, const at::Tensor& like, const char* name) {
   TORCH_CHECK(t.numel() == like.numel(), "hadainit reduced step: ", name, " has the wrong size");
 }
 
+// The largest of p[0 .. len) and whether one is NaN (torch's amax gives NaN then).
+template <typename T>
+inline void range_max(const T* __restrict p, int64_t len, T& best, bool& nan) {
+  using S = Simd<T>;
+  using vec = typename S::vec;
+  vec b = vec{} - std::numeric_limits<T>::infinity(), n = vec{};  // n: NaN seen (x != x) in a lane
+  int64_t m = 0;
+  for (; m + S::W <= len; m += S::W) {
+    const vec x = load<vec>(p + m);
+    b = x > b ? x : b;
+    n = (x != x) ? x : n;
+  }
+  T bs = -std::numeric_limits<T>::infinity();
+  bool ns = false;
+  for (int l = 0; l < S::W; ++l) {
+    bs = b[l] > bs ? b[l] : bs;
+    ns |= n[l] != n[l];
+  }
+  for (; m < len; ++m) {
+    bs = p[m] > bs ? p[m] : bs;
+    ns |= p[m] != p[m];
+  }
+  best = bs;
+  nan = ns;
+}
+
+// From z(0) and max over m >= 1 of z(m): min over m of gamma(m) = z(0) - z(m) is z(0) - max z (rounding
+// is monotone), so top = max(neg(0) = 0, max over m of -clamp(gamma(m))) = clamp_min(-clamp(gamma_min), 0),
+// and a margin overflows to -inf exactly when gamma_min does.
+template <typename T>
+inline void top_from_max(T z0, T zmax, bool nan, T& top, bool& overflow) {
+  const T gamma_min = z0 - (nan ? std::numeric_limits<T>::quiet_NaN() : zmax);
+  overflow = gamma_min == -std::numeric_limits<T>::infinity();
+  top = clamp_min0<T>(-clamp_huge<T>(gamma_min));
+}
+
 #define HADAINIT_FLOAT_TYPES(dtype, ...)                                                  \
   switch (dtype) {                                                                        \
     case at::kDouble: { using T = double; __VA_ARGS__(); break; }                        \
@@ -119,37 +156,13 @@ std::tuple<at::Tensor, at::Tensor> top_of(const at::Tensor& z) {
   HADAINIT_FLOAT_TYPES(z.scalar_type(), [&] {
     const T* pz0 = z.const_data_ptr<T>();
     T* pt = top.mutable_data_ptr<T>();
-    // max over m >= 1 of z(m), NaN if any is NaN (torch's amax), over [m0, m1) of row r
     auto row_max = [=](int64_t r, int64_t m0, int64_t m1, T& best, bool& nan) {
-      using S = Simd<T>;
-      using vec = typename S::vec;
-      const T* __restrict pz = pz0 + r * k;
-      vec b = vec{} - std::numeric_limits<T>::infinity(), n = vec{};  // n: NaN seen (x != x) in a lane
-      int64_t m = m0;
-      for (; m + S::W <= m1; m += S::W) {
-        const vec x = load<vec>(pz + m);
-        b = x > b ? x : b;
-        n = (x != x) ? x : n;
-      }
-      T bs = -std::numeric_limits<T>::infinity();
-      bool ns = false;
-      for (int l = 0; l < S::W; ++l) {
-        bs = b[l] > bs ? b[l] : bs;
-        ns |= n[l] != n[l];
-      }
-      for (; m < m1; ++m) {
-        bs = pz[m] > bs ? pz[m] : bs;
-        ns |= pz[m] != pz[m];
-      }
-      best = bs;
-      nan = ns;
+      range_max<T>(pz0 + r * k + m0, m1 - m0, best, nan);
     };
-    // min over m of gamma(m) = z(0) - z(m) is z(0) - max z (rounding is monotone), and
-    // top = max(neg(0) = 0, max over m of -clamp(gamma(m))) = clamp_min(-clamp(gamma_min), 0)
     auto finish_row = [=](int64_t r, T zmax, bool nan) {
-      const T gamma_min = pz0[r * k] - (nan ? std::numeric_limits<T>::quiet_NaN() : zmax);
-      po[r] = gamma_min == -std::numeric_limits<T>::infinity();
-      pt[r] = clamp_min0<T>(-clamp_huge<T>(gamma_min));
+      bool overflow;
+      top_from_max<T>(pz0[r * k], zmax, nan, pt[r], overflow);
+      po[r] = overflow;
     };
     const int64_t threads = at::get_num_threads();
     if (rows >= threads || k < 2 * kGrain) {
@@ -259,28 +272,32 @@ at::Tensor probs(at::Tensor& e, const at::Tensor& mask, const at::Tensor& count,
 
 namespace {
 
-// c -> (da, db) -> the step (or the derivatives), per element, as spectral_rhs and spectral_gd form them.
-// c(m) comes from C (a functor of the row's data and m); c(0) = 0 for CE is the caller's row fix.
+// c -> (da, db) -> the step (or the derivatives), per element, as spectral_rhs and spectral_gd form them,
+// over the elements [lo, hi) of one row (pointers at the row's start).
+template <typename T, bool Step, typename Row>
+inline void update_range(const Row& c_row, bool zero_mode0, const T* __restrict pa, const T* __restrict pb,
+                         T* __restrict qa, T* __restrict qb, int64_t lo, int64_t hi, const Divide<T>& by_k,
+                         const Divide<T>& by_nk, T ww, T wh, T s) {
+  auto one = [&](int64_t m, T c) {
+    const T av = pa[m], bv = pb[m];
+    const T da = by_k(c * bv) - ww * av;   // c * b / K - wd_W * a
+    const T db = by_nk(c * av) - wh * bv;  // c * a / (n K) - wd_H * b
+    qa[m] = Step ? av + s * da : da;
+    qb[m] = Step ? bv + s * db : db;
+  };
+  for (int64_t m = lo; m < hi; ++m) one(m, c_row(m, pa[m], pb[m]));
+  if (lo == 0 && zero_mode0) one(0, T(0));  // c(0) = 0 for CE: mode 0 never moves
+}
+
+// update_range over every row, on torch's threads; c(m) from C (a functor of the row).
 template <typename T, bool Step, typename C>
 void finish(const C& c_of, const T* pa0, const T* pb0, T* qa0, T* qb0, int64_t rows, int64_t k,
             int64_t samples_per_class, double wd_w, double wd_h, double lr) {
   const Divide<T> by_k(static_cast<double>(k)), by_nk(static_cast<double>(samples_per_class * k));
   const T ww = static_cast<T>(wd_w), wh = static_cast<T>(wd_h), s = static_cast<T>(lr);
   over_rows(rows, k, [=](int64_t r, int64_t lo, int64_t hi) {
-    const T* __restrict pa = pa0 + r * k;
-    const T* __restrict pb = pb0 + r * k;
-    T* __restrict qa = qa0 + r * k;
-    T* __restrict qb = qb0 + r * k;
-    const auto c_row = c_of.row(r);
-    auto one = [&](int64_t m, T c) {
-      const T av = pa[m], bv = pb[m];
-      const T da = by_k(c * bv) - ww * av;   // c * b / K - wd_W * a
-      const T db = by_nk(c * av) - wh * bv;  // c * a / (n K) - wd_H * b
-      qa[m] = Step ? av + s * da : da;
-      qb[m] = Step ? bv + s * db : db;
-    };
-    for (int64_t m = lo; m < hi; ++m) one(m, c_row(m, pa[m], pb[m]));
-    if (lo == 0 && c_of.zero_mode0) one(0, T(0));
+    update_range<T, Step>(c_of.row(r), C::zero_mode0, pa0 + r * k, pb0 + r * k, qa0 + r * k, qb0 + r * k, lo, hi,
+                          by_k, by_nk, ww, wh, s);
   });
 }
 
@@ -356,25 +373,128 @@ void update_mse(const at::Tensor& a, const at::Tensor& b, at::Tensor& out_a, at:
   });
 }
 
+namespace {
+
+// The transform's prologue for z = H((a b) / K): each block's input computed as logits_input does.
+template <typename T>
+struct ProductInput {
+  static constexpr bool active = true;
+  const T* a;
+  const T* b;
+  int64_t k;
+  Divide<T> by_k;
+  void operator()(int64_t r, int64_t off, int64_t len, T* out) const {
+    const T* __restrict pa = a + r * k + off;
+    const T* __restrict pb = b + r * k + off;
+    T* __restrict po = out;
+    for (int64_t m = 0; m < len; ++m) po[m] = by_k(pa[m] * pb[m]);  // (a * b) / K
+  }
+};
+
+// The transform's epilogue for top_of: max over m >= 1 of z(m) per row, one slot per thread.
+template <typename T>
+struct RowMax {
+  T* best;        // [thread][row]
+  uint8_t* nan;   // [thread][row]
+  int64_t rows;
+  void operator()(int64_t r, int64_t off, int64_t len, const T* d) const {
+    const int64_t skip = off == 0 ? 1 : 0;  // z(0) is not a competitor
+    if (len <= skip) return;
+    T b;
+    bool n;
+    range_max<T>(d + skip, len - skip, b, n);
+    const int64_t slot = at::get_thread_num() * rows + r;
+    best[slot] = b > best[slot] ? b : best[slot];
+    nan[slot] |= n;
+  }
+};
+
+// The transform's epilogue for update_ce: each range of mu, as soon as it is final.
+template <typename T, bool Step>
+struct UpdateFromMu {
+  const T* rest;
+  const T* a;
+  const T* b;
+  T* qa;
+  T* qb;
+  int64_t k;
+  Divide<T> by_k, by_nk;
+  T ww, wh, s;
+  void operator()(int64_t r, int64_t off, int64_t len, const T* mu) const {
+    const T rr = rest[r];
+    const T* __restrict pm = mu - off;  // the row's start
+    auto c_row = [=](int64_t m, T, T) { return clamp_min0<T>(rr - pm[m]); };
+    update_range<T, Step>(c_row, true, a + r * k, b + r * k, qa + r * k, qb + r * k, off, off + len, by_k, by_nk,
+                          ww, wh, s);
+  }
+};
+
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ce_walsh(const at::Tensor& a, const at::Tensor& b, at::Tensor& z,
                                                         at::Tensor& e, at::Tensor& mask,
                                                         const std::optional<at::Tensor>& out_a,
                                                         const std::optional<at::Tensor>& out_b,
                                                         int64_t samples_per_class, double wd_w, double wd_h,
                                                         double lr, bool step) {
-  // the passes of hadainit/ufm/_fused_step.py FusedRHS._softmax_spectrum (walsh) and update_ce in one call;
-  // exp_ and sum are the same ATen operations the Python sequence calls
-  logits_input(a, b, z);
-  fwht_(z, 1);
-  auto [top, overflow] = top_of(z);
+  // The passes of hadainit/ufm/_fused_step.py FusedRHS._softmax_spectrum (walsh) and update_ce, with
+  // logits_input as the first transform's prologue, top_of as its epilogue, and update_ce as the second
+  // transform's epilogue (each on data still in cache); exp_ and sum are the ATen operations the Python
+  // sequence calls. Same operations on the same values: the same results, bit for bit.
+  check_rows(a, a, "a");
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&b, &z, &e}) check_same(*t, a, "b, z, e");
+  const int64_t k = a.size(-1), rows = a.numel() / std::max<int64_t>(k, 1);
+  TORCH_CHECK(k >= 2 && fwht_kernel::is_pow2(k), "hadainit reduced step: walsh needs K = 2^e >= 2");
+  TORCH_CHECK(out_a.has_value() == out_b.has_value(), "hadainit reduced step: both outputs or neither");
+  if (out_a.has_value()) {
+    check_outputs(a, b, *out_a, *out_b);
+    check_same(*out_a, a, "out_a");
+    check_same(*out_b, a, "out_b");
+  }
+  at::Tensor top = at::empty({rows}, a.options());
+  at::Tensor overflow = at::empty({rows}, a.options().dtype(at::kBool));
+  const int64_t threads = at::get_num_threads();
+  HADAINIT_FLOAT_TYPES(a.scalar_type(), [&] {
+    std::vector<T> best(threads * rows, -std::numeric_limits<T>::infinity());
+    std::vector<uint8_t> nan(threads * rows, 0);
+    T* pz = z.mutable_data_ptr<T>();
+    fwht_kernel::transform<T>(pz, pz, rows, k, 1,
+                              ProductInput<T>{a.const_data_ptr<T>(), b.const_data_ptr<T>(), k, Divide<T>(double(k))},
+                              RowMax<T>{best.data(), nan.data(), rows});
+    T* pt = top.mutable_data_ptr<T>();
+    bool* po = overflow.mutable_data_ptr<bool>();
+    for (int64_t r = 0; r < rows; ++r) {
+      T zmax = -std::numeric_limits<T>::infinity();
+      bool any_nan = false;
+      for (int64_t t = 0; t < threads; ++t) {
+        zmax = best[t * rows + r] > zmax ? best[t * rows + r] : zmax;
+        any_nan |= nan[t * rows + r] != 0;
+      }
+      top_from_max<T>(pz[r * k], zmax, any_nan, pt[r], po[r]);
+    }
+  });
   at::Tensor count = shift(z, top, e, mask);  // e may be z: in place
   e.exp_();
   at::Tensor others = probs(e, mask, count, e.sum(-1));
-  at::Tensor rest = e.sum(-1);
-  fwht_(e, 1);
-  if (out_a.has_value()) {
-    at::Tensor oa = *out_a, ob = *out_b;
-    update_ce(e, rest, a, b, oa, ob, samples_per_class, wd_w, wd_h, lr, step);
+  if (out_a.has_value()) {  // mu = H p_rest, consumed range by range
+    at::Tensor rest = e.sum(-1);
+    HADAINIT_FLOAT_TYPES(a.scalar_type(), [&] {
+      const Divide<T> by_k(static_cast<double>(k)), by_nk(static_cast<double>(samples_per_class * k));
+      const T ww = static_cast<T>(wd_w), wh = static_cast<T>(wd_h), s = static_cast<T>(lr);
+      T* pe = e.mutable_data_ptr<T>();
+      const T* pr = rest.const_data_ptr<T>();
+      const T* pa = a.const_data_ptr<T>();
+      const T* pb = b.const_data_ptr<T>();
+      T* qa = out_a->mutable_data_ptr<T>();
+      T* qb = out_b->mutable_data_ptr<T>();
+      if (step) {
+        fwht_kernel::transform<T>(pe, pe, rows, k, 1, fwht_kernel::NoPrologue{},
+                                  UpdateFromMu<T, true>{pr, pa, pb, qa, qb, k, by_k, by_nk, ww, wh, s});
+      } else {
+        fwht_kernel::transform<T>(pe, pe, rows, k, 1, fwht_kernel::NoPrologue{},
+                                  UpdateFromMu<T, false>{pr, pa, pb, qa, qb, k, by_k, by_nk, ww, wh, s});
+      }
+    });
   }
   return {top, others, overflow};
 }

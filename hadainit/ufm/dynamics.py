@@ -243,6 +243,7 @@ def _gd_fused(a: Tensor, b: Tensor, kind: str, n: int, wd: tuple[float, float], 
     Iterate t's loss comes out of the evaluation that also makes step t, so the
     finiteness check of iterate t (every _CHECK_EVERY steps and at the end) costs
     no extra evaluation; the recorded rows are written into the result directly.
+    Every K-sized buffer is allocated before the loop: resident memory stays flat.
     """
     recorded = sorted(set(range(0, steps + 1, every)) | {steps})
     rec_a = torch.empty((len(recorded), *a.shape), dtype=a.dtype, device=a.device)
@@ -251,7 +252,8 @@ def _gd_fused(a: Tensor, b: Tensor, kind: str, n: int, wd: tuple[float, float], 
     rhs = FusedRHS(a.shape, a.dtype, a.device, kind, n, wd, loss)
     cur_a, cur_b = a.contiguous(), b.contiguous()
     nxt_a, nxt_b = torch.empty_like(cur_a), torch.empty_like(cur_b)
-    safe = (0, cur_a.clone(), cur_b.clone())
+    safe_a, safe_b = cur_a.clone(), cur_b.clone()  # the last iterate verified finite, overwritten in place
+    safe = (0, safe_a, safe_b)
     row = 0
     for t in range(steps + 1):
         last = t == steps
@@ -263,7 +265,9 @@ def _gd_fused(a: Tensor, b: Tensor, kind: str, n: int, wd: tuple[float, float], 
             if check:
                 if not bool(torch.isfinite(cur_a).all() and torch.isfinite(cur_b).all() and torch.isfinite(value).all()):
                     raise diverged(t, safe)
-                safe = (t, cur_a.clone(), cur_b.clone())
+                safe_a.copy_(cur_a)
+                safe_b.copy_(cur_b)
+                safe = (t, safe_a, safe_b)
             if record:
                 rec_a[row].copy_(cur_a)
                 rec_b[row].copy_(cur_b)

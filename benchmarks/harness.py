@@ -28,6 +28,26 @@ def compare(
     noise, so their ratio is meaningful on a busy machine. Each timing covers
     enough calls to last ``min_seconds``.
     """
+    rounds = compare_rounds(candidates, device=device, repeats=repeats, warmup=warmup, min_seconds=min_seconds)
+    return {name: statistics.median(values) for name, values in rounds.items()}
+
+
+def ratio_spread(rounds: dict[str, list[float]], num: str, den: str) -> tuple[float, float, float]:
+    """``num / den`` per interleaved round: (median, min, max). One round times every candidate once, so
+    the per-round ratio cancels the machine's slow drifts; its range is the ratio's spread."""
+    ratios = [a / b for a, b in zip(rounds[num], rounds[den])]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def compare_rounds(
+    candidates: dict[str, Callable[[], object]],
+    *,
+    device: torch.device | str = "cpu",
+    repeats: int = 7,
+    warmup: int = 1,
+    min_seconds: float = 0.0,
+) -> dict[str, list[float]]:
+    """Seconds per call of each candidate in each of ``repeats`` interleaved rounds (see :func:`compare`)."""
     device = torch.device(device)
     for fn in candidates.values():
         for _ in range(warmup):
@@ -54,4 +74,4 @@ def compare(
                 fn()
             _sync(device)
             samples[name].append((time.perf_counter() - start) / calls[name])
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples

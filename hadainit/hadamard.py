@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from typing import Iterable
 
 import torch
 from torch import Tensor
 
-from . import _checks
+from . import _checks, _kernels
 
 __all__ = ["hadamard_matrix", "constructible_orders", "is_constructible", "fwht"]
 
@@ -286,22 +287,80 @@ def _fwht_last(x: Tensor) -> Tensor:
     return y.reshape(x.shape)
 
 
+def _fwht_reference(x: Tensor, dim: int) -> Tensor:
+    """The pure-PyTorch transform along ``dim`` (non-negative): the fallback, and the tests' reference."""
+    return _fwht_last(x.movedim(dim, -1).contiguous()).movedim(-1, dim)
+
+
+#: dtypes the compiled kernel transforms (complex as its real view); others take the pure-PyTorch path.
+_KERNEL_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def _kernel_for(x: Tensor):
+    """The compiled kernel module if it applies to ``x`` (a plain CPU tensor of a kernel dtype), else None."""
+    if x.dtype not in _KERNEL_DTYPES or not x.is_cpu or type(x) not in _PLAIN:
+        return None
+    return _kernels.kernel()
+
+
+def _transform(x: Tensor, dim: int) -> Tensor:
+    ext = _kernel_for(x)
+    return ext.fwht(x, dim) if ext is not None else _fwht_reference(x, dim)
+
+
 class _FWHT(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
-        return _fwht_last(x)
+    """``x @ H_n`` along ``dim``. H is symmetric, so the backward and the tangent are the same transform;
+    staying inside the Function keeps it differentiable any number of times. The vmap rule moves the
+    batch dimension to the front, where the transform treats it as one more batch dimension."""
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        return _FWHT.apply(grad)  # H is symmetric; staying in the Function keeps it twice-differentiable
+    def forward(x: Tensor, dim: int) -> Tensor:  # type: ignore[override]
+        return _transform(x, dim)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.dim = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        return _FWHT.apply(grad, ctx.dim), None
+
+    @staticmethod
+    def jvp(ctx, tangent: Tensor, _dim) -> Tensor:  # type: ignore[override]
+        return _FWHT.apply(tangent, ctx.dim)
+
+    @staticmethod
+    def vmap(info, in_dims, x: Tensor, dim: int):  # type: ignore[override]
+        batch_dim = in_dims[0]
+        if batch_dim is None:
+            return _FWHT.apply(x, dim), None
+        return _FWHT.apply(x.movedim(batch_dim, 0), dim + 1), 0
+
+
+def _dim_index(dim, ndim: int) -> int:
+    """``dim`` as an index in ``[0, ndim)``; torch's error (type and wording) when out of range."""
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
+        raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+    if not -ndim <= dim < ndim:
+        raise IndexError(f"Dimension out of range (expected to be in range of [{-ndim}, {ndim - 1}], but got {dim})")
+    return int(dim) % ndim
 
 
 def fwht(x: Tensor, dim: int = -1) -> Tensor:
     """Fast Walsh–Hadamard transform along ``dim``: ``fwht(x) == x @ H_n`` (unnormalized).
 
     ``H_n`` is the Sylvester matrix of :func:`hadamard_matrix`. Cost O(n log n)
-    per vector; any batch shape, autograd (the transform is its own adjoint),
-    CPU or CUDA, the dtype is kept. ``fwht(fwht(x)) == n * x``.
+    per vector; any batch shape and strides, autograd (the transform is its own
+    adjoint, so gradients of any order), ``torch.vmap`` and ``torch.func``
+    transforms, CPU or CUDA; the dtype is kept; the result is contiguous.
+    ``fwht(fwht(x)) == n * x``.
+
+    On the CPU, float32/float64/complex64/complex128 go through a compiled
+    butterfly kernel (built once on first use, see ``hadainit._kernels``;
+    :func:`fwht_kernel_status` says whether it is in use); other dtypes, other
+    devices, or a machine without a C++ compiler use the pure-PyTorch path,
+    which gives the same values to round-off.
 
     Args:
         x: a floating or complex tensor.
@@ -316,8 +375,29 @@ def fwht(x: Tensor, dim: int = -1) -> Tensor:
         raise TypeError(f"fwht needs a floating or complex tensor, got dtype {x.dtype}")
     if x.dim() == 0:
         raise ValueError("fwht needs at least one dimension, got a 0-d tensor")
-    n = x.shape[dim]
+    index = _dim_index(dim, x.dim())
+    n = x.shape[index]
     if not is_power_of_two(n):
         raise ValueError(f"fwht needs a power-of-two length along dim {dim}, got {n} (shape {tuple(x.shape)})")
-    moved = x.movedim(dim, -1).contiguous()
-    return _FWHT.apply(moved).movedim(-1, dim)
+    if not _differentiated(x):
+        ext = _kernel_for(x)
+        if ext is not None:  # no autograd to record: the kernel directly, no Function overhead
+            return ext.fwht(x, index)
+    return _FWHT.apply(x, index)
+
+
+_is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+
+
+def _differentiated(x: Tensor) -> bool:
+    """Whether some autograd (backward, forward-mode dual numbers, torch.func) or vmap must see this call."""
+    return (
+        (x.requires_grad and torch.is_grad_enabled())
+        or _is_functorch_wrapped(x)
+        or getattr(torch.autograd.forward_ad, "_current_level", 0) >= 0  # inside a dual_level() block
+    )
+
+
+def fwht_kernel_status() -> "_kernels.KernelStatus":
+    """Whether :func:`fwht` uses its compiled CPU kernel (building it first if not yet tried), and why not."""
+    return _kernels.status()

@@ -99,6 +99,8 @@ CASES = {
     "hadamard-type": lambda _: hadamard_matrix(4.0),
     "fwht-length": lambda _: fwht(torch.randn(3, 12)),
     "fwht-dtype": lambda _: fwht(torch.ones(4, dtype=torch.int64)),
+    "fwht-dim": lambda _: fwht(torch.randn(3, 4), dim=2),
+    "fwht-dim-type": lambda _: fwht(torch.randn(4), dim=0.0),
     "basis-k": lambda _: softmax_basis(1),
     "basis-walsh": lambda _: softmax_basis(12, "walsh"),
     "basis-kind": lambda _: softmax_basis(8, "dct"),
@@ -208,7 +210,7 @@ CASES = {
 }
 
 EXCEPTIONS = {"ValueError": ValueError, "TypeError": TypeError, "FileNotFoundError": FileNotFoundError,
-              "RuntimeError": RuntimeError}
+              "RuntimeError": RuntimeError, "IndexError": IndexError}
 
 
 def _rows():

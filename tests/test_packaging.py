@@ -25,6 +25,8 @@ def test_wheel_maps_callbacks_and_experiments_into_the_namespace(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "hadainit/callbacks/__init__.py" in names
     assert "hadainit/experiments/cli.py" in names
+    # the optional CPU kernels are built from these on first use
+    assert {"hadainit/csrc/fwht.cpp", "hadainit/csrc/reduced_step.cpp", "hadainit/csrc/fwht_kernel.h"} <= set(names)
     assert not any(n.startswith(("callbacks/", "experiments/", "tests/")) for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "hadainit = hadainit.experiments.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

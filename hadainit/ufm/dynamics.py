@@ -25,6 +25,7 @@ from torch import Tensor
 
 from .. import _checks
 from ..bases import SOFTMAX_DIAGONALIZING, _tie_pairs, check_spectrum, resolve_basis
+from ._fused_step import FusedRHS, fused_dtypes
 from .spectral import margins, softmax_spectrum
 
 # scipy.integrate is imported inside spectral_flow: importing the package (and hadainit.metrics)
@@ -103,7 +104,24 @@ def _validate(a, b, basis: str, samples_per_class: int, weight_decay, loss: str)
 def spectral_rhs(
     a: Tensor, b: Tensor, kind: str, samples_per_class: int, weight_decay: tuple[float, float], loss: str
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(da/dt, db/dt, loss)`` of the reduced flow (no validation: an internal hot path)."""
+    """``(da/dt, db/dt, loss)`` of the reduced flow (no validation: an internal hot path).
+
+    float32/float64 go through :class:`FusedRHS` (a dozen fused passes, the
+    same values bit for bit); other dtypes through :func:`_rhs_reference`.
+    """
+    if a.dtype not in fused_dtypes() or b.dtype != a.dtype or b.shape != a.shape or b.device != a.device:
+        return _rhs_reference(a, b, kind, samples_per_class, weight_decay, loss)
+    a, b = a.contiguous(), b.contiguous()
+    rhs = FusedRHS(a.shape, a.dtype, a.device, kind, samples_per_class, weight_decay, loss)
+    da, db = torch.empty_like(a), torch.empty_like(b)
+    rhs.evaluate(a, b, da, db)
+    return da, db, rhs.loss(a, b)
+
+
+def _rhs_reference(
+    a: Tensor, b: Tensor, kind: str, samples_per_class: int, weight_decay: tuple[float, float], loss: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The right-hand side as plain torch operations: the reference of :class:`FusedRHS` (and its tests)."""
     k = a.shape[-1]
     wd_w, wd_h = weight_decay
     lam = a * b
@@ -187,17 +205,23 @@ def spectral_gd(
     every = _checks.positive_int(record_every, "record_every")
 
     def advance(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-        da, db, _ = spectral_rhs(a, b, kind, n, wd, loss)
+        da, db, _ = _rhs_reference(a, b, kind, n, wd, loss)
         return a + lr * da, b + lr * db
 
     def finite(a: Tensor, b: Tensor) -> bool:
-        value = spectral_rhs(a, b, kind, n, wd, loss)[2]  # e.g. MSE: lam ~ 1e160 is finite, its loss is not
+        value = _rhs_reference(a, b, kind, n, wd, loss)[2]  # e.g. MSE: lam ~ 1e160 is finite, its loss is not
         return bool(torch.isfinite(a).all() and torch.isfinite(b).all() and torch.isfinite(value).all())
 
+    def diverged(t: int, safe: tuple[int, Tensor, Tensor]) -> ValueError:
+        bad = _first_bad_step(safe[0], safe[1:], advance, finite, t)
+        return ValueError(_divergence_message(bad, lr, loss, wd, a.shape[-1], n))
+
+    if a.dtype in fused_dtypes():
+        return _gd_fused(a, b, kind, n, wd, loss, lr, steps, every, diverged)
     rec_step, rec_a, rec_b, rec_loss = [], [], [], []
     safe = (0, a, b)  # the last iterate verified finite (checked every _CHECK_EVERY steps: no sync per step)
     for t in range(steps + 1):
-        da, db, value = spectral_rhs(a, b, kind, n, wd, loss)
+        da, db, value = _rhs_reference(a, b, kind, n, wd, loss)
         if t % every == 0 or t == steps:
             rec_step.append(t)
             rec_a.append(a)
@@ -207,10 +231,50 @@ def spectral_gd(
             a, b = a + lr * da, b + lr * db
             if (t + 1) % _CHECK_EVERY == 0 or t + 1 == steps:
                 if not finite(a, b):
-                    bad = _first_bad_step(safe[0], safe[1:], advance, finite, t + 1)
-                    raise ValueError(_divergence_message(bad, lr, loss, wd, a.shape[-1], n))
+                    raise diverged(t + 1, safe)
                 safe = (t + 1, a, b)
     return SpectralGDResult(torch.tensor(rec_step), torch.stack(rec_a), torch.stack(rec_b), torch.stack(rec_loss))
+
+
+def _gd_fused(a: Tensor, b: Tensor, kind: str, n: int, wd: tuple[float, float], loss: str, lr: float, steps: int,
+              every: int, diverged: Callable) -> SpectralGDResult:
+    """spectral_gd's loop over two pairs of buffers (the iterate and the next), values as the reference loop's.
+
+    Iterate t's loss comes out of the evaluation that also makes step t, so the
+    finiteness check of iterate t (every _CHECK_EVERY steps and at the end) costs
+    no extra evaluation; the recorded rows are written into the result directly.
+    Every K-sized buffer is allocated before the loop: resident memory stays flat.
+    """
+    recorded = sorted(set(range(0, steps + 1, every)) | {steps})
+    rec_a = torch.empty((len(recorded), *a.shape), dtype=a.dtype, device=a.device)
+    rec_b = torch.empty_like(rec_a)
+    rec_loss = torch.empty((len(recorded), *a.shape[:-1]), dtype=a.dtype, device=a.device)
+    rhs = FusedRHS(a.shape, a.dtype, a.device, kind, n, wd, loss)
+    cur_a, cur_b = a.contiguous(), b.contiguous()
+    nxt_a, nxt_b = torch.empty_like(cur_a), torch.empty_like(cur_b)
+    safe_a, safe_b = cur_a.clone(), cur_b.clone()  # the last iterate verified finite, overwritten in place
+    safe = (0, safe_a, safe_b)
+    row = 0
+    for t in range(steps + 1):
+        last = t == steps
+        rhs.evaluate(cur_a, cur_b, None if last else nxt_a, None if last else nxt_b, lr)
+        record = t % every == 0 or last
+        check = t > 0 and (t % _CHECK_EVERY == 0 or last)
+        if record or check:
+            value = rhs.loss(cur_a, cur_b)
+            if check:
+                if not bool(torch.isfinite(cur_a).all() and torch.isfinite(cur_b).all() and torch.isfinite(value).all()):
+                    raise diverged(t, safe)
+                safe_a.copy_(cur_a)
+                safe_b.copy_(cur_b)
+                safe = (t, safe_a, safe_b)
+            if record:
+                rec_a[row].copy_(cur_a)
+                rec_b[row].copy_(cur_b)
+                rec_loss[row].copy_(value)
+                row += 1
+        cur_a, nxt_a, cur_b, nxt_b = nxt_a, cur_a, nxt_b, cur_b
+    return SpectralGDResult(torch.tensor(recorded), rec_a, rec_b, rec_loss)
 
 
 EventFn = Callable[[float, Tensor, Tensor], float]
@@ -284,10 +348,13 @@ def spectral_flow(
         y_t = torch.from_numpy(np.ascontiguousarray(y))  # the solver may hand over strided views
         return y_t[:size].view(shape), y_t[size:].view(shape)
 
+    rhs = FusedRHS(shape, torch.float64, torch.device("cpu"), kind, n, wd, loss)  # buffers reused by every call
+
     def fun(tau: float, y: np.ndarray) -> np.ndarray:
         a, b = unpack(y)
-        da, db, _ = spectral_rhs(a, b, kind, n, wd, loss)
-        return (math.exp(tau) * torch.cat((da.flatten(), db.flatten()))).numpy()
+        out = torch.empty(2 * size, dtype=torch.float64)  # fresh: the solver keeps the arrays it is given
+        rhs.evaluate(a, b, out[:size].view(shape), out[size:].view(shape))
+        return out.mul_(math.exp(tau)).numpy()
 
     event_list = [] if events is None else [events] if callable(events) else list(events)
     wrapped = []

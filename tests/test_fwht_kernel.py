@@ -1,0 +1,202 @@
+"""The compiled fwht kernel against the pure-PyTorch reference and dense x @ H; autograd, vmap, fallback.
+
+Tests that need the kernel skip where it cannot be built (no compiler); the
+fallback tests run everywhere. No timing here: speed is `python -m benchmarks`.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hadainit import _kernels, fwht, hadamard_matrix
+from hadainit.hadamard import _fwht_reference, fwht_kernel_status
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNEL = _kernels.kernel()
+needs_kernel = pytest.mark.skipif(KERNEL is None, reason=f"fwht kernel unavailable: {fwht_kernel_status().reason}")
+
+TOL = {torch.float64: 1e-14, torch.complex128: 1e-14, torch.float32: 2e-6, torch.complex64: 2e-6}
+
+# (shape, dim): odd batch shapes, lengths 1 .. 2^18 (both the one-thread and the two-sweep paths),
+# inner sizes that are powers of two and not, below and above a SIMD register
+CASES = [
+    ((1,), 0), ((2,), 0), ((8,), -1), ((3, 4), 1), ((5, 16), -1), ((7, 1024), 1), ((1, 3), 0),
+    ((3, 32, 5), 1), ((2, 64, 3), 1), ((4, 256, 5), 1), ((3, 16, 2), 1), ((2, 8, 16), 1),
+    ((2, 1 << 12, 1000), 1), ((1 << 11, 3), 0), ((3, 1 << 15), 1), ((1, 1 << 18), -1),
+    ((2, 1 << 13, 4), 1), ((5, 7, 128), 2), ((256, 2, 3), 0),
+]
+
+
+def _relerr(got, ref):
+    scale = ref.abs().max().clamp_min(1e-300)
+    return ((got - ref).abs().max() / scale).item()
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", list(TOL))
+@pytest.mark.parametrize("shape,dim", CASES)
+def test_kernel_equals_reference(shape, dim, dtype):
+    x = torch.randn(*shape, dtype=dtype, generator=torch.Generator().manual_seed(len(shape) + shape[0]))
+    got = KERNEL.fwht(x, dim % x.dim())
+    ref = _fwht_reference(x, dim % x.dim())
+    assert got.dtype == dtype and got.shape == x.shape and got.is_contiguous()
+    assert _relerr(got, ref) < TOL[dtype]
+
+
+@needs_kernel
+@pytest.mark.parametrize("n", [4, 64, 512])
+def test_kernel_equals_dense_product_in_float64(n):
+    x = torch.randn(9, n, dtype=torch.float64)
+    assert _relerr(KERNEL.fwht(x, 1), x @ hadamard_matrix(n)) < 1e-14
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex64])
+def test_non_contiguous_inputs(dtype):
+    base = torch.randn(6, 64, 10, dtype=dtype)
+    views = {
+        "transposed": (base.transpose(0, 2), 1),
+        "strided": (base[::2, :, ::3], 1),
+        "expanded": (base[:1, :, :1].expand(4, 64, 3), 1),
+        "permuted-last": (base.permute(2, 0, 1), 2),
+    }
+    if dtype.is_complex:
+        views["conjugated"] = (base.conj(), 1)
+    for name, (view, dim) in views.items():
+        got = fwht(view, dim)
+        assert _relerr(got, _fwht_reference(view.resolve_conj(), dim)) < TOL[dtype], name
+    # the input is never written to
+    before = base.clone()
+    fwht(base.transpose(0, 2), 1)
+    assert torch.equal(base, before)
+
+
+@needs_kernel
+def test_public_fwht_uses_the_kernel_on_cpu_float():
+    x = torch.randn(4, 32, dtype=torch.float64)
+    assert fwht_kernel_status().available
+    assert torch.equal(fwht(x), KERNEL.fwht(x, 1))
+    assert torch.equal(fwht(x.T, dim=0), KERNEL.fwht(x.T, 0))
+
+
+def test_low_precision_takes_the_reference_path():
+    x = torch.randn(3, 64)
+    for dtype in (torch.float16, torch.bfloat16):
+        got = fwht(x.to(dtype))
+        assert got.dtype == dtype
+        assert torch.equal(got, _fwht_reference(x.to(dtype), 1))
+
+
+def test_empty_batches():
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        x = torch.randn(0, 3, 8, dtype=dtype)
+        assert fwht(x, 2).shape == (0, 3, 8)
+
+
+# ------------------------------------------------------------------ autograd and torch.func
+
+
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_gradcheck_and_gradgradcheck_any_dim(dim):
+    x = torch.randn(4, 8, 2, dtype=torch.float64, requires_grad=True)
+    f = lambda t: fwht(t, dim)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (x,))
+    assert torch.autograd.gradgradcheck(f, (x,))
+
+
+def test_gradcheck_complex():
+    x = torch.randn(3, 16, dtype=torch.complex128, requires_grad=True)
+    assert torch.autograd.gradcheck(fwht, (x,))
+
+
+def test_vmap_over_any_batch_dim():
+    x = torch.randn(5, 3, 16, dtype=torch.float64)
+    assert torch.allclose(torch.vmap(fwht)(x), fwht(x, -1), rtol=0, atol=1e-12)
+    assert torch.allclose(torch.vmap(fwht, in_dims=1)(x), fwht(x.transpose(0, 1), -1), rtol=0, atol=1e-12)
+    # nested vmap, and vmap of a gradient
+    assert torch.allclose(torch.vmap(torch.vmap(fwht))(x), fwht(x), rtol=0, atol=1e-12)
+    c = torch.randn(16, dtype=torch.float64)
+    grads = torch.vmap(torch.func.grad(lambda t: (fwht(t) * c).sum()))(x[:, 0])
+    assert torch.allclose(grads, fwht(c).expand(5, 16), rtol=0, atol=1e-12)
+
+
+def test_vmap_with_a_transform_dim():
+    x = torch.randn(16, 6, 4, dtype=torch.float64)  # vmap over dim 1; each sample (16, 4), transform its dim 0
+    got = torch.vmap(lambda t: fwht(t, 0), in_dims=1)(x)
+    assert torch.allclose(got, fwht(x, 0).transpose(0, 1), rtol=0, atol=1e-12)
+
+
+def test_forward_mode_dual_numbers():
+    import torch.autograd.forward_ad as fwAD
+
+    x, v = torch.randn(3, 8, dtype=torch.float64), torch.randn(3, 8, dtype=torch.float64)
+    with fwAD.dual_level():
+        out = fwht(fwAD.make_dual(x, v))
+        primal, tangent = fwAD.unpack_dual(out)
+    assert torch.allclose(primal, fwht(x), rtol=0, atol=1e-12)
+    assert tangent is not None and torch.allclose(tangent, fwht(v), rtol=0, atol=1e-12)
+
+
+def test_forward_mode_jvp():
+    x = torch.randn(3, 8, dtype=torch.float64)
+    v = torch.randn(3, 8, dtype=torch.float64)
+    out, tangent = torch.func.jvp(fwht, (x,), (v,))
+    assert torch.allclose(out, fwht(x), rtol=0, atol=1e-12)
+    assert torch.allclose(tangent, fwht(v), rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------------------------ fallback: no compiler, broken compiler
+
+
+def test_forced_fallback_gives_the_reference(monkeypatch):
+    monkeypatch.setattr(_kernels, "kernel", lambda: None)
+    x = torch.randn(3, 5, 64, dtype=torch.float64, requires_grad=True)
+    got = fwht(x, 2)
+    assert torch.equal(got, _fwht_reference(x.detach(), 2))
+    got.sum().backward()
+    assert torch.allclose(x.grad, fwht(torch.ones(3, 5, 64, dtype=torch.float64), 2), rtol=0, atol=1e-12)
+    assert torch.allclose(torch.vmap(fwht)(x.detach()), got.detach(), rtol=0, atol=1e-12)
+
+
+def test_a_failing_build_falls_back(monkeypatch, tmp_path):
+    import torch.utils.cpp_extension as cpp_extension
+
+    def broken_load(*args, **kwargs):
+        raise RuntimeError("Error building extension: simulated compiler failure")
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(cpp_extension, "load", broken_load)
+    monkeypatch.setattr(_kernels, "_status", None)
+    monkeypatch.setattr(_kernels, "_module", None)
+    status = _kernels.status()
+    assert not status.available and "simulated compiler failure" in status.reason
+    x = torch.randn(4, 32, dtype=torch.float64)
+    assert torch.equal(fwht(x), _fwht_reference(x, 1))
+
+
+def _run(env_extra: dict, tmp_path) -> str:
+    code = (
+        "import torch; from hadainit import fwht; from hadainit.hadamard import _fwht_reference, fwht_kernel_status\n"
+        "x = torch.randn(3, 5, 64, dtype=torch.float64)\n"
+        "assert torch.equal(fwht(x, 2), _fwht_reference(x, 2))\n"
+        "print(fwht_kernel_status().reason)\n"
+    )
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path), **env_extra)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_environment_switch_disables_the_kernel(tmp_path):
+    assert _run({_kernels.DISABLE_ENV: "1"}, tmp_path) == f"disabled by {_kernels.DISABLE_ENV}"
+
+
+@pytest.mark.parametrize("compiler", ["/nonexistent/c++", "false"])
+def test_missing_or_broken_compiler_breaks_nothing(compiler, tmp_path):
+    reason = _run({"CXX": compiler}, tmp_path)
+    expected = "no /nonexistent/c++ on PATH" if compiler.startswith("/") else "build failed"
+    assert reason.startswith(expected), reason

@@ -23,7 +23,7 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
-from . import _checks, _kernels
+from . import _checks, _kernels, _triton_fwht
 
 __all__ = ["hadamard_matrix", "constructible_orders", "is_constructible", "fwht"]
 
@@ -298,15 +298,21 @@ _PLAIN = (Tensor, torch.nn.Parameter)
 
 
 def _kernel_for(x: Tensor):
-    """The compiled kernel module if it applies to ``x`` (a plain CPU tensor of a kernel dtype), else None."""
-    if x.dtype not in _KERNEL_DTYPES or not x.is_cpu or type(x) not in _PLAIN:
+    """The compiled transform ``f(x, dim)`` that applies to ``x``, else None: the C++ kernel for a plain CPU
+    tensor of a kernel dtype, the Triton kernel for a plain CUDA tensor of one of its dtypes."""
+    if type(x) not in _PLAIN:
         return None
-    return _kernels.kernel()
+    if x.is_cuda:
+        return _triton_fwht.transform if x.dtype in _triton_fwht.DTYPES and _triton_fwht.available() else None
+    if x.dtype not in _KERNEL_DTYPES or not x.is_cpu:
+        return None
+    ext = _kernels.kernel()
+    return ext.fwht if ext is not None else None
 
 
 def _transform(x: Tensor, dim: int) -> Tensor:
-    ext = _kernel_for(x)
-    return ext.fwht(x, dim) if ext is not None else _fwht_reference(x, dim)
+    compiled = _kernel_for(x)
+    return compiled(x, dim) if compiled is not None else _fwht_reference(x, dim)
 
 
 class _FWHT(torch.autograd.Function):
@@ -360,7 +366,9 @@ def fwht(x: Tensor, dim: int = -1) -> Tensor:
     butterfly kernel (built once on first use, see ``hadainit._kernels``;
     :func:`fwht_kernel_status` says whether it is in use); other dtypes, other
     devices, or a machine without a C++ compiler use the pure-PyTorch path,
-    which gives the same values to round-off.
+    which gives the same values to round-off. On CUDA, float16/bfloat16/float32/
+    float64/complex go through a Triton kernel (``hadainit._triton_fwht``; one
+    pass over memory up to n = 2^14, two up to 2^28).
 
     Args:
         x: a floating or complex tensor.
@@ -380,9 +388,9 @@ def fwht(x: Tensor, dim: int = -1) -> Tensor:
     if not is_power_of_two(n):
         raise ValueError(f"fwht needs a power-of-two length along dim {dim}, got {n} (shape {tuple(x.shape)})")
     if not _differentiated(x):
-        ext = _kernel_for(x)
-        if ext is not None:  # no autograd to record: the kernel directly, no Function overhead
-            return ext.fwht(x, index)
+        compiled = _kernel_for(x)
+        if compiled is not None:  # no autograd to record: the kernel directly, no Function overhead
+            return compiled(x, index)
     return _FWHT.apply(x, index)
 
 

@@ -25,7 +25,12 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	HADAINIT_SLOW=1 $(PY) -m pytest -q
 
-bench: $(STAMP)
+# the peers fwht is compared with (benchmark-only extra, never a dependency of the package)
+$(VENV)/.bench: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,data,bench]'
+	touch $(VENV)/.bench
+
+bench: $(VENV)/.bench
 	$(PY) -m benchmarks
 
 clean:

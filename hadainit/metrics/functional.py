@@ -197,6 +197,18 @@ def _nc4(features: Tensor, weight: Tensor, bias: Tensor | None, stats: ClassStat
     return mismatches.item() / features.shape[0]
 
 
+def _statistics(name: str, features: Tensor, labels: Tensor, weight, bias, num_classes: int | None,
+                precision: str):
+    """The functional entry points' common start: validated input, the classifier as (weight, bias) tensors,
+    the one-pass class statistics. Returns (stats, weight, bias)."""
+    check_batch(features, labels, 1, values=False)
+    if features.shape[0] == 0:
+        raise ValueError(f"{name} got no samples (empty features): the metrics are undefined")
+    num_classes = _num_classes(labels, weight, num_classes)
+    weight, bias = check_classifier(weight, bias, num_classes, features.shape[1])
+    return class_statistics(features, labels, num_classes, precision=precision), weight, bias
+
+
 def _num_classes(labels: Tensor, weight: Tensor | nn.Linear | None, num_classes: int | None) -> int:
     if num_classes is not None:
         return num_classes
@@ -243,12 +255,7 @@ def neural_collapse(
     >>> sorted(neural_collapse(feats, labels))[:3]
     ['cdnv', 'cos_etf_means', 'cos_std_means']
     """
-    check_batch(features, labels, 1, values=False)
-    if features.shape[0] == 0:
-        raise ValueError("neural_collapse got no samples (empty features): the metrics are undefined")
-    num_classes = _num_classes(labels, weight, num_classes)
-    weight, bias = check_classifier(weight, bias, num_classes, features.shape[1])
-    stats = class_statistics(features, labels, num_classes, precision=precision)
+    stats, weight, bias = _statistics("neural_collapse", features, labels, weight, bias, num_classes, precision)
     out = collapse_metrics(stats, weight, global_mean=global_mean, basis=basis, rtol=rtol, riesz_s=riesz_s)
     if weight is not None:
         out["nc4"] = _nc4(features, weight, bias, stats, CHUNK_ROWS)
@@ -266,10 +273,5 @@ def per_class(
 ) -> dict[str, Tensor]:
     """Per-class CDNV and (with ``weight``) duality distances of in-memory features:
     see :func:`hadainit.metrics.formulas.per_class_metrics`."""
-    check_batch(features, labels, 1, values=False)
-    if features.shape[0] == 0:
-        raise ValueError("per_class got no samples (empty features): the metrics are undefined")
-    num_classes = _num_classes(labels, weight, num_classes)
-    weight, _ = check_classifier(weight, None, num_classes, features.shape[1])
-    stats = class_statistics(features, labels, num_classes, precision=precision)
+    stats, weight, _ = _statistics("per_class", features, labels, weight, None, num_classes, precision)
     return per_class_metrics(stats, weight, global_mean=global_mean)

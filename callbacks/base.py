@@ -16,6 +16,7 @@ computes the same numbers), so they are not reduced again.
 from __future__ import annotations
 
 import math
+import weakref
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
 
@@ -35,6 +36,7 @@ from .capture import (
     find_classifier,
     has_forward,
     metric_checkpoint,
+    quiet_compute,
     restore_metric,
 )
 from .feed import Feeding
@@ -148,6 +150,10 @@ class MonitorBase(Feeding, Callback):
         self._active = False
         self._finished_epoch: int | None = None
         self._warned: set[str] = set()
+        self._bound = False
+        self._classifier = None
+        self._metrics: dict = {}
+        self._last_weight = None  # the classifier weight the last fit monitored (a weak reference)
 
     # --------------------------------------------------------------- identity
     @property
@@ -201,43 +207,103 @@ class MonitorBase(Feeding, Callback):
         return None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage == "fit" and not self._loaded:
-            self._reset()  # a second fit with the same instance starts afresh
-        self._classifier_name, self._classifier = find_classifier(
-            pl_module, self.classifier_path, self._known_num_classes(trainer, pl_module)
-        )
         others = [cb for cb in trainer.callbacks if isinstance(cb, MonitorBase) and cb is not self and cb.name == self.name]
         if others:
             raise ValueError(
                 f"two monitors log under {self.name!r}/: give each a distinct name=... "
                 f"({type(self).__name__} and {type(others[0]).__name__})"
             )
-        if self.mode == "eval" and self.forward_fn is None and not has_forward(pl_module):
-            raise ValueError(f"{type(pl_module).__name__} has no forward(): mode='eval' needs forward_fn=... "
-                             "(or use mode='train', which captures the training steps' calls)")
-        k, d = self._classifier.out_features, self._classifier.in_features
-        self._metrics = self._build(k, d)
-        self._metrics["count"] = SampleCount()
-        if self._pending_metrics is not None:
-            self._restore_metrics(self._pending_metrics)
-            self._pending_metrics = None
-        if self._hook is not None:
-            self._hook.remove()
-        self._hook = FeatureCapture(self._classifier)
+        # the classifier is found later (_bind): the module's own setup() and configure_model() run after
+        # this hook and may build or replace layers; a checkpoint's state is loaded in between
+        self._unbind()
         self._plot_dir = self.plot_dir
         if self._plot_dir is None and self.plot and trainer.loggers:
             log_dir = trainer.log_dir  # a collective under DDP: called on every rank
             self._plot_dir = None if log_dir is None else Path(log_dir)
 
+    def _unbind(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+        self._bound = False
+        self._classifier = None
+        self._metrics = {}
+
+    def _bind(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Find the classifier, build the metrics, attach the hook: at the start of a fit or a validation,
+        after the module's setup/configure_model and after a checkpoint's state was loaded."""
+        if self._bound:
+            return
+        name, classifier = find_classifier(pl_module, self.classifier_path, self._known_num_classes(trainer, pl_module))
+        if self.mode == "eval" and self.forward_fn is None and not has_forward(pl_module):
+            raise ValueError(f"{type(pl_module).__name__} has no forward(): mode='eval' needs forward_fn=... "
+                             "(or use mode='train', which captures the training steps' calls)")
+        if trainer.state.fn == "fit" and not self._loaded:
+            previous = None if self._last_weight is None else self._last_weight()
+            same_model = previous is classifier.weight
+            if not (same_model and trainer.global_step > 0):  # a fit of another model, or a fresh Trainer
+                if same_model and self.history:
+                    self._warn_once("refit", f"{type(self).__name__}({self.name!r}): this fit (a new Trainer) starts "
+                                    "from weights an earlier fit trained: the history starts afresh and drift is "
+                                    "measured from the weights now. To continue the history, continue with the same "
+                                    "Trainer (fit again with a larger max_epochs) or resume from its checkpoint.")
+                self._reset()
+            # else: the same Trainer continues training the same model: history and initial basis go on
+        self._classifier_name, self._classifier = name, classifier
+        self._check_restored(classifier)
+        k, d = classifier.out_features, classifier.in_features
+        self._metrics = self._build(k, d)
+        self._metrics["count"] = SampleCount()
+        if self._pending_metrics is not None:
+            self._restore_metrics(self._pending_metrics)
+            self._pending_metrics = None
+        self._hook = FeatureCapture(classifier)
+        self._last_weight = weakref.ref(classifier.weight)
+        self._bound = True
+        if trainer.state.fn == "fit":
+            self._check_schedules(trainer)
+
+    def _check_restored(self, classifier) -> None:
+        """A restored state must fit the classifier found (its shape was unknown when it was loaded)."""
+        if self.basis is not None:
+            self.basis = InitialBasis.from_state_dict(self.basis.state_dict(), name="state 'basis'",
+                                                      shape=(classifier.out_features, classifier.in_features))
+
+    def _check_schedules(self, trainer: Trainer) -> None:
+        """Checkpointing or early stopping on this monitor's keys at epochs it does not measure sees the last
+        measured value (at first, the value at initialization): say so once, with the fix."""
+        if self.mode == "val" or (self.every_n_epochs == 1 and self.at_epochs is None):
+            return
+        from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+        for cb in trainer.callbacks:
+            key = getattr(cb, "monitor", None)
+            if not isinstance(cb, (ModelCheckpoint, EarlyStopping)) or not isinstance(key, str):
+                continue
+            if not key.startswith(f"{self.name}/"):
+                continue
+            every = getattr(cb, "_every_n_epochs", 1)
+            if self.at_epochs is None and isinstance(cb, ModelCheckpoint) and every and every % self.every_n_epochs == 0:
+                continue
+            schedule = f"every {self.every_n_epochs} epochs" if self.at_epochs is None else "at the epochs in at_epochs"
+            fix = (f"ModelCheckpoint(every_n_epochs={self.every_n_epochs}, ...)" if isinstance(cb, ModelCheckpoint)
+                   else "patience counted in measured epochs")
+            self._warn_once(f"schedule-{id(cb)}", f"{type(cb).__name__}(monitor={key!r}) runs every epoch, but "
+                            f"{type(self).__name__}({self.name!r}) measures {schedule}: at the other epochs it sees "
+                            f"the last measured value (before the first measurement, the value at initialization). "
+                            f"Use {fix}, or measure every epoch.")
+
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+        self._bound = False
         self._active = False
         if stage == "fit":
             self._loaded = False
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._bind(trainer, pl_module)
         resumed_without_state = trainer.ckpt_path is not None and not self._loaded
         if resumed_without_state:
             self._warn_once("resume", f"{type(self).__name__}({self.name!r}): the checkpoint has no state of this "
@@ -245,6 +311,9 @@ class MonitorBase(Feeding, Callback):
         if self.needs_basis and self.basis is None:
             # after the DDP broadcast of the weights and after a resumed run's load_state_dict
             self.basis = self._initial_basis(self._classifier.weight, "svd" if resumed_without_state else self.init_basis)
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._bind(trainer, pl_module)  # trainer.validate: no fit bound it
 
     def _initial_basis(self, weight: Tensor, kind) -> InitialBasis:
         from hadainit.drift import initial_basis
@@ -302,7 +371,8 @@ class MonitorBase(Feeding, Callback):
         self._finished_epoch = trainer.current_epoch
         if self.mode == "eval":
             self._pass(trainer, pl_module, *self._eval_loader(trainer))
-        self._measure(trainer, trainer.current_epoch, trainer.current_epoch + 1.0)
+        # a whole epoch, or less when max_steps (or a stop) ended it early
+        self._measure(trainer, trainer.current_epoch, self._epochs_done(trainer))
 
     def _val_active(self, trainer: Trainer) -> bool:
         if self.mode != "val" or trainer.sanity_checking:
@@ -333,11 +403,13 @@ class MonitorBase(Feeding, Callback):
     # ---------------------------------------------------------- measure, log
     def _measure(self, trainer: Trainer, epoch: int, epochs_done: float) -> None:
         try:
-            counts = self._metrics["count"].compute()  # synced: every rank takes the same branches below
+            counts = quiet_compute(self._metrics["count"])  # synced: every rank takes the same branches below
             values = self._compute(trainer, epochs_done, counts["num_samples"])
             values.update(counts)
         except ValueError as err:  # undefined (collapsed or non-finite features, a class missing): say so, go on
-            rank_zero_warn(f"{type(self).__name__}({self.name!r}) epoch {epoch}: values not logged: {err}")
+            self._warn_once(f"undefined:{err}", f"{type(self).__name__}({self.name!r}): values not logged at "
+                            f"{'initialization' if epoch < 0 else f'epoch {epoch}'}: {err} (said once; the same cause "
+                            "at a later epoch is not repeated)")
             values = None
         finally:
             for metric in self._metrics.values():
@@ -354,6 +426,13 @@ class MonitorBase(Feeding, Callback):
     def _publish(self, trainer: Trainer, row: dict) -> None:
         scalars = {f"{self.name}/{k}": float(v) for k, v in row.items()
                    if self._selected(k) and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        module = trainer.lightning_module
+        if trainer.state.fn != "fit" and trainer.validating and module is not None:
+            # trainer.validate: through the module's log, so the values are also in what validate() returns
+            for key, value in scalars.items():
+                module.log(key, torch.tensor(value, dtype=torch.float64), on_step=False, on_epoch=True,
+                           add_dataloader_idx=False)
+            return
         for key, value in scalars.items():
             trainer.callback_metrics[key] = torch.tensor(value, dtype=torch.float64)
         for logger in trainer.loggers:  # loggers write on rank zero only

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -129,11 +130,23 @@ def eval_pass(
             for i, batch in enumerate(loader):
                 if max_batches is not None and i >= max_batches:
                     break
-                batch = trainer.strategy.batch_to_device(batch)
+                # as Lightning prepares its own batches: the precision's input dtype (e.g. "64-true"), the
+                # module's batch-transfer hooks, the device
+                batch = trainer.precision_plugin.convert_input(batch)
+                batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
+                batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
                 forward(pl_module, batch)
                 consume(batch)
     finally:
         pl_module.train(was_training)
+
+
+def quiet_compute(metric: Metric):
+    """``metric.compute()`` without torchmetrics' "compute before update" warning: a pass that fed a metric
+    nothing is a state the monitors handle (every rank calls this alike, so the DDP sync stays collective)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*was called before the ``update`` method.*")
+        return metric.compute()
 
 
 class RunningMean(Metric):

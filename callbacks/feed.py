@@ -34,10 +34,16 @@ class Feeding:
         labels = self.labels_from_batch(batch) if labels is None else labels
         if not isinstance(labels, Tensor):
             raise TypeError(f"labels must be a tensor, got {type(labels).__name__}: pass labels_from_batch=...")
-        labels = labels.reshape(-1)
-        if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
-            raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
         k, d = self._classifier.out_features, self._classifier.in_features
+        hint = ("pass labels_from_batch=lambda batch: batch[1].argmax(-1) for one-hot or soft labels, or another "
+                "function returning the class indices")
+        if labels.is_floating_point() or labels.dtype == torch.bool or labels.is_complex():
+            raise TypeError(f"{type(self).__name__}({self.name!r}): labels must be integer class indices, got dtype "
+                            f"{labels.dtype} (shape {tuple(labels.shape)}): {hint}")
+        if labels.dim() == 2 and labels.shape[1] == k and any(f.numel() // d == labels.shape[0] for f, _ in calls):
+            raise ValueError(f"{type(self).__name__}({self.name!r}): labels of shape {tuple(labels.shape)} look "
+                             f"one-hot (one row of {k} per sample): {hint}")
+        labels = labels.reshape(-1)
         for features, logits in calls:
             features, logits = features.reshape(-1, d), logits.reshape(-1, k)
             if features.shape[0] != labels.shape[0]:

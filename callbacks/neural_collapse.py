@@ -6,13 +6,12 @@ from typing import Literal
 
 import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from hadainit.metrics import COLLAPSE_KEYS, NearestMeanMismatch, NeuralCollapse
 
 from .base import MonitorBase
-from .capture import RunningMean
+from .capture import RunningMean, quiet_compute
 
 #: What :class:`hadainit.metrics.NeuralCollapse` computes, NC4, and the sample counts.
 NC_KEYS = COLLAPSE_KEYS + ("nc4", "num_samples", "num_ignored")
@@ -114,14 +113,14 @@ class NeuralCollapseMonitor(MonitorBase):
         nc = self._metrics["nc"]
         # train mode: the classifier averaged over the steps that produced the features (synced); the
         # measurement at initialization (an eval pass before any step) uses the classifier itself
-        averaged = self._metrics["classifier"].compute() if self.mode == "train" else None
+        averaged = quiet_compute(self._metrics["classifier"]) if self.mode == "train" else None
         nc.set_classifier((averaged if averaged is not None else self._classifier.weight).detach())
         values = nc.compute()  # synced across ranks: every rank gets the same values
         if self._means is not None:
             try:
                 values.update(self._metrics["nc4"].compute())  # synced; raises on every rank alike
             except ValueError as err:
-                rank_zero_warn(f"NeuralCollapseMonitor({self.name!r}): nc4 not logged: {err}")
+                self._warn_once(f"nc4:{err}", f"NeuralCollapseMonitor({self.name!r}): nc4 not logged: {err} (said once)")
         self._means, self._seen = nc.class_means.detach().clone(), nc.seen.clone()
         self._metrics["nc4"].set_means(self._means, self._seen)
         return values
@@ -134,13 +133,17 @@ class NeuralCollapseMonitor(MonitorBase):
         means, seen = state_dict.get("means"), state_dict.get("seen")
         if (means is None) != (seen is None):
             raise ValueError("NeuralCollapseMonitor state: 'means' and 'seen' must both be given or both None")
-        if means is not None:
-            classifier = getattr(self, "_classifier", None)
-            if not isinstance(means, Tensor) or means.dim() != 2 or not torch.isfinite(means).all():
-                raise ValueError("NeuralCollapseMonitor state 'means' must be a finite 2-D tensor")
-            if classifier is not None and means.shape != (classifier.out_features, classifier.in_features):
-                raise ValueError(f"NeuralCollapseMonitor state 'means' has shape {tuple(means.shape)}, the classifier "
-                                 f"is {(classifier.out_features, classifier.in_features)}")
+        if means is not None and (not isinstance(means, Tensor) or means.dim() != 2 or not torch.isfinite(means).all()):
+            raise ValueError("NeuralCollapseMonitor state 'means' must be a finite 2-D tensor")
         self._means, self._seen = means, seen
-        if means is not None and getattr(self, "_metrics", None):
+        if self._classifier is not None:  # else checked when the classifier is found
+            self._check_restored(self._classifier)
+        if means is not None and self._metrics:
             self._metrics["nc4"].set_means(means, seen)
+
+    def _check_restored(self, classifier) -> None:
+        super()._check_restored(classifier)
+        means = self._means
+        if means is not None and means.shape != (classifier.out_features, classifier.in_features):
+            raise ValueError(f"NeuralCollapseMonitor state 'means' has shape {tuple(means.shape)}, the classifier "
+                             f"is {(classifier.out_features, classifier.in_features)}")

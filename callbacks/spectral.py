@@ -8,7 +8,6 @@ from typing import Literal
 
 import torch
 from lightning.pytorch import Trainer
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from hadainit.drift import DRIFT_KEYS, drift
@@ -129,8 +128,8 @@ class SpectralMonitor(MonitorBase):
                 spec = spectrum.compute()  # synced across ranks
                 values.update(spec)
             except ValueError as err:  # e.g. a class never seen, or collapsed logits: the drift is still logged
-                rank_zero_warn(f"SpectralMonitor({self.name!r}) epoch {trainer.current_epoch}: "
-                               f"logit spectrum not logged: {err}")
+                self._warn_once(f"spectrum:{err}", f"SpectralMonitor({self.name!r}): logit spectrum not logged after "
+                                f"{epochs_done:g} epochs: {err} (said once; the drift is still logged)")
         elif spectrum is not None:
             self._warn_once("no-logits", f"SpectralMonitor({self.name!r}): no logits were captured, so the logit "
                             "spectrum is not logged (is the classifier called in the step?)")

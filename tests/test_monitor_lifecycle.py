@@ -1,0 +1,176 @@
+"""The monitors across a run's life cycle as users set it up: true precisions, layers built or replaced
+by the module's own setup, trainer.validate's results, continued fits, runs stopped mid-epoch,
+checkpoint schedules, label layouts, and warnings said once."""
+
+import math
+import warnings
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from hadainit.callbacks import NeuralCollapseMonitor, SpectralMonitor
+from hadainit.drift import drift, initial_basis
+from hadainit.metrics.functional import neural_collapse
+from tests.lightning_helpers import D, K, TinyModule, dataset, loader, trainer
+
+
+def _features(module, x):
+    with torch.no_grad():
+        return module.body(x.to(module.fc.weight.dtype))
+
+
+def _messages(record, text: str) -> list[str]:
+    return [str(w.message) for w in record if text in str(w.message)]
+
+
+# --------------------------------------------------------- true precision
+def test_true_double_precision_eval_pass_and_values():
+    """The monitor's own eval pass converts its batches like Lightning's steps do (was: Float vs Double)."""
+    module = TinyModule(lr=0.0)
+    nc_eval, nc_train, spectral = NeuralCollapseMonitor(mode="eval", name="nce"), NeuralCollapseMonitor(), SpectralMonitor()
+    trainer([nc_eval, nc_train, spectral], max_epochs=1, precision="64-true").fit(module, loader())
+    assert module.fc.weight.dtype == torch.float64
+    x, y = dataset().tensors
+    ref = neural_collapse(_features(module, x), y, module.fc.weight.detach())
+    for monitor in (nc_eval, nc_train):
+        assert [h["epoch"] for h in monitor.history] == [-1, 0]
+        assert math.isclose(monitor.history[-1]["nc1"], ref["nc1"], rel_tol=1e-12)
+    assert all(math.isfinite(h["drift"]) for h in spectral.history)
+
+
+# ------------------------------------------- layers built by the module later
+class BuiltInConfigureModel(TinyModule):
+    def __init__(self):
+        super().__init__(lr=0.0)
+        del self.fc
+
+    def configure_model(self):
+        if not hasattr(self, "fc"):
+            self.fc = nn.Linear(D, K)
+
+
+class ReplacedInSetup(TinyModule):
+    def __init__(self):
+        super().__init__(lr=0.0)
+
+    def setup(self, stage):
+        self.fc = nn.Linear(D, K)  # e.g. a head sized from the data module
+
+
+@pytest.mark.parametrize("module_type", [BuiltInConfigureModel, ReplacedInSetup])
+def test_the_classifier_is_found_after_the_module_builds_it(module_type):
+    module = module_type()
+    nc, spectral = NeuralCollapseMonitor(), SpectralMonitor(init_basis="svd")
+    trainer([nc, spectral], max_epochs=1).fit(module, loader())
+    w = module.fc.weight.detach()
+    sv = torch.linalg.svdvals(w.double())
+    assert math.isclose(spectral.history[-1]["sv_max"], sv[0].item(), rel_tol=1e-12)
+    assert spectral.history[-1]["drift"] < 1e-12  # lr = 0: the layer in use never moved
+    x, y = dataset().tensors
+    ref = neural_collapse(_features(module, x), y, w)
+    assert math.isclose(nc.history[-1]["nc1"], ref["nc1"], rel_tol=1e-9)
+
+
+# --------------------------------------------------- trainer.validate results
+def test_trainer_validate_returns_the_monitor_values():
+    module = TinyModule(lr=0.0)
+    val = DataLoader(dataset(100), batch_size=30)
+    t = trainer([NeuralCollapseMonitor(mode="val")], max_epochs=1)
+    results = t.validate(module, val, verbose=False)
+    x, y = dataset(100).tensors
+    ref = neural_collapse(_features(module, x), y, module.fc.weight.detach())
+    assert math.isclose(results[0]["nc_val/nc1"], ref["nc1"], rel_tol=1e-9)
+    assert t.callback_metrics["nc_val/nc1"].dtype == torch.float64
+
+
+# ------------------------------------------------------------------ warnings
+def test_no_compute_before_update_warning_from_the_monitors():
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer([NeuralCollapseMonitor(), SpectralMonitor()], max_epochs=2).fit(TinyModule(), loader())
+    assert not _messages(record, "was called before the ``update`` method")
+
+
+def test_an_undefined_value_is_warned_once_per_cause():
+    n = 200
+    y = torch.arange(n) % (K - 1)  # class K - 1 never appears: the logit spectrum is undefined every epoch
+    x = torch.randn(n, 8, generator=torch.Generator().manual_seed(0))
+    data = DataLoader(TensorDataset(x, y), batch_size=20)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        spectral = SpectralMonitor()
+        trainer([spectral], max_epochs=4).fit(TinyModule(), data)
+    assert len(_messages(record, "logit spectrum not logged")) == 1
+    assert [h["epoch"] for h in spectral.history] == [-1, 0, 1, 2, 3]  # the drift is logged all along
+
+
+# ------------------------------------------------------- stopped mid-epoch
+def test_a_run_stopped_mid_epoch_logs_the_fraction_it_trained():
+    nc, spectral = NeuralCollapseMonitor(), SpectralMonitor()
+    trainer([nc, spectral], max_epochs=5, max_steps=23).fit(TinyModule(), loader())  # 10 batches per epoch
+    for monitor in (nc, spectral):
+        assert [h["epochs_done"] for h in monitor.history] == [0.0, 1.0, 2.0, 2.3]
+    assert nc.history[-1]["num_samples"] == 3 * 20
+
+
+# ------------------------------------------------------------ continued fits
+def test_fitting_again_with_the_same_trainer_continues_the_history():
+    module = TinyModule(init="default")
+    w0 = module.fc.weight.detach().clone()
+    spectral = SpectralMonitor(init_basis="svd")
+    t = trainer([spectral], max_epochs=2)
+    t.fit(module, loader())
+    t.fit_loop.max_epochs = 4
+    t.fit(module, loader())
+    assert [h["epoch"] for h in spectral.history] == [-1, 0, 1, 2, 3]
+    expected = drift(module.fc.weight.detach(), initial_basis(w0, "svd"))["drift"]
+    assert math.isclose(spectral.history[-1]["drift"], expected, rel_tol=1e-9)
+
+
+def test_a_new_trainer_on_a_trained_model_starts_afresh_and_says_so():
+    module = TinyModule()
+    spectral = SpectralMonitor()
+    trainer([spectral], max_epochs=2).fit(module, loader())
+    with pytest.warns(UserWarning, match="starts from weights an earlier fit trained"):
+        trainer([spectral], max_epochs=1).fit(module, loader())
+    assert [h["epoch"] for h in spectral.history] == [-1, 0]
+
+
+# ------------------------------------------------------ checkpoint schedules
+def test_checkpointing_at_epochs_the_monitor_skips_is_warned(tmp_path):
+    nc = NeuralCollapseMonitor(every_n_epochs=2)
+    every_epoch = ModelCheckpoint(dirpath=tmp_path / "a", monitor="nc/nc1", save_on_train_epoch_end=True)
+    with pytest.warns(UserWarning, match=r"ModelCheckpoint\(every_n_epochs=2"):
+        trainer([nc, every_epoch], max_epochs=2, enable_checkpointing=True).fit(TinyModule(), loader())
+    matched = ModelCheckpoint(dirpath=tmp_path / "b", monitor="nc/nc1", save_on_train_epoch_end=True, every_n_epochs=2)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        trainer([NeuralCollapseMonitor(every_n_epochs=2), matched], max_epochs=2, enable_checkpointing=True).fit(
+            TinyModule(), loader())
+    assert not _messages(record, "runs every epoch")
+    assert matched.best_model_path.endswith("epoch=1-step=20.ckpt")
+
+
+# ------------------------------------------------------------ label layouts
+def _one_hot_loader(dtype):
+    x, y = dataset().tensors
+    return DataLoader(TensorDataset(x, nn.functional.one_hot(y, K).to(dtype)), batch_size=20)
+
+
+class OneHotModule(TinyModule):
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y.float())
+
+
+@pytest.mark.parametrize("dtype, error, text", [(torch.float32, TypeError, "integer class indices"),
+                                                (torch.int64, ValueError, "look one-hot")])
+def test_one_hot_labels_are_refused_with_the_fix(dtype, error, text):
+    with pytest.raises(error, match=f"{text}.*labels_from_batch"):
+        trainer([NeuralCollapseMonitor(log_at_init=False)], max_epochs=1).fit(OneHotModule(), _one_hot_loader(dtype))
+    nc = NeuralCollapseMonitor(log_at_init=False, labels_from_batch=lambda batch: batch[1].argmax(-1))
+    trainer([nc], max_epochs=1).fit(OneHotModule(), _one_hot_loader(dtype))
+    assert nc.history[-1]["num_samples"] == 200

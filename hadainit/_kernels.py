@@ -57,8 +57,8 @@ class KernelStatus:
     """Which ``fwht`` path is in use on the CPU, and why.
 
     ``available``: the compiled kernel is loaded. ``reason``: ``"loaded from
-    cache"``, ``"built"``, ``"disabled by HADAINIT_NO_EXTENSION"`` or the
-    build error. ``build_seconds``: the wall time of the first build (recorded
+    cache"``, ``"built"``, ``"built by another process (waited for it)"``,
+    ``"disabled by HADAINIT_NO_EXTENSION"`` or the build error. ``build_seconds``: the wall time of the first build (recorded
     when it happened, possibly in another process); ``load_seconds``: this
     process's time to obtain the module; ``directory``: the build folder.
     """
@@ -167,9 +167,17 @@ def _load() -> tuple[ModuleType | None, KernelStatus]:
     except Exception as exc:
         first_line = (str(exc).strip().splitlines() or [""])[0][:300]
         _log.info("hadainit: the CPU kernels could not be built (%s); using the pure-PyTorch paths", first_line)
-        return None, KernelStatus(False, f"build failed: {type(exc).__name__}: {first_line}", str(directory))
+        hint = f"; a build was left in {directory}: delete the folder to rebuild" if existed else ""
+        return None, KernelStatus(False, f"build failed: {type(exc).__name__}: {first_line}{hint}", str(directory))
     seconds = time.perf_counter() - start
-    recorded = None if existed else seconds  # another process built it: this one only loaded it
+    if marker.exists():  # another process finished the build while this one waited for it
+        try:
+            recorded = json.loads(marker.read_text()).get("build_seconds")
+        except (OSError, ValueError):
+            recorded = None
+        return module, KernelStatus(True, "built by another process (waited for it)", str(directory), recorded,
+                                    seconds, tuple(cflags))
+    recorded = None if existed else seconds  # a library was there already: this process only linked/loaded it
     if not marker.exists():
         try:
             tmp = marker.with_suffix(f".{os.getpid()}.tmp")

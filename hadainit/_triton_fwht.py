@@ -27,6 +27,7 @@ row for when one is).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -40,6 +41,8 @@ __all__ = ["DTYPES", "MAX_BITS", "available", "plan", "transform"]
 DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128)
 #: index bits per pass: a tile of 2^14 elements per program at most.
 MAX_BITS = 14
+#: programs per launch at most (CUDA's grid limit is 2^31 - 1)
+_MAX_PROGRAMS = 1 << 30
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,15 +55,16 @@ def _kernel():
         return None
 
     @triton.jit
-    def fwht_axis(src, dst, inner, tiles_inner, AXIS: tl.constexpr, BITS: tl.constexpr, TILE: tl.constexpr,
-                  UPCAST: tl.constexpr):
-        # program: one (outer index, column tile) of the (outer, AXIS, inner) view
+    def fwht_axis(src, dst, columns, column_tiles, group_stride, row_stride, column_stride, AXIS: tl.constexpr,
+                  BITS: tl.constexpr, TILE: tl.constexpr, UPCAST: tl.constexpr):
+        # program: one (group, column tile); a tile is AXIS rows (the transformed index) x TILE columns
         pid = tl.program_id(0)
-        o = pid // tiles_inner
-        cols = (pid % tiles_inner) * TILE + tl.arange(0, TILE)
+        group = pid // column_tiles
+        cols = (pid % column_tiles) * TILE + tl.arange(0, TILE)
         rows = tl.arange(0, AXIS)
-        offs = o.to(tl.int64) * AXIS * inner + rows[:, None].to(tl.int64) * inner + cols[None, :]
-        inside = (rows[:, None] < AXIS) & (cols[None, :] < inner)  # the last tile of a row may overhang
+        offs = (group.to(tl.int64) * group_stride + rows[:, None].to(tl.int64) * row_stride
+                + cols[None, :].to(tl.int64) * column_stride)
+        inside = (rows[:, None] < AXIS) & (cols[None, :] < columns)  # the last tile may overhang
         x = tl.load(src + offs, mask=inside, other=0.0)
         if UPCAST:
             x = x.to(tl.float32)
@@ -116,14 +120,41 @@ def transform(x: Tensor, dim: int) -> Tensor:
     if src.numel() == 0:
         return result
     upcast = src.dtype in (torch.float16, torch.bfloat16)
-    for chunk, chunk_inner in plan(n.bit_length() - 1, inner):
-        axis = 1 << chunk
-        tile = 1 << (min(chunk_inner, (1 << MAX_BITS) // axis).bit_length() - 1)  # a power of two (Triton's blocks)
-        tiles_inner = -(-chunk_inner // tile)
-        programs = src.numel() // (axis * chunk_inner) * tiles_inner  # (index above the chunk, column tile) pairs
-        warps = max(1, min(16, axis * tile // 512))
-        kernel[(programs,)](src, dst, chunk_inner, tiles_inner, AXIS=axis, BITS=chunk, TILE=tile, UPCAST=upcast,
-                            num_warps=warps)
-        src = dst  # later passes in place: each program reads and writes only its own tile
+    guard = torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()  # launch on x's device
+    with guard:
+        for chunk, chunk_inner in plan(n.bit_length() - 1, inner):
+            _launch(kernel, src, dst, chunk, chunk_inner, upcast)
+            src = dst  # later passes in place: each program reads and writes only its own tile
     return result
 
+
+def _launch(kernel, src: Tensor, dst: Tensor, chunk: int, inner: int, upcast: bool) -> None:
+    """One pass: the data as (groups, 2^chunk, inner), transformed along the middle axis.
+
+    With inner > 1 a tile's columns are contiguous elements of one group; with inner = 1
+    (the lowest bits of the last dimension) they are whole rows of 2^chunk elements, so a
+    program covers many short rows. Launches of at most :data:`_MAX_PROGRAMS` programs.
+    """
+    axis = 1 << chunk
+    tile_cap = (1 << MAX_BITS) // axis
+    if inner == 1:  # columns: the rows; one group
+        columns, groups = src.numel() // axis, 1
+        group_stride, row_stride, column_stride = 0, 1, axis
+    else:
+        columns, groups = inner, src.numel() // (axis * inner)
+        group_stride, row_stride, column_stride = axis * inner, inner, 1
+    tile = 1 << (max(1, min(columns, tile_cap)).bit_length() - 1)  # a power of two (Triton's blocks)
+    column_tiles = -(-columns // tile)
+    warps = max(1, min(16, axis * tile // 512))
+    per_launch = max(1, _MAX_PROGRAMS // column_tiles)
+    for first in range(0, groups, per_launch):
+        count = min(per_launch, groups - first)
+        offset = first * group_stride
+        kernel[(count * column_tiles,)](_flat(src, offset), _flat(dst, offset), columns,
+                                        column_tiles, group_stride, row_stride, column_stride, AXIS=axis, BITS=chunk,
+                                        TILE=tile, UPCAST=upcast, num_warps=warps)
+
+
+def _flat(t: Tensor, offset: int) -> Tensor:
+    """The contiguous ``t`` from element ``offset`` on, as a flat view (a launch's base pointer)."""
+    return t.reshape(-1)[offset:]

@@ -288,8 +288,12 @@ def _fwht_last(x: Tensor) -> Tensor:
 
 
 def _fwht_reference(x: Tensor, dim: int) -> Tensor:
-    """The pure-PyTorch transform along ``dim`` (non-negative): the fallback, and the tests' reference."""
-    return _fwht_last(x.movedim(dim, -1).contiguous()).movedim(-1, dim)
+    """The pure-PyTorch transform along ``dim`` (non-negative): the fallback, and the tests' reference.
+    A contiguous result; complex input as its real and imaginary parts (a complex product with the
+    real block would make ``inf * 0`` terms, NaN, out of an infinite part)."""
+    if x.is_complex():
+        return torch.complex(_fwht_reference(x.real, dim), _fwht_reference(x.imag, dim))
+    return _fwht_last(x.movedim(dim, -1).contiguous()).movedim(-1, dim).contiguous()
 
 
 #: dtypes the compiled kernel transforms (complex as its real view); others take the pure-PyTorch path.

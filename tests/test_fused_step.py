@@ -81,6 +81,33 @@ def test_bit_for_bit_including_edge_states(passes):
             assert torch.equal(got.nan_to_num(), want.nan_to_num()), (a[:3], b[:3], loss)
 
 
+@pytest.mark.parametrize("passes", sorted(PASSES))
+@pytest.mark.parametrize("kind", ["walsh", "fourier"])
+def test_a_margin_of_minus_inf_overflows_the_loss_beside_nan_logits(passes, kind):
+    """lam = a * b with -inf modes: z(0) = -inf, some z(m) NaN, one +inf. The reference's loss is inf
+    (some margin is -inf); taking the max over z(m) with its NaN used to hide that and give NaN."""
+    for dtype, big in ((torch.float64, 1e200), (torch.float32, 1e30)):
+        a = torch.tensor([0.0, big, big, 1.0], dtype=dtype)
+        b = torch.tensor([0.0, -big, -big, 1.0], dtype=dtype)
+        if kind == "fourier":
+            a, b = a[:3].clone(), b[:3].clone()  # K = 3: one (cos, sin) pair of equal modes
+        ref = _rhs_reference(a, b, kind, 1, (0.0, 0.0), "ce")
+        rhs = FusedRHS(a.shape, a.dtype, a.device, kind, 1, (0.0, 0.0), "ce", passes=PASSES[passes])
+        da, db = torch.empty_like(a), torch.empty_like(b)
+        rhs.evaluate(a, b, da, db)
+        for got, want in ((da, ref[0]), (db, ref[1]), (rhs.loss(a, b), ref[2])):
+            assert torch.equal(got, want) or torch.allclose(got, want, rtol=0, atol=0, equal_nan=True), (got, want)
+
+
+@pytest.mark.parametrize("loss", ["ce", "mse"])
+def test_an_empty_batch_gives_empty_results(loss):
+    a = torch.rand(0, 8, dtype=torch.float64)
+    da, db, value = dynamics.spectral_rhs(a, a, "walsh", 1, (0.0, 0.0), loss)
+    assert da.shape == db.shape == (0, 8) and value.shape == (0,)
+    result = spectral_gd(a, a, lr=0.5, steps=2, loss=loss)
+    assert result.a.shape == (3, 0, 8)  # steps 0, 1, 2
+
+
 def _reference_gd(a, b, *, lr, steps, kind, n, wd, loss, every):
     """spectral_gd's loop as it was, on the reference right-hand side."""
     rec_a, rec_b, rec_loss = [], [], []

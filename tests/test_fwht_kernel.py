@@ -4,6 +4,7 @@ Tests that need the kernel skip where it cannot be built (no compiler); the
 fallback tests run everywhere. No timing here: speed is `python -m benchmarks`.
 """
 
+import math
 import os
 import subprocess
 import sys
@@ -91,6 +92,18 @@ def test_low_precision_takes_the_reference_path():
         assert torch.equal(got, _fwht_reference(x.to(dtype), 1))
 
 
+def test_complex_infinite_parts_and_contiguous_results_on_every_path():
+    """The reference transforms real and imaginary parts apart (a complex product with the real block
+    turned an infinite part into NaN everywhere) and returns a contiguous tensor, like the kernel."""
+    x = torch.tensor([complex("inf"), 1 + 2j, 0, 0], dtype=torch.complex128)
+    want = torch.tensor([complex(math.inf, 2), complex(math.inf, -2)] * 2, dtype=torch.complex128)
+    assert torch.equal(_fwht_reference(x, 0), want)
+    assert torch.equal(fwht(x), want)
+    for dtype in (torch.float16, torch.float32, torch.complex64):
+        y = torch.randn(8, 3).to(dtype)
+        assert _fwht_reference(y, 0).is_contiguous() and fwht(y, 0).is_contiguous()
+
+
 def test_empty_batches():
     for dtype in (torch.float32, torch.float64, torch.float16):
         x = torch.randn(0, 3, 8, dtype=dtype)
@@ -176,6 +189,49 @@ def test_a_failing_build_falls_back(monkeypatch, tmp_path):
     assert not status.available and "simulated compiler failure" in status.reason
     x = torch.randn(4, 32, dtype=torch.float64)
     assert torch.equal(fwht(x), _fwht_reference(x, 1))
+
+
+def _fresh_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.setattr(_kernels, "_status", None)
+    monkeypatch.setattr(_kernels, "_module", None)
+    cflags, ldflags = _kernels._compile_flags()
+    name = _kernels._name(cflags, ldflags)
+    directory = _kernels._extensions_root() / name
+    return name, directory
+
+
+def test_a_broken_leftover_build_says_how_to_rebuild(monkeypatch, tmp_path):
+    import torch.utils.cpp_extension as cpp_extension
+
+    name, directory = _fresh_cache(monkeypatch, tmp_path)
+    directory.mkdir(parents=True)
+    _kernels._library_path(directory, name).write_bytes(b"\x7fELF truncated")  # a build killed mid-write
+
+    def load(*args, **kwargs):  # ninja finds the output up to date; importing it fails
+        raise ImportError("invalid ELF header")
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    status = _kernels.status()
+    assert not status.available and "delete the folder to rebuild" in status.reason and str(directory) in status.reason
+
+
+def test_a_process_that_waited_for_another_build_says_so(monkeypatch, tmp_path):
+    import json
+
+    import torch.utils.cpp_extension as cpp_extension
+
+    name, directory = _fresh_cache(monkeypatch, tmp_path)
+
+    def load(*args, **kwargs):  # the other process finishes (and marks) the build while this one waits
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / _kernels._MARKER).write_text(json.dumps({"build_seconds": 12.5}))
+        return object()
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    status = _kernels.status()
+    assert status.available and status.reason == "built by another process (waited for it)"
+    assert status.build_seconds == 12.5
 
 
 def _run(env_extra: dict, tmp_path) -> str:

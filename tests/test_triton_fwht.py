@@ -20,9 +20,10 @@ pytest.importorskip("triton")
 def interpreted(monkeypatch):
     """The kernel decorated under Triton's interpreter (and decorated afresh after the test)."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    _triton_fwht._kernel.cache_clear()
+    decorate = _triton_fwht._kernel  # a test may replace the module attribute
+    decorate.cache_clear()
     yield _triton_fwht
-    _triton_fwht._kernel.cache_clear()
+    decorate.cache_clear()
 
 
 def _exact(x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -71,6 +72,31 @@ def test_two_pass_length_at_the_default_chunk(interpreted):
     x = torch.randn(2, 1 << 15, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     assert len(_triton_fwht.plan(15, 1)) == 2
     _check(interpreted, x, 1, passes=2)
+
+
+def test_launches_split_and_short_rows_share_programs(interpreted, monkeypatch):
+    """A pass too large for one launch is split into launches over consecutive groups; rows of the
+    last dimension are the tile's columns, so a length-2 transform of many rows takes few programs."""
+    gen = torch.Generator().manual_seed(6)
+    monkeypatch.setattr(_triton_fwht, "MAX_BITS", 2)
+    monkeypatch.setattr(_triton_fwht, "_MAX_PROGRAMS", 3)
+    for shape, dim in [((7, 16, 3), 1), ((5, 32), 1), ((64, 2), 0)]:
+        x = torch.randn(shape, generator=gen, dtype=torch.float64)
+        _check(interpreted, x, dim, passes=len(_triton_fwht.plan(x.shape[dim].bit_length() - 1, 1)))
+    launched = []
+    monkeypatch.setattr(_triton_fwht, "_MAX_PROGRAMS", 1 << 30)
+    real_kernel = _triton_fwht._kernel()
+
+    class Counting:
+        def __getitem__(self, grid):
+            launched.append(grid[0])
+            return real_kernel[grid]
+
+    monkeypatch.setattr(_triton_fwht, "_kernel", lambda: Counting())
+    x = torch.randn(4096, 2, generator=gen, dtype=torch.float64)
+    got = _triton_fwht.transform(x, 1)
+    assert torch.equal(got, torch.stack((x[:, 0] + x[:, 1], x[:, 0] - x[:, 1]), 1))
+    assert launched == [4096 * 2 // 4]  # tiles of 2 rows (MAX_BITS = 2): 2048 programs, not 4096
 
 
 def test_non_contiguous_and_conjugated_input(interpreted):

@@ -108,13 +108,16 @@ inline void range_max(const T* __restrict p, int64_t len, T& best, bool& nan) {
   nan = ns;
 }
 
-// From z(0) and max over m >= 1 of z(m): min over m of gamma(m) = z(0) - z(m) is z(0) - max z (rounding
-// is monotone), so top = max(neg(0) = 0, max over m of -clamp(gamma(m))) = clamp_min(-clamp(gamma_min), 0),
-// and a margin overflows to -inf exactly when gamma_min does.
+// From z(0), the largest non-NaN z(m) over m >= 1 (-inf if none) and whether some z(m) is NaN:
+// min over m of gamma(m) = z(0) - z(m) is z(0) - max z (rounding is monotone), NaN if a z(m) is NaN
+// (torch's amax), so top = max(neg(0) = 0, max over m of -clamp(gamma(m))) = clamp_min(-clamp(gamma_min), 0).
+// A margin is -inf (the loss overflows, the reference's any(gamma == -inf)) exactly when the least
+// non-NaN margin z(0) - zmax is: a NaN elsewhere in the row does not hide it.
 template <typename T>
 inline void top_from_max(T z0, T zmax, bool nan, T& top, bool& overflow) {
-  const T gamma_min = z0 - (nan ? std::numeric_limits<T>::quiet_NaN() : zmax);
-  overflow = gamma_min == -std::numeric_limits<T>::infinity();
+  const T gamma_least = z0 - zmax;
+  overflow = gamma_least == -std::numeric_limits<T>::infinity();
+  const T gamma_min = nan ? std::numeric_limits<T>::quiet_NaN() : gamma_least;
   top = clamp_min0<T>(-clamp_huge<T>(gamma_min));
 }
 
@@ -340,6 +343,7 @@ struct OneMinusLam {
 };
 
 void check_outputs(const at::Tensor& a, const at::Tensor& b, const at::Tensor& out_a, const at::Tensor& out_b) {
+  if (a.numel() == 0) return;  // empty tensors share the null data pointer: nothing is written
   for (const at::Tensor* out : {&out_a, &out_b}) {
     TORCH_CHECK(out->data_ptr() != a.data_ptr() && out->data_ptr() != b.data_ptr(),
                 "hadainit reduced step: the outputs must not be the inputs");

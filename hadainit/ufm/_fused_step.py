@@ -65,8 +65,11 @@ class TorchPasses:
     @staticmethod
     def top_of(z: Tensor) -> tuple[Tensor, Tensor]:
         huge = torch.finfo(z.dtype).max
-        gamma_min = z[:, 0] - z[:, 1:].amax(-1)  # min over m of gamma(m) = z(0) - z(m)
-        return (-gamma_min.clamp(-huge, huge)).clamp_min(0.0), gamma_min == -math.inf
+        rest = z[:, 1:]
+        gamma_min = z[:, 0] - rest.amax(-1)  # min over m of gamma(m) = z(0) - z(m); NaN if a z(m) is
+        # a margin of -inf overflows the loss even when another z(m) is NaN (the reference's any(gamma == -inf))
+        least = z[:, 0] - torch.where(rest.isnan(), -math.inf, rest).amax(-1)
+        return (-gamma_min.clamp(-huge, huge)).clamp_min(0.0), least == -math.inf
 
     @staticmethod
     def shift(z: Tensor, top: Tensor, e: Tensor, mask: Tensor) -> Tensor:

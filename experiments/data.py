@@ -49,11 +49,13 @@ class ClassificationData(L.LightningDataModule):
             raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.shuffle_seed = torch.initial_seed()  # the run's seed (seed_everything runs before the data module)
         self.train_set: Dataset | None = None
         self.test_set: Dataset | None = None
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+        sampler = EpochShuffle(len(dataset), self.shuffle_seed) if shuffle else None
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
@@ -63,6 +65,26 @@ class ClassificationData(L.LightningDataModule):
         return self._loader(self.test_set, shuffle=False)
 
 
+class EpochShuffle(torch.utils.data.Sampler):
+    """The training order of epoch e: a permutation drawn from (seed, e) alone. Lightning calls
+    ``set_epoch`` before every epoch, also in a run resumed from a checkpoint, which therefore sees the
+    batches of the uninterrupted run (a plain shuffling loader draws from the global RNG, which a
+    checkpoint does not restore)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, int(seed), 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self):
+        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) % (2**63))
+        return iter(torch.randperm(self.n, generator=gen).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
 def _split(x: torch.Tensor, y: torch.Tensor, test_fraction: float, seed: int) -> tuple[TensorDataset, TensorDataset]:
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     cut = len(y) - int(round(test_fraction * len(y)))
@@ -70,7 +92,7 @@ def _split(x: torch.Tensor, y: torch.Tensor, test_fraction: float, seed: int) ->
 
 
 class Digits(ClassificationData):
-    """scikit-learn's handwritten digits: 1,437 training / 360 test images (1 x 8 x 8, pixels / 16), K = 10."""
+    """scikit-learn's handwritten digits: 1,438 training / 359 test images (1 x 8 x 8, pixels / 16), K = 10."""
 
     num_classes = 10
     input_shape = (1, 8, 8)

@@ -26,8 +26,15 @@ def plot_curves(table: list[dict], path: Path) -> None:
     save(fig, path, "Training curves")
 
 
+def _jsonable(value):
+    """A config value for report.json: callables as their dotted import path (as config.yaml has them)."""
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '?')}.{value.__qualname__}"
+    return str(value)
+
+
 def write_run_report(out: Path, trainer, module, datamodule, seconds: float, steps_per_second: list[float],
-                     config: dict) -> dict:
+                     config: dict, resumed_at: int | None = None) -> dict:
     """Read the run's ``metrics.csv`` back and write the report files (atomically)."""
     metrics = out / "metrics.csv"
     table = read_metrics(metrics) if metrics.is_file() else []
@@ -38,13 +45,14 @@ def write_run_report(out: Path, trainer, module, datamodule, seconds: float, ste
         final = {k: float(v) for k, v in trainer.callback_metrics.items()}
     sps = sorted(steps_per_second[1:] or steps_per_second)
     report = {
-        "config": json.loads(json.dumps(config, default=str)),
+        "config": json.loads(json.dumps(config, default=_jsonable)),
         "data": type(datamodule).__name__,
         "num_classes": module.num_classes,
         "epochs_trained": trainer.current_epoch,
         "precision": str(trainer.precision),
         "accelerator": type(trainer.accelerator).__name__,
         "seconds": seconds,
+        "resumed_after_epochs": resumed_at,
         "steps_per_second": sps[len(sps) // 2] if sps else None,
         "final": final,
         "epochs": table,
@@ -58,6 +66,7 @@ def write_run_report(out: Path, trainer, module, datamodule, seconds: float, ste
         "",
         f"{report['epochs_trained']} epochs, lr {hp.lr} ({hp.schedule}), momentum {hp.momentum}, weight decay "
         f"{hp.weight_decay}, precision {report['precision']}, {report['accelerator']}, {seconds:.0f} s"
+        + (f" in this session (resumed after epoch {resumed_at})" if resumed_at is not None else "")
         + (f", {report['steps_per_second']:.1f} steps/s (median epoch)." if report["steps_per_second"] else "."),
         "",
         "| quantity | final value |",
@@ -65,7 +74,12 @@ def write_run_report(out: Path, trainer, module, datamodule, seconds: float, ste
     ]
     lines += [f"| {key} | {value:.6g} |" for key, value in sorted(final.items()) if isinstance(value, float)
               and (math.isfinite(value) or math.isinf(value))]
-    lines += ["", "Figures: `curves.png`, the monitors' `nc*.png`, `spectral*.png`; per-epoch values: `metrics.csv` "
-              "(epoch -1: the monitors' values at initialization)."]
+    figures = sorted(p.name for p in out.glob("*.png"))
+    if figures:
+        lines += ["", "Figures: " + ", ".join(f"`{name}`" for name in figures) + "."]
+    if metrics.is_file():
+        lines += ["", "Per-epoch values: `metrics.csv` (epoch -1: the monitors' values at initialization)."]
+    else:
+        lines += ["", "No metrics.csv (no logger): the values above are the trainer's last callback metrics."]
     write_atomic(out / "report.md", "\n".join(lines) + "\n")
     return report

@@ -50,22 +50,45 @@ def series(table: list[dict], key: str) -> tuple[list[float], list[float]]:
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def prepare_out(out: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
-    """The run folder ``out``, ready to write: created if missing; a non-empty folder is refused unless
-    ``overwrite`` (its contents are removed first, so nothing old sits beside the new run) or
-    ``resume`` (a run continued from its checkpoint writes into its own folder); a file is refused."""
-    import shutil
+#: What hadainit commands leave in an output folder: --overwrite empties only a folder holding one of these.
+RUN_FILES = ("report.json", "report.md", "metrics.csv", "config.yaml", "runs.json", "compare.json", "checkpoints",
+             "runs")
 
+
+def check_out(out: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """The run folder ``out``, checked but not touched: a file is refused; a non-empty folder is refused
+    unless ``resume`` (a run continued from its checkpoint writes into its own folder) or ``overwrite``,
+    and ``overwrite`` only replaces a folder that holds a hadainit output (:data:`RUN_FILES`)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out} is a file, not a folder")
     if out.is_dir() and any(out.iterdir()) and not resume:
         if not overwrite:
             raise FileExistsError(f"--out {out} is not empty: pass --overwrite to replace it, or choose another folder")
+        if not any((out / name).exists() for name in RUN_FILES):
+            raise FileExistsError(f"--out {out} is not empty and holds no hadainit output ({', '.join(RUN_FILES[:4])}, "
+                                  "...): --overwrite only replaces an earlier run's folder; choose another folder")
+    return out
+
+
+def clear_out(out: Path) -> Path:
+    """Empty (and create) the checked folder ``out``: nothing old sits beside the new run."""
+    import shutil
+
+    if out.is_dir():
         for child in out.iterdir():
             shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def prepare_out(out: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """:func:`check_out`, then the folder emptied (``overwrite``) or created, ready to write."""
+    out = check_out(out, overwrite=overwrite, resume=resume)
+    if resume:
+        out.mkdir(parents=True, exist_ok=True)
+        return out
+    return clear_out(out)
 
 
 def write_atomic(path: str | Path, text: str) -> None:
@@ -78,6 +101,9 @@ def write_atomic(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would make it (mkstemp's file is private)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

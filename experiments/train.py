@@ -28,6 +28,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from jsonargparse import ActionYesNo
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
@@ -36,7 +37,7 @@ from hadainit.callbacks import NeuralCollapseMonitor, SpectralMonitor
 from .data import ClassificationData
 from .module import ClassifierModule
 from .report_run import write_run_report
-from .runs import prepare_out, write_atomic
+from .runs import check_out, clear_out, write_atomic
 
 
 class Throughput(L.Callback):
@@ -87,9 +88,15 @@ class TrainCLI(LightningCLI):
         devices = trainer.get("devices")
         if isinstance(devices, int) and devices == 0 or devices in ("0",):
             raise ValueError("--trainer.devices 0 selects no device: use 'auto', a positive count or a list")
-        if cfg.ckpt_path is not None and not Path(cfg.ckpt_path).is_file():
+        resume = cfg.ckpt_path is not None
+        if resume and not Path(cfg.ckpt_path).is_file():
             raise FileNotFoundError(f"--ckpt_path {cfg.ckpt_path} does not exist")
-        self.out = prepare_out(cfg.out, overwrite=cfg.overwrite, resume=cfg.ckpt_path is not None)
+        out = Path(cfg.out)
+        if resume and out.is_dir() and any(out.iterdir()) and not _inside(Path(cfg.ckpt_path), out):
+            raise FileExistsError(f"--out {out} holds another run than --ckpt_path {cfg.ckpt_path}: resume into the "
+                                  "checkpoint's own run folder, or into a new (empty) folder")
+        # checked only: the folder is emptied (--overwrite) once the data is known to load
+        self.out = check_out(out, overwrite=cfg.overwrite, resume=resume)
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         extra = {"default_root_dir": str(self.out)}
@@ -122,19 +129,49 @@ def cli(argv: list[str] | None = None) -> TrainCLI:
     )
 
 
+DATA_MODULES = ("Digits", "MNIST1D", "CIFAR")
+
+
 def _default_data(argv: list[str]) -> list[str]:
-    """The digits unless a data module is chosen (on the command line or in a --config file)."""
-    chosen = any(a == "--data" or a.startswith(("--data=", "--data.class_path", "--config", "-c")) for a in argv)
+    """The digits unless the command line chooses a data module: given first, so a --config file that has a
+    ``data`` section replaces it and one without keeps it. An unknown name is refused in one line."""
+    for i, a in enumerate(argv):
+        name = a.split("=", 1)[1] if a.startswith("--data=") else argv[i + 1] if a == "--data" and i + 1 < len(argv) else None
+        if name is not None and "." not in name and name not in DATA_MODULES:  # a class path or a file: jsonargparse's
+            raise ValueError(f"--data {name}: unknown data module; choose one of {', '.join(DATA_MODULES)} "
+                             "(see hadainit train --data.help NAME)")
+    chosen = any(a == "--data" or a.startswith(("--data=", "--data.class_path")) for a in argv)
     return argv if chosen else ["--data", "Digits", *argv]
 
 
-def _rows_before(metrics: Path, ckpt_path: str | None) -> list[dict]:
-    """On resume, the rows the run logged up to its checkpoint (CSVLogger starts a new file)."""
-    if ckpt_path is None or not metrics.is_file():
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _rows_before(out: Path, ckpt_path: str | None) -> list[dict]:
+    """On resume, the rows the run logged up to its checkpoint (CSVLogger starts a new file): from ``out``'s
+    metrics.csv when resuming in place, else from the checkpoint's own run folder (``RUN/checkpoints/x.ckpt``)."""
+    if ckpt_path is None:
+        return []
+    ckpt = Path(ckpt_path)
+    metrics = out / "metrics.csv" if _inside(ckpt, out) else ckpt.resolve().parent.parent / "metrics.csv"
+    if not metrics.is_file():
+        print(f"hadainit train: no metrics.csv beside {ckpt_path}: the history before the checkpoint is not in "
+              f"{out}/metrics.csv", file=sys.stderr)
         return []
     step = torch.load(ckpt_path, map_location="cpu", weights_only=False)["global_step"]
     with open(metrics, newline="") as fh:
         return [row for row in csv.DictReader(fh) if row.get("step") and int(float(row["step"])) <= step]
+
+
+def _epochs_before(earlier: list[dict]) -> int | None:
+    """The epochs a resumed run had trained before this session (None: not resumed)."""
+    epochs = [int(float(row["epoch"])) + 1 for row in earlier if row.get("epoch")]
+    return max(epochs, default=0) if earlier else None
 
 
 def _prepend(metrics: Path, earlier: list[dict]) -> None:
@@ -156,8 +193,13 @@ def main(argv: list[str] | None = None) -> int:
     saved_argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads args= only; sys.argv would confuse it
     try:
         run = cli(_default_data(argv))
+        run.datamodule.prepare_data()  # a missing or broken data set fails here, before the folder is touched
+        run.datamodule.setup("fit")
+        if run.config.ckpt_path is None:
+            clear_out(run.out)
+        run.out.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        earlier = _rows_before(run.out / "metrics.csv", run.config.ckpt_path)
+        earlier = _rows_before(run.out, run.config.ckpt_path)
         for stale in ("report.json", "report.md", "curves.png") if earlier else ():
             (run.out / stale).unlink(missing_ok=True)  # rewritten at the end; never left beside new metrics
         try:
@@ -167,17 +209,29 @@ def main(argv: list[str] | None = None) -> int:
                 _prepend(run.out / "metrics.csv", earlier)
         if run.trainer.is_global_zero:
             write_run_report(run.out, run.trainer, run.model, run.datamodule, time.perf_counter() - start,
-                             run.throughput.steps_per_second, config=run.config.as_dict())
+                             run.throughput.steps_per_second, config=run.config.as_dict(),
+                             resumed_at=_epochs_before(earlier))
     except SystemExit:
         raise
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError, argparse.ArgumentError) as err:
-        message = " ".join(line.strip() for line in str(err).splitlines()) or type(err).__name__
-        print(f"hadainit train: {message}", file=sys.stderr)
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError, argparse.ArgumentError,
+            MisconfigurationException) as err:
+        print(f"hadainit train: {_one_line(err)}", file=sys.stderr)
         return 2
     finally:
         sys.argv = saved_argv
-    print(f"hadainit train: wrote {run.out}/report.md, report.json, metrics.csv and figures")
+    written = [p.name for p in sorted(run.out.iterdir()) if p.suffix in (".md", ".json", ".csv", ".png", ".yaml")]
+    print(f"hadainit train: wrote {', '.join(written)} in {run.out}")
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    """The error in one line; jsonargparse's nested dumps (every subtype it tried) cut to their first line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    if len(lines) > 3:  # a parser dump: its first line says what was wrong
+        return f"{lines[0]} (hadainit train --help lists the options)"
+    return " ".join(lines)
 
 
 if __name__ == "__main__":

@@ -178,3 +178,112 @@ def test_every_command_refuses_a_non_empty_out(tmp_path, capsys):
     for command in (["ufm", "--quick"], ["real"], ["validate", "--quick"], ["compare", str(tmp_path)]):
         assert cli.main([*command, "--out", str(full)]) == 2, command
         assert "not empty: pass --overwrite" in capsys.readouterr().err
+
+
+# ------------------------------------------------- the run folder and resume
+def _fake_run(folder):
+    folder.mkdir(parents=True)
+    (folder / "report.json").write_text("{}")
+    (folder / "metrics.csv").write_text("epoch,step\n0,1\n")
+
+
+def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(tmp_path, capsys):
+    old = tmp_path / "old"
+    _fake_run(old)
+    argv = ["--config", "configs/cifar10_resnet18.yaml", "--data.data_dir", str(tmp_path / "missing"),
+            "--out", str(old), "--overwrite", *QUIET]
+    assert train.main(argv) == 2
+    assert "cifar10 not found" in capsys.readouterr().err
+    assert sorted(p.name for p in old.iterdir()) == ["metrics.csv", "report.json"]  # untouched
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "thesis.txt").write_text("keep me")
+    assert train.main(["--out", str(notes), "--overwrite", "--trainer.max_epochs", "1", *QUIET]) == 2
+    assert "holds no hadainit output" in capsys.readouterr().err
+    assert (notes / "thesis.txt").read_text() == "keep me"
+
+
+def test_resume_into_another_runs_folder_is_refused(digits_run, tmp_path, capsys):
+    other = tmp_path / "other"
+    _fake_run(other)
+    argv = ["--out", str(other), "--ckpt_path", str(digits_run / "checkpoints/last.ckpt"), "--trainer.max_epochs", "4",
+            *QUIET]
+    assert train.main(argv) == 2
+    assert "holds another run" in capsys.readouterr().err
+
+
+def test_resume_into_a_new_folder_carries_the_history(digits_run, tmp_path):
+    new = tmp_path / "new"
+    argv = ["--out", str(new), "--ckpt_path", str(digits_run / "checkpoints/last.ckpt"), "--trainer.max_epochs", "4",
+            *QUIET]
+    assert train.main(argv) == 0
+    table = read_metrics(new / "metrics.csv")
+    assert [r["epoch"] for r in table] == [-1, 0, 1, 2, 3]
+    assert table[:4] == read_metrics(digits_run / "metrics.csv")
+    assert "resumed after epoch 3" in (new / "report.md").read_text()
+
+
+def test_a_resumed_run_follows_the_uninterrupted_one(digits_run, tmp_path):
+    """The shuffle of epoch e depends on (seed, e) only: resuming gives the uninterrupted run's batches."""
+    import shutil
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(digits_run, resumed)
+    assert train.main(["--out", str(resumed), "--trainer.max_epochs", "5",
+                       "--ckpt_path", str(resumed / "checkpoints/last.ckpt"), *QUIET]) == 0
+    straight = tmp_path / "straight"
+    assert train.main(["--out", str(straight), "--trainer.max_epochs", "5", *QUIET]) == 0
+    a, b = read_metrics(resumed / "metrics.csv"), read_metrics(straight / "metrics.csv")
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
+    for ra, rb in zip(a, b):
+        for key in ("train/loss", "val/acc", "nc_eval/nc1", "spectral_eval/drift"):
+            if key in rb:
+                assert math.isclose(ra[key], rb[key], rel_tol=1e-5, abs_tol=1e-7), (ra["epoch"], key, ra[key], rb[key])
+
+
+# ------------------------------------------------------------ other defects
+def test_a_config_without_a_data_section_keeps_the_digits(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("trainer:\n  max_epochs: 1\nmodel:\n  init: default\n")
+    out = tmp_path / "run"
+    assert train.main(["--config", str(config), "--out", str(out), *QUIET]) == 0
+    assert json.loads((out / "report.json").read_text())["data"] == "Digits"
+
+
+@pytest.mark.parametrize("flags, message", [(["--trainer.accelerator", "gpu"], "gpu"),
+                                            (["--data", "CIFAR10"], "unknown data module; choose one of Digits"),
+                                            (["--data.data_dir", "/nope"], "")])
+def test_misconfigurations_give_one_line(tmp_path, capsys, flags, message):
+    assert train.main(["--out", str(tmp_path / "run"), "--trainer.max_epochs", "1", *flags, *QUIET]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err and err.startswith("hadainit train: ")
+
+
+def test_without_a_logger_nothing_missing_is_promised(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert train.main(["--out", str(out), "--trainer.max_epochs", "1", "--trainer.logger", "false", *QUIET]) == 0
+    said = capsys.readouterr().out
+    assert "metrics.csv" not in said and "report.md" in said
+    report = (out / "report.md").read_text()
+    assert "curves.png" not in report and "metrics.csv`" not in report
+
+
+def test_reports_are_readable_and_hold_no_reprs(digits_run):
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("report.json", "report.md", "metrics.csv"):
+        assert stat.S_IMODE((digits_run / name).stat().st_mode) == 0o666 & ~umask, name
+    assert "<function" not in (digits_run / "report.json").read_text()
+
+
+def test_digits_split_sizes_match_the_docs():
+    data = Digits()
+    data.setup()
+    assert (len(data.train_set), len(data.test_set)) == (1438, 359)
+    assert "1,438 training / 359 test" in Digits.__doc__

@@ -49,12 +49,13 @@ class ClassificationData(L.LightningDataModule):
             raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.shuffle_seed = torch.initial_seed()  # the run's seed (seed_everything runs before the data module)
+        self.shuffle_seed: int | None = None  # None: the run's seed (torch.initial_seed() when the loader is made)
         self.train_set: Dataset | None = None
         self.test_set: Dataset | None = None
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
-        sampler = EpochShuffle(len(dataset), self.shuffle_seed) if shuffle else None
+        seed = torch.initial_seed() if self.shuffle_seed is None else self.shuffle_seed
+        sampler = EpochShuffle(len(dataset), seed) if shuffle else None
         return DataLoader(dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = prepare_out(args.out, overwrite=args.overwrite)
         report = run_study(plan(args.epochs), out, jobs=min(2, os.cpu_count() or 1), quick=True,
-                           progress=lambda _: None)
+                           progress=lambda _: None, command="real")
     except (FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"hadainit real: {err}", file=sys.stderr)
         return 2

@@ -78,15 +78,9 @@ def initial_rise(table: list[dict], key: str) -> dict:
             "peak_epoch": peak_epoch if rose else None}
 
 
-def terminal_start(table: list[dict], epochs: int) -> float:
-    """The terminal phase: from 100% training accuracy on (at least a tenth of the run), else the second half."""
-    reached = first_epoch(table, "train/acc", lambda v: v >= 1.0)
-    return max(reached, epochs / 10) if reached is not None else epochs / 2
-
-
 def slowdown(table: list[dict], epochs: int) -> dict:
     """``hadainit slowdown``'s slope of the spectral margin over the terminal phase (:func:`terminal_start`)."""
-    from .slowdown import slowdown as fit_slope
+    from .slowdown import slowdown as fit_slope, terminal_start
 
     start = terminal_start(table, epochs)
     try:
@@ -145,13 +139,26 @@ def summary(values: list) -> dict:
             "n": len(xs), "missing": len(values) - len(xs)}
 
 
+#: The level of each init-vs-default comparison (two-sided Welch t-test over the seeds).
+ALPHA = 0.05
+
+
 def beyond_noise(a: dict, b: dict) -> dict:
-    """Difference of means a - b, its standard error from the seed spread, and whether |diff| > 2 SE."""
+    """Difference of means a - b, its standard error from the seed spread, and whether it is significant at
+    :data:`ALPHA` by Welch's t-test (Welch-Satterthwaite degrees of freedom: with 2-3 seeds the threshold is
+    3-4 standard errors, not the normal 2)."""
+    from scipy.stats import t as student_t
+
     if a["mean"] is None or b["mean"] is None or a["std"] is None or b["std"] is None:
-        return {"diff": None, "se": None, "beyond_noise": None}
+        return {"diff": None, "se": None, "threshold": None, "df": None, "beyond_noise": None}
     diff = a["mean"] - b["mean"]
-    se = math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
-    return {"diff": diff, "se": se, "beyond_noise": abs(diff) > 2 * se}
+    va, vb = a["std"] ** 2 / a["n"], b["std"] ** 2 / b["n"]
+    se = math.sqrt(va + vb)
+    if se == 0:  # no spread on either side: any difference is beyond the (absent) noise
+        return {"diff": diff, "se": 0.0, "threshold": 0.0, "df": None, "beyond_noise": diff != 0}
+    df = (va + vb) ** 2 / (va**2 / (a["n"] - 1) + vb**2 / (b["n"] - 1))
+    threshold = float(student_t.ppf(1 - ALPHA / 2, df)) * se
+    return {"diff": diff, "se": se, "threshold": threshold, "df": df, "beyond_noise": abs(diff) > threshold}
 
 
 def _get(values: dict, path: str):
@@ -166,7 +173,7 @@ GROUP_KEYS = ("train_acc", "val_acc", "epochs_to_train_acc_1", "epochs_to_nc1", 
               "forecast.forecast.margin", "forecast.baseline.margin")
 
 
-def analyze(out: Path, specs: list[dict], *, quick: bool, seconds: float) -> dict:
+def analyze(out: Path, specs: list[dict], *, quick: bool, seconds: float, command: str = "validate") -> dict:
     out = Path(out)
     runs = []
     for spec in specs:
@@ -190,7 +197,7 @@ def analyze(out: Path, specs: list[dict], *, quick: bool, seconds: float) -> dic
     gap = [r["values"]["etf_gap_means"] for r in runs]
     fc = [r["values"]["forecast"] for r in runs if "forecast" in r["values"]["forecast"]]
     report = {
-        "config": {"quick": quick, "runs": len(runs), "epochs": runs[0]["epochs"] if runs else None,
+        "config": {"command": command, "quick": quick, "runs": len(runs), "epochs": runs[0]["epochs"] if runs else None,
                    "seeds": len({r["seed"] for r in runs}), "nc1_threshold": NC1_THRESHOLD,
                    "torch": torch.__version__, "threads_per_run": 1},
         "seconds": seconds,
@@ -249,7 +256,36 @@ def _band(ax, runs: list[dict], key: str) -> list[float]:
     return drawn
 
 
-def _grid(out: Path, runs: list[dict], rows: list[tuple[str, str, bool]], name: str, title: str, wd: float) -> str:
+def _slowdown_overlay(ax, members: list[dict], key: str) -> None:
+    """On the spectral-margin panels: each init's least-squares line over the terminal window (fitted to its
+    mean curve) and the UFM law's slope through the end of the last one (dashed)."""
+    from hadainit.ufm.forecast import log_epoch_slope
+
+    if key != SP + "spectral_margin":
+        return
+    end = None
+    ufm = [r["values"]["slowdown"]["ufm_slope"] for r in members if r["values"]["slowdown"]["ufm_slope"]]
+    for init in COLOURS:
+        curves = [dict(zip(*series(r["table"], key))) for r in members if r["init"] == init]
+        starts = [r["values"]["slowdown"]["from_epoch"] for r in members if r["init"] == init]
+        xs = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        xs = [x for x in xs if starts and x >= statistics.median(starts) and x > 0]
+        if len(xs) < 2:
+            continue
+        mean = [statistics.fmean(c[x] for c in curves) for x in xs]
+        slope, intercept = log_epoch_slope(xs, mean)
+        ax.plot(xs, [slope * math.log(x) + intercept for x in xs], ":", color=COLOURS[init], lw=1.5,
+                label=f"{init} fit: {slope:.2g} per e-fold")
+        end = (xs, mean[-1])
+    if end is not None:
+        xs, last = end
+        law = statistics.median(ufm) if ufm else 1.0
+        ax.plot(xs, [last + law * math.log(x / xs[-1]) for x in xs], "k--", lw=1,
+                label=f"UFM law: {law:.2g} per e-fold")
+
+
+def _grid(out: Path, runs: list[dict], rows: list[tuple[str, str, bool]], name: str, title: str, wd: float,
+          overlay=None) -> str:
     setups = sorted({r["setup"] for r in runs})
     fig, axes = new_figure(len(setups), 4.2, 3.0, nrows=len(rows))
     for j, setup in enumerate(setups):
@@ -257,8 +293,10 @@ def _grid(out: Path, runs: list[dict], rows: list[tuple[str, str, bool]], name: 
         for i, (key, ylabel, logy) in enumerate(rows):
             ax = axes[i * len(setups) + j]
             xs = _band(ax, members, key)
+            if overlay is not None:
+                overlay(ax, members, key)
             epoch_axis(ax, xs)
-            label(ax, ax.get_xlabel(), ylabel, logy=logy, legend=i == 0 and j == 0)
+            label(ax, ax.get_xlabel(), ylabel, logy=logy, legend=(i == 0 and j == 0) or overlay is not None)
             if i == 0:
                 ax.set_title(setup, fontsize=9)
     return save(fig, out / name, f"{title} (weight decay {wd:g}; mean over seeds, band: min-max)")
@@ -278,29 +316,39 @@ def _figures(out: Path, runs: list[dict]) -> list[str]:
               "distances.png", "Natural distances to neural collapse", wd),
         _grid(out, runs, [(SP + "spectral_margin", "spectral margin", False), (SP + "margin_mean", "mean sample margin",
                                                                                False)],
-              "slowdown.png", "Margin against log(epoch)", min(r["weight_decay"] for r in runs)),
+              "slowdown.png", "Margin against log(epoch), terminal-phase fits", min(r["weight_decay"] for r in runs),
+              overlay=_slowdown_overlay),
     ]
-    fig, (ax,) = new_figure(1, 5.0, 4.5)
+    fig, (ax,) = new_figure(1, 5.5, 4.5)
+    markers = dict(zip(sorted({r["setup"] for r in runs}), "o^sDv"))
+    shown = set()
     for r in runs:
         f = r["values"]["forecast"]
         if "forecast" in f:
-            ax.scatter(f["baseline"]["spectrum"], f["forecast"]["spectrum"], s=12, color=COLOURS[r["init"]])
-    lim = ax.get_xlim()
-    ax.plot(lim, lim, "k--", lw=0.8, label="equal error")
+            tag = f"{r['init']}, {r['setup']}"
+            ax.scatter(f["baseline"]["spectrum"], f["forecast"]["spectrum"], s=14, color=COLOURS[r["init"]],
+                       marker=markers[r["setup"]], label=None if tag in shown else tag)
+            shown.add(tag)
+    lo, hi = ax.get_xlim()
+    lo2, hi2 = ax.get_ylim()
+    lim = (min(lo, lo2), max(hi, hi2))
+    ax.plot(lim, lim, "k--", lw=0.8, label="equal error (above: the baseline wins)")
     label(ax, "naive baseline: held-out spectrum error", "forecaster: held-out spectrum error", logx=True, logy=True)
-    names.append(save(fig, out / "forecast.png", "Held-out forecast error per run (colour: init)"))
+    ax.legend(fontsize=6, loc="best")
+    names.append(save(fig, out / "forecast.png", "Held-out forecast error per run (colour: init; marker: setup)"))
     return names
 
 
 # ----------------------------------------------------------------- markdown
-def _fmt(s: dict | None, digits: int = 3) -> str:
+def _fmt(s: dict | None, digits: int = 3, missing: str = "–") -> str:
+    """mean ± std; ``missing`` names runs without a value ("never" for the epochs-to columns)."""
     if not s or s.get("mean") is None:
-        return "–"
+        return missing if s and s.get("missing") else "–"
     text = f"{s['mean']:.{digits}g}"
     if s.get("std") is not None:
         text += f" ± {s['std']:.2g}"
     if s.get("missing"):
-        text += f" ({s['missing']} never)"
+        text += f" ({s['missing']} {missing if missing != '–' else 'missing'})"
     return text
 
 
@@ -308,7 +356,8 @@ def _table(report: dict, keys: list[tuple[str, str]]) -> list[str]:
     lines = ["| setup | init | wd | " + " | ".join(h for _, h in keys) + " |", "|---|---|---|" + "---|" * len(keys)]
     for group, values in sorted(report["groups"].items()):
         setup, init, wd = group.split("|")
-        lines.append(f"| {setup} | {init} | {wd} | " + " | ".join(_fmt(values[k]) for k, _ in keys) + " |")
+        lines.append(f"| {setup} | {init} | {wd} | " + " | ".join(
+            _fmt(values[k], missing="never" if k.startswith("epochs_to") else "–") for k, _ in keys) + " |")
     return lines
 
 
@@ -325,17 +374,19 @@ def _conclusions(r: dict) -> list[str]:
     if not cmp:
         init = "one seed per configuration: differences cannot be judged against seed noise (run `hadainit validate`)."
     else:
-        # under no effect, each comparison exceeds 2 SE with probability ~0.0455: the chance of this many or more
-        n, p0 = len(cmp), 0.0455
-        tail = sum(math.comb(n, j) * p0**j * (1 - p0) ** (n - j) for j in range(beyond, n + 1))
+        # under no effect each comparison is significant with probability ALPHA; the comparisons share the
+        # default runs, so they are not independent: the binomial tail is a guide, not a test
+        n = len(cmp)
+        tail = sum(math.comb(n, j) * ALPHA**j * (1 - ALPHA) ** (n - j) for j in range(beyond, n + 1))
+        chance = (f"about {n * ALPHA:.1f} are expected by chance alone (probability of {beyond} or more: {tail:.2f}, "
+                  "binomial; the comparisons share the default runs, so this is a guide, not a test)")
         if tail > 0.05:
-            init = (f"{beyond} of {n} init-vs-default comparisons of accuracy and speed of collapse exceed 2 standard "
-                    f"errors of the seed spread, as chance alone would give with probability {tail:.2f} (binomial, "
-                    "p = 0.046 each): the Hadamard and ETF last-layer inits neither help nor hurt these networks "
-                    "measurably.")
+            init = (f"{beyond} of {n} init-vs-default comparisons of accuracy and speed of collapse are significant "
+                    f"at the 5% level (Welch t-test over the seeds); {chance}: the Hadamard and ETF last-layer inits "
+                    "neither help nor hurt these networks measurably.")
         else:
-            init = (f"{beyond} of {n} init-vs-default comparisons exceed 2 standard errors of the seed spread, more "
-                    f"than chance gives (probability {tail:.2g}): see section 1 for which and in which direction.")
+            init = (f"{beyond} of {n} init-vs-default comparisons are significant at the 5% level (Welch t-test over "
+                    f"the seeds), more than chance gives; {chance}. See section 1 for which and in which direction.")
     drift, out = _range(r, "drift"), _range(r, "drift_out_of_span")
     leak0, leak = _range(r, "logit_leakage_init"), _range(r, "logit_leakage")
     if leak[0] > 0.1 and drift[0] > 0.1:
@@ -393,13 +444,15 @@ def _markdown(r: dict) -> str:
         for key, c in cmp.items():
             if c["beyond_noise"]:
                 noise.append(f"{init} vs default on {setup} (wd {wd}): {key} differs by {c['diff']:.3g} "
-                             f"(2 SE = {2 * c['se']:.2g})")
+                             f"(5% threshold {c['threshold']:.2g} = t x SE, SE {c['se']:.2g})")
+    judged = any(c["beyond_noise"] is not None for g in r["comparisons_to_default"].values() for c in g.values())
     v, d, f = r["V"], r["distances"], r["forecast"]
     fm, fb = f["median_spectrum_error"], f["median_margin_error"]
     lines = [
-        "# hadainit validate: the theory on real networks",
+        f"# hadainit {cfg.get('command', 'validate')}: the theory on real networks",
         "",
-        f"{'Quick run (`--quick`). ' if cfg['quick'] else ''}{cfg['runs']} runs ({cfg['seeds']} seeds per configuration), "
+        f"{'Quick run (`--quick`). ' if cfg['quick'] and cfg.get('command', 'validate') == 'validate' else ''}"
+        f"{cfg['runs']} runs ({cfg['seeds']} seeds per configuration), "
         f"{cfg['epochs']} epochs each, SGD momentum 0.9 at a constant learning rate, batch 128, one CPU thread per run; "
         f"{r['seconds']:.0f} s wall time ({r['run_seconds']:.0f} s of runs). Mean ± sample std over seeds; "
         "every number below is computed from the runs' `runs/*/*/metrics.csv` by `hadainit.experiments.study`.",
@@ -416,9 +469,12 @@ def _markdown(r: dict) -> str:
         *_table(r, [("train_acc", "train acc"), ("val_acc", "test acc"), ("epochs_to_train_acc_1", "epochs to 100%"),
                     ("epochs_to_nc1", f"epochs to NC1 < {cfg['nc1_threshold']}"), ("nc1", "final NC1")]),
         "",
-        ("Differences from the default init beyond seed noise (|difference of means| > 2 standard errors): "
-         + "; ".join(noise) + ".") if noise else
-        "No difference from the default init exceeds seed noise (2 standard errors) in accuracy or in speed of collapse.",
+        ("One seed per configuration: differences from the default init cannot be judged against seed noise."
+         if not judged else
+         ("Differences from the default init significant at the 5% level (Welch t-test over the seeds): "
+          + "; ".join(noise) + ".") if noise else
+         "No difference from the default init in accuracy or in speed of collapse is significant at the 5% level "
+         "(Welch t-test over the seeds)."),
         "",
         "## 2. How far do W and the class-mean logits move from the tractable regime?",
         "",

@@ -109,15 +109,17 @@ def run_all(specs: list[RunSpec], root: Path, jobs: int, progress=print) -> list
     return done
 
 
-def run_study(specs: list[RunSpec], out: Path, *, jobs: int, quick: bool, progress=print) -> dict:
+def run_study(specs: list[RunSpec], out: Path, *, jobs: int, quick: bool, progress=print,
+              command: str = "validate") -> dict:
     """Train ``specs`` into ``out/runs``, record them in ``runs.json``, and write the analysis."""
     from .study import analyze
 
     start = time.perf_counter()
     done = run_all(specs, out, jobs, progress)
     wall = time.perf_counter() - start
-    write_atomic(out / "runs.json", json.dumps({"quick": quick, "wall_seconds": wall, "runs": done}, indent=2))
-    return analyze(out, done, quick=quick, seconds=wall)
+    write_atomic(out / "runs.json", json.dumps({"quick": quick, "wall_seconds": wall, "runs": done,
+                                                "command": command}, indent=2))
+    return analyze(out, done, quick=quick, seconds=wall, command=command)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.analyze_only:
             out = args.out
             saved = json.loads((out / "runs.json").read_text())
-            report = analyze(out, saved["runs"], quick=saved["quick"], seconds=saved["wall_seconds"])
+            report = analyze(out, saved["runs"], quick=saved["quick"], seconds=saved["wall_seconds"],
+                             command=saved.get("command", "validate"))
         else:
             out = prepare_out(args.out, overwrite=args.overwrite)
             specs = plan(args.quick, args.seeds, args.epochs)

@@ -112,3 +112,61 @@ def test_a_forecast_score_recomputed_from_the_csv(study):
     for name in ("forecast", "baseline"):
         for key in ("spectrum", "margin"):
             assert math.isclose(result[name][key], run["values"]["forecast"][name][key], rel_tol=1e-9), (name, key)
+
+
+# ---------------------------------------------------- the report's statistics
+def test_significance_is_welchs_t_test_over_the_seeds():
+    """beyond_noise agrees with scipy's Welch t-test (two-sided, 5%) on random seed samples."""
+    from scipy.stats import ttest_ind
+
+    from hadainit.experiments.study import beyond_noise, summary
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n1, n2 = rng.integers(2, 5, size=2)
+        a, b = rng.normal(0, 1, n1), rng.normal(rng.normal(0, 2), rng.uniform(0.2, 2), n2)
+        got = beyond_noise(summary(list(a)), summary(list(b)))
+        p = ttest_ind(a, b, equal_var=False).pvalue
+        assert got["beyond_noise"] == (p < 0.05), (trial, p, got)
+    # two seeds each, a difference of 2.5 standard errors: beyond 2 SE, but not significant with so few seeds
+    got = beyond_noise({"mean": 2.5, "std": 1.0, "n": 2}, {"mean": 0.0, "std": 1.0, "n": 2})
+    assert got["diff"] / got["se"] == 2.5 and not got["beyond_noise"]
+
+
+def test_never_is_printed_as_never():
+    from hadainit.experiments.study import _fmt
+
+    assert _fmt({"mean": None, "std": None, "n": 0, "missing": 3}, missing="never") == "never"
+    assert _fmt({"mean": 12.0, "std": None, "n": 1, "missing": 2}, missing="never") == "12 (2 never)"
+    assert _fmt(None) == "–"
+
+
+def test_real_reports_as_real_and_says_one_seed_cannot_be_judged(study, tmp_path):
+    """The same runs analyzed as `hadainit real` (one seed each): its own title, no quick-run note, and no
+    claim about seed noise it cannot make."""
+    import shutil
+
+    from hadainit.experiments.study import analyze
+
+    out, report = study
+    copy = tmp_path / "real"
+    shutil.copytree(out / "runs", copy / "runs")
+    one_seed = [r for r in report["runs"] if r["seed"] == report["runs"][0]["seed"]]
+    again = analyze(copy, one_seed, quick=True, seconds=1.0, command="real")
+    text = (copy / "report.md").read_text()
+    assert text.startswith("# hadainit real:") and "Quick run" not in text
+    assert "cannot be judged" in text and "exceeds seed noise" not in text and "is significant" not in text
+    assert again["config"]["command"] == "real"
+
+
+def test_slowdown_command_fits_the_window_validate_fits(study, tmp_path, capsys):
+    """`hadainit slowdown RUN` defaults to the terminal phase, so it prints the slope the study reports."""
+    from hadainit.experiments import slowdown
+
+    out, report = study
+    run = next(r for r in report["runs"] if r["values"]["slowdown"]["slope"] is not None)
+    assert slowdown.main([str(out / "runs" / run["name"]), "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "slowdown.json").read_text())
+    assert math.isclose(result["slope_per_efold"], run["values"]["slowdown"]["slope"], rel_tol=1e-12)
+    assert result["min_epoch"] == run["values"]["slowdown"]["from_epoch"]
+    assert 0 <= result["r2"] <= 1 and f"R^2 {result['r2']:.3f}" in capsys.readouterr().out

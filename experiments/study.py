@@ -458,7 +458,7 @@ def _markdown(r: dict) -> str:
         f"# hadainit {cfg.get('command', 'validate')}: the theory on real networks",
         "",
         f"{'Quick run (`--quick`). ' if cfg['quick'] and cfg.get('command', 'validate') == 'validate' else ''}"
-        f"{cfg['runs']} runs ({cfg['seeds']} seeds per configuration), "
+        f"{cfg['runs']} runs ({cfg['seeds']} seed{'s' if cfg['seeds'] != 1 else ''} per configuration), "
         f"{cfg['epochs']} epochs each, SGD momentum 0.9 at a constant learning rate, batch 128, one CPU thread per run; "
         f"{r['seconds']:.0f} s wall time ({r['run_seconds']:.0f} s of runs). Mean ± sample std over seeds; "
         "every number below is computed from the runs' `runs/*/*/metrics.csv` by `hadainit.experiments.study`.",

@@ -226,12 +226,28 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line(err: BaseException) -> str:
     """The error in one line; jsonargparse's nested dumps (every subtype it tried) cut to their first line."""
+    import re
+
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     if not lines:
         return type(err).__name__
-    if len(lines) > 3:  # a parser dump: its first line says what was wrong
-        return f"{lines[0]} (hadainit train --help lists the options)"
-    return " ".join(lines)
+    if len(lines) <= 3:
+        return " ".join(lines)
+    # a parser dump: its first line names the key, the given value and the types it tried say what was wrong
+    message = lines[0].rstrip(":")
+    given = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Given value:")), None)
+    expected = [re.sub(r"<class '([\w.]+)'>", r"\1", line.split("Expected a", 1)[1].strip())
+                for line in lines if "Expected a" in line]
+    nested = re.match(r"NestedArg\(key='([\w.]+)'", given or "")
+    if nested:  # an option the chosen class does not take
+        key = lines[0].split('"')[1] if '"' in lines[0] else "?"
+        return (f"--{key}.{nested.group(1)}: not an option of the chosen {key} class "
+                f"(hadainit train --{key}.help NAME lists its options)")
+    if given is not None:
+        message += f": got {given!r}"
+    if expected:
+        message += f", expected {' or '.join(dict.fromkeys(expected))}"
+    return f"{message} (hadainit train --help lists the options)"
 
 
 if __name__ == "__main__":

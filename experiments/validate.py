@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hadainit validate", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/validate"), help="the study folder")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    parser.add_argument("--quick", action="store_true", help="a ~2-minute subset (what the tests run)")
+    parser.add_argument("--quick", action="store_true", help="a subset of about a minute (what the tests run)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default 3; quick 2)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default 200; quick 40)")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="parallel runs")

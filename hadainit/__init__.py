@@ -7,7 +7,7 @@ callbacks live in :mod:`hadainit.callbacks`, the validation runs in
 
 from .bases import basis_matrix, mode_pairs, paired_spectrum, softmax_basis
 from .drift import InitialBasis, drift, initial_basis, leakage
-from .hadamard import constructible_orders, fwht, hadamard_matrix, is_constructible
+from .hadamard import constructible_orders, fwht, fwht_kernel_status, hadamard_matrix, is_constructible
 from .init import DEFAULT_GAIN, hadamard_, spectral_init, spectral_record
 
 __version__ = "0.1.0"
@@ -19,6 +19,7 @@ __all__ = [
     "constructible_orders",
     "drift",
     "fwht",
+    "fwht_kernel_status",
     "hadamard_",
     "hadamard_matrix",
     "initial_basis",

@@ -255,7 +255,8 @@ def test_a_config_without_a_data_section_keeps_the_digits(tmp_path):
 
 @pytest.mark.parametrize("flags, message", [(["--trainer.accelerator", "gpu"], "gpu"),
                                             (["--data", "CIFAR10"], "unknown data module; choose one of Digits"),
-                                            (["--data.data_dir", "/nope"], "")])
+                                            (["--data.data_dir", "/nope"], "--data.data_dir: not an option of the"),
+                                            (["--trainer.max_epochs", "abc"], "got 'abc', expected int")])
 def test_misconfigurations_give_one_line(tmp_path, capsys, flags, message):
     assert train.main(["--out", str(tmp_path / "run"), "--trainer.max_epochs", "1", *flags, *QUIET]) == 2
     err = capsys.readouterr().err.strip()

@@ -184,12 +184,18 @@ class SpectralMonitor(MonitorBase):
         fig, (ax, ax2) = new_figure(2)
         xs = [r["epochs_done"] for r in rows]
         modes = list(zip(*[r["lam"] for r in rows]))
+        groups: dict[tuple, list[int]] = {}  # equal series drawn once (the fourier basis's (cos, sin) pairs)
         for i, mode in enumerate(modes, start=1):
-            ax.plot(xs, mode, "-", lw=1, alpha=0.8, label=f"mode {i}" if len(modes) <= 10 else None)
+            groups.setdefault(tuple(mode), []).append(i)
+        for mode, members in groups.items():
+            name = f"mode {members[0]}" if len(members) == 1 else "modes " + ", ".join(map(str, members))
+            ax.plot(xs, mode, "-", lw=1, alpha=0.8, label=name if len(groups) <= 10 else None)
         epoch_axis(ax, xs)
         label(ax, ax.get_xlabel(), "lam_i = diag(Q^T Z_c Q), i >= 1")
         for key in ("logit_leakage", "etf_angle", "kl_lyapunov", "kl_lyapunov_modes"):
-            ax2.plot(xs, [r[key] for r in rows], "o-", ms=3, label=key)
+            values = [r[key] for r in rows]
+            hidden = sum(not math.isfinite(v) for v in values)
+            ax2.plot(xs, values, "o-", ms=3, label=key + (f" ({hidden} inf not drawn)" if hidden else ""))
         epoch_axis(ax2, xs)
         label(ax2, ax2.get_xlabel(), "value", logy=True)
         save(fig, directory / f"{self.name}_logit_spectrum.png", f"Class-mean logit spectrum ({self.name})")

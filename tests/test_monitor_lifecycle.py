@@ -174,3 +174,16 @@ def test_one_hot_labels_are_refused_with_the_fix(dtype, error, text):
     nc = NeuralCollapseMonitor(log_at_init=False, labels_from_batch=lambda batch: batch[1].argmax(-1))
     trainer([nc], max_epochs=1).fit(OneHotModule(), _one_hot_loader(dtype))
     assert nc.history[-1]["num_samples"] == 200
+
+
+# ----------------------------------------------------------------- figures
+def test_logit_spectrum_figure_draws_equal_pairs_once_and_says_what_it_hides(tmp_path):
+    monitor = SpectralMonitor()
+    monitor.history = [{"epochs_done": float(e), "lam": [e, e, 2.0 * e, 2.0 * e, 3.0 * e], "logit_leakage": 0.5,
+                        "etf_angle": 0.1, "kl_lyapunov": 0.2, "kl_lyapunov_modes": math.inf if e == 0 else 0.1}
+                       for e in range(4)]
+    (_, fig), = monitor._figures(tmp_path)
+    labels = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert labels[:3] == ["modes 1, 2", "modes 3, 4", "mode 5"]
+    assert "kl_lyapunov_modes (1 inf not drawn)" in labels
+    assert (tmp_path / "spectral_logit_spectrum.png").is_file()

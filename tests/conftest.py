@@ -7,7 +7,9 @@ from hypothesis import HealthCheck, settings
 torch.set_num_threads(2)
 
 # property tests: a quick profile for `make test`, a long one under HADAINIT_SLOW=1 (`make test-slow`)
-settings.register_profile("quick", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# the quick profile is derandomized (a fixed example sequence: CI cannot flake); the long one explores afresh
+settings.register_profile("quick", max_examples=25, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("long", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("long" if os.environ.get("HADAINIT_SLOW") == "1" else "quick")
 

@@ -429,9 +429,9 @@ class MonitorBase(Feeding, Callback):
         module = trainer.lightning_module
         if trainer.state.fn != "fit" and trainer.validating and module is not None:
             # trainer.validate: through the module's log, so the values are also in what validate() returns
-            for key, value in scalars.items():
+            for key, value in scalars.items():  # equal on every rank: the sync is an exact no-op, and quiet
                 module.log(key, torch.tensor(value, dtype=torch.float64), on_step=False, on_epoch=True,
-                           add_dataloader_idx=False)
+                           add_dataloader_idx=False, sync_dist=True)
             return
         for key, value in scalars.items():
             trainer.callback_metrics[key] = torch.tensor(value, dtype=torch.float64)

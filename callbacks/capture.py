@@ -200,14 +200,27 @@ def log_spaced_epochs(max_epochs: int, count: int) -> list[int]:
 
 
 def metric_checkpoint(metric: Metric) -> dict:
-    """A metric's partial sums (and a reference point, if it has one), for a callback's ``state_dict``:
-    a run resumed mid-epoch from a checkpoint continues the epoch's accumulation exactly."""
-    reference = getattr(metric, "reference", None)
-    return {
-        "states": {name: value.detach().cpu().clone() for name, value in metric.metric_state.items()},
-        "update_count": metric.update_count,
-        "reference": None if reference is None else reference.detach().cpu().clone(),
-    }
+    """A metric's partial sums over every rank (and their reference point, if it has one), for a callback's
+    ``state_dict``: a run resumed mid-epoch from a checkpoint continues the epoch's accumulation exactly.
+
+    The sums are synced (a collective under DDP: Lightning calls ``state_dict`` on every rank when it
+    saves a checkpoint) and marked ``"scope": "global"``; :func:`restore_metric` loads them on one
+    rank only, so the next sync counts them once, for any number of ranks on resume.
+    """
+    with metric.sync_context(should_sync=True, should_unsync=True):  # also flushes a float32 fast path
+        reference = getattr(metric, "reference", None)
+        return {
+            "states": {name: value.detach().cpu().clone() for name, value in metric.metric_state.items()},
+            "update_count": metric.update_count,
+            "reference": None if reference is None else reference.detach().cpu().clone(),
+            "scope": "global",
+        }
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def restore_metric(metric: Metric, saved: dict, name: str) -> None:
@@ -222,10 +235,13 @@ def restore_metric(metric: Metric, saved: dict, name: str) -> None:
         if not isinstance(states[key], Tensor) or states[key].shape != value.shape:
             got = tuple(states[key].shape) if isinstance(states[key], Tensor) else type(states[key]).__name__
             raise ValueError(f"checkpoint state {name}.{key} has shape {got}, expected {tuple(value.shape)}")
+    if saved.get("scope") == "global" and _rank() != 0:  # the sums of every rank, loaded once (on rank 0)
+        metric.reset()
+        return
     device = next(iter(current.values())).device
-    for key in current:
-        setattr(metric, key, states[key].to(device=device, dtype=current[key].dtype))
+    for key in current:  # copies: updates must not write into the checkpoint's tensors
+        setattr(metric, key, states[key].to(device=device, dtype=current[key].dtype, copy=True))
     if saved.get("reference") is not None:
-        metric.reference = saved["reference"].to(device)
+        metric.reference = saved["reference"].to(device, copy=True)
     metric._update_count = int(saved["update_count"])  # torchmetrics exposes it read-only; compute() warns at 0
     metric._computed = None

@@ -212,7 +212,7 @@ def logit_spectrum(
     c = None if bias is None else bias.detach().to(w)
     if not torch.isfinite(w).all() or (c is not None and not torch.isfinite(c).all()):
         raise ValueError("the classifier weight or bias contains NaN or Inf")
-    metric = LogitSpectrum(k, basis=basis).to(features.device)
+    metric = LogitSpectrum(k, basis=basis, sync_on_compute=False).to(features.device)  # local
     for i in range(0, features.shape[0], batch_size):
         z = features[i : i + batch_size].detach().to(torch.float64) @ w.T
         metric.update(z if c is None else z + c, labels[i : i + batch_size])

@@ -154,6 +154,7 @@ class MonitorBase(Feeding, Callback):
         self._classifier = None
         self._metrics: dict = {}
         self._last_weight = None  # the classifier weight the last fit monitored (a weak reference)
+        self._from_trained = False  # this fit starts from weights an earlier fit trained (basis: their SVD)
 
     # --------------------------------------------------------------- identity
     @property
@@ -238,22 +239,29 @@ class MonitorBase(Feeding, Callback):
         if self.mode == "eval" and self.forward_fn is None and not has_forward(pl_module):
             raise ValueError(f"{type(pl_module).__name__} has no forward(): mode='eval' needs forward_fn=... "
                              "(or use mode='train', which captures the training steps' calls)")
+        previous = None if self._last_weight is None else self._last_weight()
+        same_model = previous is classifier.weight
+        self._from_trained = False
         if trainer.state.fn == "fit" and not self._loaded:
-            previous = None if self._last_weight is None else self._last_weight()
-            same_model = previous is classifier.weight
             if not (same_model and trainer.global_step > 0):  # a fit of another model, or a fresh Trainer
                 if same_model and self.history:
                     self._warn_once("refit", f"{type(self).__name__}({self.name!r}): this fit (a new Trainer) starts "
                                     "from weights an earlier fit trained: the history starts afresh and drift is "
-                                    "measured from the weights now. To continue the history, continue with the same "
-                                    "Trainer (fit again with a larger max_epochs) or resume from its checkpoint.")
+                                    "measured from the SVD of the weights now. To continue the history, continue "
+                                    "with the same Trainer (fit again with a larger max_epochs) or resume from its "
+                                    "checkpoint.")
+                    self._from_trained = True
                 self._reset()
             # else: the same Trainer continues training the same model: history and initial basis go on
+        elif not self._loaded and not same_model and (self.history or self.basis is not None):
+            self._reset()  # trainer.validate of another model than the one this monitor followed
         self._classifier_name, self._classifier = name, classifier
         self._check_restored(classifier)
         k, d = classifier.out_features, classifier.in_features
         self._metrics = self._build(k, d)
         self._metrics["count"] = SampleCount()
+        for metric in self._metrics.values():  # on the module's device: a sync (NCCL) before the first batch works
+            metric.to(pl_module.device)
         if self._pending_metrics is not None:
             self._restore_metrics(self._pending_metrics)
             self._pending_metrics = None
@@ -299,18 +307,28 @@ class MonitorBase(Feeding, Callback):
             self._hook = None
         self._bound = False
         self._active = False
-        if stage == "fit":
-            self._loaded = False
+        self._loaded = False  # a state loaded for this stage (fit, or validate with ckpt_path) is used up
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self.teardown(trainer, pl_module, "exception")  # never leave the hook on a model whose run failed
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._bind(trainer, pl_module)
+        if not getattr(trainer.strategy, "restore_checkpoint_after_setup", False):
+            self._ensure_basis(trainer)  # else at the start of training, once the checkpoint is loaded
+
+    def _ensure_basis(self, trainer: Trainer) -> None:
+        """The initial basis, taken once the weights are final for the start of training: after the DDP
+        broadcast and after a checkpoint's weights and callback state were loaded (for every strategy,
+        also those that restore after setup)."""
+        if not self.needs_basis or self.basis is not None:
+            return
         resumed_without_state = trainer.ckpt_path is not None and not self._loaded
         if resumed_without_state:
             self._warn_once("resume", f"{type(self).__name__}({self.name!r}): the checkpoint has no state of this "
                             "callback; its history starts now and its initial basis is taken from the resumed weights")
-        if self.needs_basis and self.basis is None:
-            # after the DDP broadcast of the weights and after a resumed run's load_state_dict
-            self.basis = self._initial_basis(self._classifier.weight, "svd" if resumed_without_state else self.init_basis)
+        kind = "svd" if resumed_without_state or self._from_trained else self.init_basis
+        self.basis = self._initial_basis(self._classifier.weight, kind)
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._bind(trainer, pl_module)  # trainer.validate: no fit bound it
@@ -334,6 +352,7 @@ class MonitorBase(Feeding, Callback):
         return basis
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._ensure_basis(trainer)
         if self.log_at_init and not self.history and trainer.global_step == 0:
             self._measure_init(trainer, pl_module)
 
@@ -372,7 +391,7 @@ class MonitorBase(Feeding, Callback):
         if self.mode == "eval":
             self._pass(trainer, pl_module, *self._eval_loader(trainer))
         # a whole epoch, or less when max_steps (or a stop) ended it early
-        self._measure(trainer, trainer.current_epoch, self._epochs_done(trainer))
+        self._measure(trainer, trainer.current_epoch, self._epochs_done(trainer, epoch_end=True))
 
     def _val_active(self, trainer: Trainer) -> bool:
         if self.mode != "val" or trainer.sanity_checking:
@@ -393,11 +412,12 @@ class MonitorBase(Feeding, Callback):
             self._measure(trainer, trainer.current_epoch, self._epochs_done(trainer))
 
     @staticmethod
-    def _epochs_done(trainer: Trainer) -> float:
-        """Training epochs completed, with the fraction of the current one (validation may run mid-epoch)."""
+    def _epochs_done(trainer: Trainer, epoch_end: bool = False) -> float:
+        """Training epochs completed, with the fraction of the current one (validation may run mid-epoch;
+        max_steps may end an epoch early). A loader without a length: whole epochs only."""
         batches = trainer.num_training_batches
         if trainer.state.fn != "fit" or not math.isfinite(batches) or batches < 1:
-            return float(trainer.current_epoch)
+            return trainer.current_epoch + (1.0 if epoch_end and trainer.state.fn == "fit" else 0.0)
         return trainer.current_epoch + trainer.fit_loop.epoch_loop.batch_progress.current.ready / batches
 
     # ---------------------------------------------------------- measure, log
@@ -430,8 +450,8 @@ class MonitorBase(Feeding, Callback):
         if trainer.state.fn != "fit" and trainer.validating and module is not None:
             # trainer.validate: through the module's log, so the values are also in what validate() returns
             for key, value in scalars.items():  # equal on every rank: the sync is an exact no-op, and quiet
-                module.log(key, torch.tensor(value, dtype=torch.float64), on_step=False, on_epoch=True,
-                           add_dataloader_idx=False, sync_dist=True)
+                module.log(key, torch.tensor(value, dtype=torch.float64, device=module.device), on_step=False,
+                           on_epoch=True, add_dataloader_idx=False, sync_dist=True)
             return
         for key, value in scalars.items():
             trainer.callback_metrics[key] = torch.tensor(value, dtype=torch.float64)

@@ -51,8 +51,7 @@ def series(table: list[dict], key: str) -> tuple[list[float], list[float]]:
 
 
 #: What hadainit commands leave in an output folder: --overwrite empties only a folder holding one of these.
-RUN_FILES = ("report.json", "report.md", "metrics.csv", "config.yaml", "runs.json", "compare.json", "checkpoints",
-             "runs")
+RUN_FILES = ("report.json", "metrics.csv", "runs.json", "compare.json", "slowdown.json")
 
 
 def check_out(out: str | Path, *, overwrite: bool = False, resume: bool = False) -> Path:

@@ -51,9 +51,9 @@ def slowdown(table: list[dict], key: str | None = None, min_epoch: float | None 
     if min_epoch is None:
         min_epoch = terminal_start(table)
     epochs, values = series(table, key)
-    kept = [(e, v) for e, v in zip(epochs, values) if e >= min_epoch]
+    kept = [(e, v) for e, v in zip(epochs, values) if e >= min_epoch and e > 0]  # log(epoch): epochs > 0
     if len(kept) < 2:
-        raise ValueError(f"{key}: fewer than two epochs >= {min_epoch:g} to fit a slope")
+        raise ValueError(f"{key}: fewer than two epochs >= {min_epoch:g} (and > 0) to fit a slope")
     slope, intercept = log_epoch_slope([e for e, _ in kept], [v for _, v in kept])
     import math
 

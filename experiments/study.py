@@ -154,8 +154,8 @@ def beyond_noise(a: dict, b: dict) -> dict:
     diff = a["mean"] - b["mean"]
     va, vb = a["std"] ** 2 / a["n"], b["std"] ** 2 / b["n"]
     se = math.sqrt(va + vb)
-    if se == 0:  # no spread on either side: any difference is beyond the (absent) noise
-        return {"diff": diff, "se": 0.0, "threshold": 0.0, "df": None, "beyond_noise": diff != 0}
+    if se == 0:  # no spread on either side (ties on the measurement grid): the test is undefined, not counted
+        return {"diff": diff, "se": 0.0, "threshold": None, "df": None, "beyond_noise": None}
     df = (va + vb) ** 2 / (va**2 / (a["n"] - 1) + vb**2 / (b["n"] - 1))
     threshold = float(student_t.ppf(1 - ALPHA / 2, df)) * se
     return {"diff": diff, "se": se, "threshold": threshold, "df": df, "beyond_noise": abs(diff) > threshold}

@@ -137,7 +137,7 @@ def _default_data(argv: list[str]) -> list[str]:
     ``data`` section replaces it and one without keeps it. An unknown name is refused in one line."""
     for i, a in enumerate(argv):
         name = a.split("=", 1)[1] if a.startswith("--data=") else argv[i + 1] if a == "--data" and i + 1 < len(argv) else None
-        if name is not None and "." not in name and name not in DATA_MODULES:  # a class path or a file: jsonargparse's
+        if name is not None and name.isidentifier() and name not in DATA_MODULES:  # paths, files, JSON: jsonargparse's
             raise ValueError(f"--data {name}: unknown data module; choose one of {', '.join(DATA_MODULES)} "
                              "(see hadainit train --data.help NAME)")
     chosen = any(a == "--data" or a.startswith(("--data=", "--data.class_path")) for a in argv)

@@ -288,3 +288,19 @@ def test_digits_split_sizes_match_the_docs():
     data.setup()
     assert (len(data.train_set), len(data.test_set)) == (1438, 359)
     assert "1,438 training / 359 test" in Digits.__doc__
+
+
+def test_data_given_as_json_is_passed_to_the_parser(tmp_path):
+    out = tmp_path / "run"
+    argv = ["--data", '{"class_path": "Digits", "init_args": {"batch_size": 32}}', "--out", str(out),
+            "--trainer.max_epochs", "1", *QUIET]
+    assert train.main(argv) == 0
+    assert json.loads((out / "report.json").read_text())["data"] == "Digits"
+
+
+def test_overwrite_needs_a_hadainit_output_not_a_generic_file(tmp_path, capsys):
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "config.yaml").write_text("a: 1")
+    assert train.main(["--out", str(project), "--overwrite", "--trainer.max_epochs", "1", *QUIET]) == 2
+    assert "holds no hadainit output" in capsys.readouterr().err and (project / "src").is_dir()

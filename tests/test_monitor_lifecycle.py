@@ -187,3 +187,66 @@ def test_logit_spectrum_figure_draws_equal_pairs_once_and_says_what_it_hides(tmp
     assert labels[:3] == ["modes 1, 2", "modes 3, 4", "mode 5"]
     assert "kl_lyapunov_modes (1 inf not drawn)" in labels
     assert (tmp_path / "spectral_logit_spectrum.png").is_file()
+
+
+# ------------------------------------------------------- review findings
+def test_a_loader_without_length_logs_whole_epochs():
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            x, y = dataset().tensors
+            return iter(zip(x, y))
+
+    spectral = SpectralMonitor()
+    trainer([spectral], max_epochs=2).fit(TinyModule(), DataLoader(Stream(), batch_size=20))
+    assert [(h["epoch"], h["epochs_done"]) for h in spectral.history] == [(-1, 0.0), (0, 1.0), (1, 2.0)]
+
+
+def test_state_loaded_for_validate_or_another_model_does_not_leak(tmp_path):
+    module = TinyModule()
+    ckpt = tmp_path / "m.ckpt"
+    nc = NeuralCollapseMonitor(mode="val")
+    t = trainer([nc], max_epochs=2, enable_checkpointing=True, default_root_dir=tmp_path)
+    t.fit(module, loader(), DataLoader(dataset(100), batch_size=30))
+    t.save_checkpoint(ckpt)
+    trainer([nc], max_epochs=1).validate(module, DataLoader(dataset(100), batch_size=30), ckpt_path=str(ckpt),
+                                         verbose=False)
+    val = DataLoader(dataset(100), batch_size=30)
+    trainer([nc], max_epochs=1).fit(TinyModule(seed=3), loader(), val)
+    assert [h["epoch"] for h in nc.history] == [-1, 0]  # an unrelated model: afresh
+
+
+class Wider(TinyModule):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 24), nn.Tanh())
+        self.fc = nn.Linear(24, K)
+
+
+def test_validating_another_model_starts_afresh():
+    nc, spectral = NeuralCollapseMonitor(mode="val"), SpectralMonitor(mode="val")
+    val = DataLoader(dataset(100), batch_size=30)
+    trainer([nc, spectral], max_epochs=1).fit(TinyModule(), loader(), val)
+    results = trainer([nc, spectral], max_epochs=1).validate(Wider(), val, verbose=False)  # d = 24, not 16
+    assert math.isfinite(results[0]["nc_val/nc1"])
+    assert [h["epoch"] for h in nc.history] == [0]
+
+
+def test_a_new_trainer_with_an_explicit_basis_measures_from_the_trained_weights():
+    module = TinyModule()
+    spectral = SpectralMonitor(init_basis="fourier")
+    trainer([spectral], max_epochs=2).fit(module, loader())
+    with pytest.warns(UserWarning, match="SVD of the weights now"):
+        trainer([spectral], max_epochs=1).fit(module, loader())
+    assert spectral.basis.kind == "svd" and [h["epoch"] for h in spectral.history] == [-1, 0]
+
+
+def test_a_failed_fit_leaves_no_hook_on_the_model():
+    class Fails(TinyModule):
+        def training_step(self, batch, batch_idx):
+            super().training_step(batch, batch_idx)
+            raise RuntimeError("boom")
+
+    module = Fails()
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer([NeuralCollapseMonitor(), SpectralMonitor()], max_epochs=1).fit(module, loader())
+    assert not module.fc._forward_hooks

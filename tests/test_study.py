@@ -170,3 +170,20 @@ def test_slowdown_command_fits_the_window_validate_fits(study, tmp_path, capsys)
     assert math.isclose(result["slope_per_efold"], run["values"]["slowdown"]["slope"], rel_tol=1e-12)
     assert result["min_epoch"] == run["values"]["slowdown"]["from_epoch"]
     assert 0 <= result["r2"] <= 1 and f"R^2 {result['r2']:.3f}" in capsys.readouterr().out
+
+
+def test_zero_spread_on_both_sides_is_not_judged():
+    from hadainit.experiments.study import beyond_noise, summary
+
+    got = beyond_noise(summary([5.0, 5.0]), summary([6.0, 6.0]))  # ties on the log-spaced measurement grid
+    assert got["beyond_noise"] is None and got["diff"] == -1.0
+
+
+def test_slowdown_window_from_epoch_zero(study, tmp_path):
+    from hadainit.experiments import slowdown
+
+    out, report = study
+    run = report["runs"][0]["name"]
+    assert slowdown.main([str(out / "runs" / run), "--out", str(tmp_path), "--min-epoch", "0"]) == 0
+    result = json.loads((tmp_path / "slowdown.json").read_text())
+    assert min(result["epochs"]) > 0 and 0 <= result["r2"] <= 1

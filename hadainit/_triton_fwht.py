@@ -60,7 +60,7 @@ def _kernel():
         # program: one (group, column tile); a tile is AXIS rows (the transformed index) x TILE columns
         pid = tl.program_id(0)
         group = pid // column_tiles
-        cols = (pid % column_tiles) * TILE + tl.arange(0, TILE)
+        cols = (pid % column_tiles).to(tl.int64) * TILE + tl.arange(0, TILE).to(tl.int64)  # > 2^31 columns
         rows = tl.arange(0, AXIS)
         offs = (group.to(tl.int64) * group_stride + rows[:, None].to(tl.int64) * row_stride
                 + cols[None, :].to(tl.int64) * column_stride)

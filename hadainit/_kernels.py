@@ -158,6 +158,7 @@ def _load() -> tuple[ModuleType | None, KernelStatus]:
                                   str(directory))
     try:
         existed = library.exists()
+        marked = marker.exists()  # a marker left beside a deleted library is not another process's build
         _log.info("hadainit: compiling the CPU kernels once into %s", directory)
         from torch.utils.cpp_extension import load  # imports setuptools: only when building
 
@@ -170,7 +171,7 @@ def _load() -> tuple[ModuleType | None, KernelStatus]:
         hint = f"; a build was left in {directory}: delete the folder to rebuild" if existed else ""
         return None, KernelStatus(False, f"build failed: {type(exc).__name__}: {first_line}{hint}", str(directory))
     seconds = time.perf_counter() - start
-    if marker.exists():  # another process finished the build while this one waited for it
+    if marker.exists() and not marked:  # another process finished the build while this one waited for it
         try:
             recorded = json.loads(marker.read_text()).get("build_seconds")
         except (OSError, ValueError):
@@ -178,7 +179,7 @@ def _load() -> tuple[ModuleType | None, KernelStatus]:
         return module, KernelStatus(True, "built by another process (waited for it)", str(directory), recorded,
                                     seconds, tuple(cflags))
     recorded = None if existed else seconds  # a library was there already: this process only linked/loaded it
-    if not marker.exists():
+    if not marker.exists() or marked:
         try:
             tmp = marker.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps({"build_seconds": recorded, "flags": cflags, "built": time.time()}))

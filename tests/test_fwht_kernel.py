@@ -234,6 +234,20 @@ def test_a_process_that_waited_for_another_build_says_so(monkeypatch, tmp_path):
     assert status.build_seconds == 12.5
 
 
+def test_a_stale_marker_beside_a_deleted_library_is_a_fresh_build(monkeypatch, tmp_path):
+    import json
+
+    import torch.utils.cpp_extension as cpp_extension
+
+    name, directory = _fresh_cache(monkeypatch, tmp_path)
+    directory.mkdir(parents=True)
+    (directory / _kernels._MARKER).write_text(json.dumps({"build_seconds": 99.0}))  # the library was deleted
+    monkeypatch.setattr(cpp_extension, "load", lambda *args, **kwargs: object())
+    status = _kernels.status()
+    assert status.available and status.reason == "built" and status.build_seconds != 99.0
+    assert json.loads((directory / _kernels._MARKER).read_text())["build_seconds"] == status.build_seconds
+
+
 def _run(env_extra: dict, tmp_path) -> str:
     code = (
         "import torch; from hadainit import fwht; from hadainit.hadamard import _fwht_reference, fwht_kernel_status\n"

@@ -119,6 +119,7 @@ def test_outputs_are_never_mixed(digits_run, tmp_path, capsys):
     stale = tmp_path / "stale"
     stale.mkdir()
     (stale / "report.json").write_text("{old")
+    (stale / ".hadainit-run").write_text("{}")  # an earlier hadainit command's folder
     assert train.main(["--out", str(stale), "--overwrite", "--trainer.max_epochs", "1", *QUIET]) == 0
     assert json.loads((stale / "report.json").read_text())["epochs_trained"] == 1
 
@@ -185,6 +186,7 @@ def _fake_run(folder):
     folder.mkdir(parents=True)
     (folder / "report.json").write_text("{}")
     (folder / "metrics.csv").write_text("epoch,step\n0,1\n")
+    (folder / ".hadainit-run").write_text("{}")
 
 
 def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(tmp_path, capsys):
@@ -194,7 +196,7 @@ def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(tmp_path, cap
             "--out", str(old), "--overwrite", *QUIET]
     assert train.main(argv) == 2
     assert "cifar10 not found" in capsys.readouterr().err
-    assert sorted(p.name for p in old.iterdir()) == ["metrics.csv", "report.json"]  # untouched
+    assert sorted(p.name for p in old.iterdir()) == [".hadainit-run", "metrics.csv", "report.json"]  # untouched
 
 
 def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
@@ -223,7 +225,7 @@ def test_resume_into_a_new_folder_carries_the_history(digits_run, tmp_path):
     table = read_metrics(new / "metrics.csv")
     assert [r["epoch"] for r in table] == [-1, 0, 1, 2, 3]
     assert table[:4] == read_metrics(digits_run / "metrics.csv")
-    assert "resumed after epoch 3" in (new / "report.md").read_text()
+    assert "resumed from a checkpoint after 3 epochs" in (new / "report.md").read_text()
 
 
 def test_a_resumed_run_follows_the_uninterrupted_one(digits_run, tmp_path):
@@ -304,3 +306,74 @@ def test_overwrite_needs_a_hadainit_output_not_a_generic_file(tmp_path, capsys):
     (project / "config.yaml").write_text("a: 1")
     assert train.main(["--out", str(project), "--overwrite", "--trainer.max_epochs", "1", *QUIET]) == 2
     assert "holds no hadainit output" in capsys.readouterr().err and (project / "src").is_dir()
+
+
+# ------------------------------------------------------------ data loss (issue 22, item 10)
+def _user_folder(folder):
+    """A folder a user owns: code, data, and a metrics.csv such as any CSVLogger writes."""
+    (folder / "src").mkdir(parents=True)
+    (folder / "src" / "model.py").write_text("keep me")
+    (folder / "metrics.csv").write_text("epoch,step,loss\n0,1,0.5\n")
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def test_compare_never_empties_one_of_its_inputs(digits_run, tmp_path, capsys):
+    import shutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(digits_run, a)
+    shutil.copytree(digits_run, b)
+    before = sorted(p.name for p in a.iterdir())
+    assert compare.main([str(a), str(b), "--out", str(a), "--overwrite"]) == 2
+    assert "is (or holds) the input" in capsys.readouterr().err
+    assert sorted(p.name for p in a.iterdir()) == before and (a / "checkpoints/last.ckpt").is_file()
+    assert compare.main([str(a / "x"), "--out", str(tmp_path), "--overwrite"]) == 2  # a folder holding an input
+    assert a.is_dir()
+
+
+def test_overwrite_never_empties_a_folder_hadainit_did_not_make(tmp_path, capsys):
+    user = tmp_path / "experiment"
+    before = _user_folder(user)
+    assert train.main(["--out", str(user), "--overwrite", "--trainer.max_epochs", "1", *QUIET]) == 2
+    assert "holds no hadainit output" in capsys.readouterr().err
+    assert sorted(p.relative_to(user).as_posix() for p in user.rglob("*")) == before
+
+
+def test_the_working_directory_is_never_emptied(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    before = _user_folder(tmp_path)
+    (tmp_path / ".hadainit-run").write_text("{}")  # even one hadainit wrote into
+    before = sorted(before + [".hadainit-run"])
+    for out in ("", ".", str(tmp_path)):
+        assert train.main(["--out", out, "--overwrite", "--trainer.max_epochs", "1", *QUIET]) == 2, out
+        err = capsys.readouterr().err
+        assert "is empty (an unset shell variable?)" in err or "working directory" in err, err
+        assert compare.main([str(tmp_path / "src"), "--out", out, "--overwrite"]) == 2
+        capsys.readouterr()
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
+
+
+def test_a_folder_in_use_by_another_command_is_refused(tmp_path, capsys):
+    import socket
+
+    from hadainit.experiments import outdir
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # a live process holds the lock: refused, the folder untouched
+        (busy / outdir.LOCK).write_text(f"{sleeper.pid} {socket.gethostname()} 0\n")
+        assert train.main(["--out", str(busy), "--trainer.max_epochs", "1", *QUIET]) == 2
+        assert f"in use by another hadainit command (pid {sleeper.pid}" in capsys.readouterr().err
+        assert compare.main([str(tmp_path / "nothing"), "--out", str(busy)]) == 2
+        assert sorted(p.name for p in busy.iterdir()) == [outdir.LOCK]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the same lock once its process is gone is stale: taken over, and released at the end
+    with outdir.prepare(busy, command="test") as folder:
+        assert (busy / outdir.LOCK).read_text().split()[0] == str(__import__("os").getpid())
+        with pytest.raises(FileExistsError, match="in use by another hadainit command"):
+            outdir.prepare(busy, command="second", overwrite=True)
+        assert (folder.path / outdir.MARKER).is_file()
+    assert not (busy / outdir.LOCK).exists()

@@ -53,11 +53,11 @@ def find_classifier(module: nn.Module, path: str | None, num_classes: int | None
             raise ValueError(f"classifier {path!r} is a {type(target).__name__}, not an nn.Linear")
         if num_classes is not None and target.out_features != num_classes:
             raise ValueError(f"classifier {path!r} has {target.out_features} outputs, but num_classes={num_classes}")
-        return path, target
+        return _shaped(path, target)
     linears = [(name, m) for name, m in module.named_modules() if isinstance(m, nn.Linear)]
     if num_classes is None:
         if len(linears) == 1:
-            return linears[0]
+            return _shaped(*linears[0])
         raise ValueError(
             f"{type(module).__name__} has {len(linears)} nn.Linear layers [{_describe(linears)}] and the number of "
             "classes is unknown: pass num_classes=K (the layer with K outputs is the classifier) or classifier='path'"
@@ -69,7 +69,16 @@ def find_classifier(module: nn.Module, path: str | None, num_classes: int | None
             f"{what} of {type(module).__name__} with out_features == num_classes = {num_classes} "
             f"(layers: {_describe(linears)}); pass classifier='attribute.path'"
         )
-    return matches[0]
+    return _shaped(*matches[0])
+
+
+def _shaped(name: str, layer: nn.Linear) -> tuple[str, nn.Linear]:
+    """A lazy classifier (``nn.LazyLinear`` before its first call) has no shape yet: refused with the fix."""
+    if isinstance(layer.weight, nn.parameter.UninitializedParameter):
+        raise ValueError(f"the classifier {name or '<root>'!r} is an nn.LazyLinear that has not been called yet (its "
+                         "input size is unknown when the fit starts): run the model once on a batch in the module's "
+                         "setup() or configure_model() (which also lets the optimizer see its weights), or use nn.Linear")
+    return name, layer
 
 
 def has_forward(module: nn.Module) -> bool:

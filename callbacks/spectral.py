@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from hadainit.drift import DRIFT_KEYS, drift
@@ -15,7 +15,8 @@ from hadainit.metrics import coefficient_of_variation
 from hadainit.metrics.logits import LOGIT_KEYS, LogitSpectrum
 from hadainit.ufm.forecast import baseline_forecast, fit_forecast, spectral_margin
 
-from .base import MonitorBase
+from .base import SHARED_ARGS, Capture, Mode, MonitorBase
+from .capture import default_inputs, default_labels
 from .plotting import epoch_axis, label, new_figure, save
 
 SV_KEYS = ("sv_max", "sv_min", "sv_cv")
@@ -63,9 +64,11 @@ class SpectralMonitor(MonitorBase):
             ``"hadamard"``, ``"auto"`` (walsh for powers of two, else fourier), or ``"svd"``
             (no known basis). Default: the ``hadamard_`` record if any (lost by ``deepcopy`` and
             under ``ddp_spawn``), else the SVD of W(0) with a warning.
-        num_classes: K, to find the classifier (see :class:`NeuralCollapseMonitor`).
-        **kwargs: the shared options of :class:`~hadainit.callbacks.base.MonitorBase` (see
-            :class:`NeuralCollapseMonitor`); ``metrics`` chooses among :data:`SPECTRAL_KEYS`.
+        forecast: refit the reduced flow after each measurement (see above).
+        forecast_window: the measurements each fit uses (>= 3).
+        forecast_target_margin: the margin ``forecast_epochs_to_margin`` waits for (None: not logged).
+        metrics: the keys to log (default all of :data:`SPECTRAL_KEYS`).
+        The options shared with :class:`NeuralCollapseMonitor` follow (:data:`~hadainit.callbacks.base.SHARED_ARGS`).
     """
 
     PREFIX = "spectral"
@@ -76,14 +79,30 @@ class SpectralMonitor(MonitorBase):
 
     def __init__(
         self,
+        num_classes: int | None = None,
         *,
         init_basis: InitBasis | None = None,
-        num_classes: int | None = None,
         log_modes: bool = False,
         forecast: bool = False,
         forecast_window: int = 5,
         forecast_target_margin: float | None = None,
-        **kwargs,
+        classifier: str | None = None,
+        mode: Mode = "train",
+        every_n_epochs: int = 1,
+        at_epochs: list[int] | None = None,
+        eval_loader: Any = None,
+        eval_batches: int | None = None,
+        val_dataloader_idx: int = 0,
+        name: str | None = None,
+        metrics: list[str] | None = None,
+        plot: bool = True,
+        plot_dir: str | Path | None = None,
+        log_at_init: bool = True,
+        capture: Capture = "hook",
+        ignore_index: int | None = -100,
+        labels_from_batch: Callable[[Any], Tensor] = default_labels,
+        inputs_from_batch: Callable[[Any], Any] = default_inputs,
+        forward_fn: Callable[[LightningModule, Any], Any] | None = None,
     ) -> None:
         if init_basis is not None and init_basis not in ("auto", "walsh", "fourier", "hadamard", "svd"):
             raise ValueError(f"init_basis must be one of auto, walsh, fourier, hadamard, svd or None, got {init_basis!r}")
@@ -92,7 +111,11 @@ class SpectralMonitor(MonitorBase):
             raise ValueError(f"forecast_target_margin must be a finite number, got {forecast_target_margin!r}")
         if isinstance(forecast_window, bool) or not isinstance(forecast_window, int) or forecast_window < 3:
             raise ValueError(f"forecast_window must be an int >= 3 (a start and two epochs to fit), got {forecast_window!r}")
-        super().__init__(num_classes=num_classes, **kwargs)
+        super().__init__(num_classes=num_classes, classifier=classifier, mode=mode, every_n_epochs=every_n_epochs, at_epochs=at_epochs,
+                         eval_loader=eval_loader, eval_batches=eval_batches, val_dataloader_idx=val_dataloader_idx,
+                         name=name, metrics=metrics, plot=plot, plot_dir=plot_dir, log_at_init=log_at_init,
+                         capture=capture, ignore_index=ignore_index, labels_from_batch=labels_from_batch,
+                         inputs_from_batch=inputs_from_batch, forward_fn=forward_fn)
         self.init_basis = init_basis
         self.log_modes = bool(log_modes)
         self.forecast = bool(forecast)
@@ -200,3 +223,6 @@ class SpectralMonitor(MonitorBase):
         label(ax2, ax2.get_xlabel(), "value", logy=True)
         save(fig, directory / f"{self.name}_logit_spectrum.png", f"Class-mean logit spectrum ({self.name})")
         return [("logit_spectrum", fig)]
+
+
+SpectralMonitor.__doc__ += SHARED_ARGS

@@ -203,6 +203,9 @@ def _progress(checkpoint: dict) -> tuple[int, int]:
     return epoch, int(batches.get("current", {}).get("completed", 0))
 
 
+DATA_MODULES = ("Digits", "MNIST1D", "CIFAR")
+
+
 def _default_data(argv: list[str]) -> list[str]:
     """The digits unless the command line chooses a data module: given first, so a --config file that has a
     ``data`` section replaces it and one without keeps it. An unknown name is refused in one line."""

@@ -87,6 +87,11 @@ at::Tensor fwht(const at::Tensor& x, int64_t dim) {
   return out;
 }
 
+std::tuple<int64_t, int64_t> cache_bytes() {
+  const auto& plan = fwht_kernel::cache_plan();
+  return {plan.l1, plan.fuse};
+}
+
 void fwht_(at::Tensor& x, int64_t dim) {
   check(x, dim);
   TORCH_CHECK(x.is_contiguous() && !x.is_conj() && !x.is_neg(), "hadainit fwht_: a contiguous, resolved tensor");

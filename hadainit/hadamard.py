@@ -525,6 +525,19 @@ def _dim_index(dim, ndim: int) -> int:
     return int(dim) % ndim
 
 
+def _check_dense(x: Tensor) -> None:
+    """A sparse, nested or masked tensor has no strided layout for the transform: one line saying how to pass it."""
+    if x.layout != torch.strided:
+        raise TypeError(f"fwht needs a dense (strided) tensor, got layout {x.layout}; pass x.to_dense()")
+    if x.is_nested:
+        raise TypeError("fwht needs a dense (strided) tensor, got a nested tensor; transform its components "
+                        "(x.unbind()) one by one")
+    masked = getattr(getattr(torch, "masked", None), "MaskedTensor", None)
+    if masked is not None and isinstance(x, masked):
+        raise TypeError("fwht needs a dense (strided) tensor, got a MaskedTensor; pass x.get_data() with the "
+                        "masked entries filled in")
+
+
 def fwht(x: Tensor, dim: int = -1) -> Tensor:
     """Fast Walsh–Hadamard transform along ``dim``: ``fwht(x) == x @ H_n`` (unnormalized).
 
@@ -543,7 +556,8 @@ def fwht(x: Tensor, dim: int = -1) -> Tensor:
     pass over memory up to n = 2^14, two up to 2^28).
 
     Args:
-        x: a floating or complex tensor.
+        x: a dense (strided) floating or complex tensor; a sparse, nested or
+            masked tensor raises ``TypeError``.
         dim: the dimension to transform; its length must be a power of two.
 
     >>> fwht(torch.tensor([1.0, 0.0, 0.0, 0.0]))
@@ -551,6 +565,7 @@ def fwht(x: Tensor, dim: int = -1) -> Tensor:
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    _check_dense(x)
     if not (x.is_floating_point() or x.is_complex()):
         raise TypeError(f"fwht needs a floating or complex tensor, got dtype {x.dtype}")
     if x.dim() == 0:

@@ -235,3 +235,11 @@ def test_constructible_orders_up_to_ten_million_agree_with_single_decisions():
     orders = constructible_orders(10**7)
     listed = set(orders)
     assert all(is_constructible(n) == (n in listed) for n in range(10**7 - 4000, 10**7 + 1))
+
+
+@pytest.mark.parametrize("convert", [torch.Tensor.to_sparse, torch.Tensor.to_sparse_csr, torch.Tensor.to_sparse_csc,
+                                     lambda x: x.to_sparse_bsr((2, 2))])
+def test_fwht_refuses_a_sparse_tensor_in_one_line(convert):
+    with pytest.raises(TypeError, match=r"^fwht needs a dense \(strided\) tensor, got layout torch.sparse_\w+; pass "
+                                        r"x.to_dense\(\)$"):
+        fwht(convert(torch.eye(4)))

@@ -1,7 +1,9 @@
 """The users' documentation: docs/theory.md has the sections code cites, and what it names exists."""
 
 import importlib
+import importlib.util
 import re
+import types
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,41 @@ def _resolve(dotted: str):
                                                          THEORY.read_text(encoding="utf-8")))))
 def test_every_function_the_theory_names_exists(dotted):
     assert _resolve(dotted) is not None
+
+
+def _gen_api():
+    spec = importlib.util.spec_from_file_location("gen_api", ROOT / "docs" / "gen_api.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_api_reference_is_up_to_date(tmp_path):
+    gen_api = _gen_api()
+    assert gen_api.main(["--out", str(tmp_path / "api.md")]) == 0
+    fresh = (tmp_path / "api.md").read_text(encoding="utf-8")
+    committed = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    assert fresh == committed, "docs/api.md is stale: run `python docs/gen_api.py`"
+
+
+def test_the_api_reference_covers_every_public_name():
+    gen_api = _gen_api()
+    text = (ROOT / "docs" / "api.md").read_text(encoding="utf-8")
+    headings = re.findall(r"^### (?:class |module )?`([\w.]+)", text, flags=re.MULTILINE)
+    for module_name in gen_api.MODULES:
+        module = importlib.import_module(module_name)
+        assert f"## {module_name}\n" in text
+        for name in getattr(module, "__all__", ()):
+            obj = getattr(module, name)
+            expected = obj.__name__ if isinstance(obj, types.ModuleType) else f"{module_name}.{name}"
+            assert expected in headings, name
+    assert "0x" not in text  # no object addresses: the file depends on the source only
+
+
+def test_the_package_ships_its_type_hints():
+    # PEP 561: the marker file, and the package data that puts it in the wheel
+    import tomllib
+
+    assert (ROOT / "hadainit" / "py.typed").is_file()
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "py.typed" in config["tool"]["setuptools"]["package-data"]["hadainit"]

@@ -364,19 +364,24 @@ def _memory_bytes(device: torch.device) -> int | None:
 
 
 def _check_fits(n: int, dtype: torch.dtype, device: torch.device) -> None:
-    """Refuse an order whose matrix cannot be held: more than 2^63 entries, or more bytes than the
-    device has (the construction also holds an int8 copy on the CPU)."""
+    """Refuse an order whose matrix cannot be held: more than 2^63 entries, or more bytes than the memory
+    it needs: the construction builds an int8 copy on the CPU (whatever the target device), then the result."""
     entries = n * n
     itemsize = torch.empty((), dtype=dtype).element_size()
     if entries >= 1 << 63:
         raise ValueError(f"a Hadamard matrix of order n={n} has n^2 = {entries:.3g} entries, more than a tensor can "
                          "hold (2^63); for products with H use fwht(x) (powers of two) instead")
-    memory = _memory_bytes(device)
-    needed = entries * itemsize + (entries if device.type == "cpu" else 0)
-    if memory is not None and needed > memory:
-        raise ValueError(f"a Hadamard matrix of order n={n} needs {needed / 2**30:.3g} GiB ({entries:.3g} entries "
-                         f"of {dtype}), more than the {memory / 2**30:.3g} GiB of memory of {device}; "
-                         "for products with H use fwht(x) (powers of two) instead")
+    cpu = torch.device("cpu")
+    needs = [(cpu, entries + (entries * itemsize if device.type == "cpu" else 0))]
+    if device.type != "cpu":
+        needs.append((device, entries * itemsize))
+    for where, needed in needs:
+        memory = _memory_bytes(where)
+        if memory is not None and needed > memory:
+            raise ValueError(f"a Hadamard matrix of order n={n} needs {needed / 2**30:.3g} GiB on {where} ({entries:.3g} "
+                             f"entries of {dtype if where == device else torch.int8}), more than the "
+                             f"{memory / 2**30:.3g} GiB of memory there; for products with H use fwht(x) "
+                             "(powers of two) instead")
 
 
 def hadamard_matrix(n: int, *, dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
@@ -408,7 +413,8 @@ def hadamard_matrix(n: int, *, dtype: torch.dtype = torch.float64, device: torch
         raise TypeError(f"dtype must be a torch.dtype, got {type(dtype).__name__} {dtype!r}")
     if not dtype.is_signed:  # bool, uint8, ...: -1 would become True or 255
         raise TypeError(f"dtype {dtype} cannot hold the -1 entries of a Hadamard matrix; use a signed or floating dtype")
-    _check_fits(n, dtype, torch.device("cpu") if device is None else torch.device(device))
+    target = _device(device)
+    _check_fits(n, dtype, target)
     recipe = _recipe(n)
     if recipe is None:
         below, above = _nearest_orders(n)
@@ -420,7 +426,22 @@ def hadamard_matrix(n: int, *, dtype: torch.dtype = torch.float64, device: torch
     h = _sylvester(sylvester_order)
     for m in recipe:
         h = torch.kron(h, _paley(m))
-    return h.to(dtype=dtype, device=device)
+    return h.to(dtype=dtype, device=target)
+
+
+def _device(device) -> torch.device:
+    """``device`` as a torch.device (None: the CPU); one line naming it when it is none."""
+    if device is None:
+        return torch.device("cpu")
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, (str, int)) or isinstance(device, bool):
+        raise TypeError(f"device must be a torch.device, a string such as 'cpu' or 'cuda:0', or a CUDA index, "
+                        f"got {type(device).__name__} {device!r}")
+    try:
+        return torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"device {device!r} is not a device torch knows (e.g. 'cpu', 'cuda', 'cuda:1', 'mps')") from None
 
 
 # --------------------------------------------------------------------------- #

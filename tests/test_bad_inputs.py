@@ -203,6 +203,8 @@ CASES = {
     "constructible-type": lambda _: is_constructible(True),
     "constructible-bound": lambda _: is_constructible(2**64 + 4),
     "orders-limit": lambda _: constructible_orders(10**9),
+    "hadamard-device": lambda _: hadamard_matrix(4, device="nope"),
+    "hadamard-device-type": lambda _: hadamard_matrix(4, device=3.5),
     "hadamard-huge": lambda _: hadamard_matrix(2**40),
     "metric-dims": lambda _: NeuralCollapse(5, 8).update(torch.randn(4, 2, 4), labels4),
     "metric-feature-dim": lambda _: NeuralCollapse(5, 8).update(torch.randn(4, 7), labels4),

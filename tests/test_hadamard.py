@@ -221,8 +221,13 @@ def test_a_matrix_too_large_to_hold_is_refused_before_anything_is_built(monkeypa
     with pytest.raises(ValueError, match=r"order n=1099511627776 has n\^2 = 1.21e\+24 entries"):
         hadamard_matrix(2**40)
     monkeypatch.setattr(hadamard, "_memory_bytes", lambda device: 10**6)  # a machine with 1 MB
-    with pytest.raises(ValueError, match=r"needs .* GiB \(4.19e\+06 entries of torch.float64\), more than"):
+    with pytest.raises(ValueError, match=r"needs .* GiB on cpu \(4.19e\+06 entries of torch.float64\), more than"):
         hadamard_matrix(2048)
+    # another device (here meta, whose memory is unknown): the int8 copy is still built on the CPU first
+    memory = {"cpu": 10**6, "meta": None}
+    monkeypatch.setattr(hadamard, "_memory_bytes", lambda device: memory[device.type])
+    with pytest.raises(ValueError, match=r"needs .* GiB on cpu \(4.19e\+06 entries of torch.int8\)"):
+        hadamard_matrix(2048, device="meta")
 
 
 def test_constructible_orders_refuses_a_huge_limit():

@@ -107,19 +107,22 @@ def class_geometry(stats: ClassStatistics, global_mean: str = "unweighted") -> G
         raise ValueError(f"neural-collapse metrics need samples from at least 2 classes, got {len(classes)}")
     n_k = stats.counts[classes]
     total = n_k.sum()
-    delta = stats.sums[classes] / n_k.unsqueeze(1)
-    means = stats.reference[classes] + delta
+    delta = stats.sums[classes] / n_k.unsqueeze(1)  # in the units of the sums: s (h - c)
+    means = stats.reference[classes] + delta / stats.scale
     mu_g = means.mean(0) if global_mean == "unweighted" else (n_k.unsqueeze(1) * means).sum(0) / total
     centred = means - mu_g
     if not centred.abs().max() > 0:
         raise ValueError(
             "all class means coincide (the between-class covariance is zero): the neural-collapse metrics are undefined"
         )
-    # second moment about the references, corrected by the small deltas (unseen classes add nothing to it)
+    # second moment about the references, corrected by the small deltas (unseen classes add nothing to it);
+    # both in units of s^2, then brought to the units of the scaled means by the power of two unit / s
     sigma_w = (stats.symmetric_second() - (delta.T * n_k) @ delta) / total
     variances = (stats.sq_norms[classes] - n_k * delta.pow(2).sum(1)) / n_k
     scale = unit_scale(centred)
-    return Geometry(classes, centred * scale, sigma_w * scale**2, variances * scale**2, torch.trace(sigma_w).item())
+    ratio = scale / stats.scale
+    trace = torch.trace(sigma_w) / stats.scale / stats.scale
+    return Geometry(classes, centred * scale, sigma_w * ratio * ratio, variances * ratio * ratio, trace.item())
 
 
 def nc1_metrics(geo: Geometry, rtol: float = 1e-12) -> dict[str, float]:

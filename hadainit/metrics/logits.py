@@ -41,6 +41,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from .. import _checks
+from .base import check_state_size
 from ..bases import mode_pairs, resolve_basis, softmax_basis
 from ..ufm.lyapunov import etf_angle, kl_to_uniform
 from ..ufm.forecast import spectral_margin
@@ -66,6 +67,10 @@ def _check_logits(logits: Tensor, labels: Tensor, num_classes: int) -> None:
         raise ValueError(f"labels must be 1-D with one label per row ({logits.shape[0]}), got shape {tuple(labels.shape)}")
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+    if labels.numel():
+        low, high = labels.aminmax()
+        if low < 0 or high >= num_classes:
+            raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{low.item()}, {high.item()}]")
 
 
 def _sample_margins(z: Tensor, labels: Tensor) -> Tensor:
@@ -153,6 +158,7 @@ class LogitSpectrum(Metric):
         if self.basis == "hadamard":
             raise ValueError("the logit spectrum needs a softmax-diagonalizing basis ('walsh' or 'fourier')")
         k, f64 = num_classes, torch.float64
+        check_state_size("LogitSpectrum", 8 * k * (k + 1), f"num_classes={k}: a K x K float64 sum of logits")
         self.add_state("counts", torch.zeros(k, dtype=f64), dist_reduce_fx="sum")
         self.add_state("logit_sums", torch.zeros(k, k, dtype=f64), dist_reduce_fx="sum")
         self.add_state("margin_sum", torch.zeros((), dtype=f64), dist_reduce_fx="sum")

@@ -38,7 +38,7 @@ from torchmetrics.utilities.exceptions import TorchMetricsUserError
 from .. import _checks
 from ..drift import InitialBasis
 from .base import Float64Metric, check_finite_state, check_state_size, distributed
-from .formulas import GLOBAL_MEAN_KINDS, check_rtol, collapse_metrics, per_class_metrics
+from .formulas import GLOBAL_MEAN_KINDS, check_rtol, collapse_metrics, etf_impossible_message, per_class_metrics
 from .functional import check_batch, check_classifier, check_precision, neural_collapse
 from .statistics import ClassStatistics, Float32Accumulator, Workspace, accumulate, choose_scale, pick_references
 
@@ -117,6 +117,7 @@ class NeuralCollapse(Float64Metric):
         self._workspace = Workspace()
         self._fast = Float32Accumulator()  # precision="float32": sums of the open group of batches
         self._warned_matmul = False
+        self._warned_etf = False
         self._weight: Tensor | None = None
         self._bias: Tensor | None = None
         self._basis: InitialBasis | None = None
@@ -243,6 +244,10 @@ class NeuralCollapse(Float64Metric):
         stats = self.statistics()
         check_finite_state(stats.sums, stats.second)
         self.class_means, self.seen = stats.means().clone(), stats.counts > 0
+        seen = int(self.seen.sum())
+        if seen - 1 > self.feature_dim and not self._warned_etf:
+            self._warned_etf = True
+            warnings.warn(f"NeuralCollapse: {etf_impossible_message(seen, self.feature_dim)} (said once)", stacklevel=2)
         return collapse_metrics(stats, self._weight, global_mean=self.global_mean, basis=self._basis,
                                 rtol=self.rtol, riesz_s=self.riesz_s)
 

@@ -54,7 +54,7 @@ class PairStatistics:
     cdnv_per_class: Tensor | None = None
     gnc2_log: float | None = None
     gnc2_riesz: float | None = None
-    min_distance: float | None = None  # min ||r_k - r_l|| (rows as given)
+    min_distance: float | None = None  # min ||r_k - r_l|| among the close pairs (None when there is none)
     min_unit_distance: float | None = None  # min ||u_k - u_l||
 
 
@@ -129,7 +129,7 @@ def pair_statistics(
             torch.sub(cos, mean_cos, out=work)
             sums[0] += torch.linalg.vecdot(work.view(-1), work.view(-1))
             work.add_(mean_cos - etf).diagonal(offset=start).zero_()  # cos - etf
-            sums[1] += work.abs_().sum()
+            sums[1] += torch.linalg.vector_norm(work.view(-1), ord=1)  # sum |cos - etf| in one pass
             if variances is None:
                 continue
             _pair_distances(rows, unit, sq, variances, start, gram, cos, work, sums, lows, per_class, riesz_s)
@@ -137,37 +137,48 @@ def pair_statistics(
     out = PairStatistics(cos_std=math.sqrt(values[0]), cos_etf=values[1])
     if variances is not None:
         out.cdnv, out.cdnv_per_class, out.gnc2_log, out.gnc2_riesz = values[2], per_class, values[3], values[4]
-        out.min_distance, out.min_unit_distance = lows.sqrt().tolist()
+        out.min_distance = None if not math.isfinite(lows[0].item()) else lows[0].sqrt().item()
+        out.min_unit_distance = (2 * lows[1]).sqrt().item()
     return out
 
 
 def _pair_distances(rows, unit, sq, variances, start, gram, cos, work, sums, lows, per_class, riesz_s) -> None:
-    """The CDNV, GNC2 and smallest-distance terms of one chunk; ``gram`` and ``cos`` are overwritten."""
+    """The CDNV, GNC2 and smallest-distance terms of one chunk; ``gram``, ``cos`` and ``work`` are overwritten.
+
+    ``half = 1 - cos = ||u_k - u_l||^2 / 2``. A pair whose squared distance cancels in the Gram
+    (``dist^2 < CANCELLATION (|r_k|^2 + |r_l|^2)``) has ``1 - cos < 2 CANCELLATION`` (from
+    ``dist^2 = (|r_k| - |r_l|)^2 + 2 |r_k| |r_l| (1 - cos)``), so one test on ``half`` finds both kinds.
+    """
     k = rows.shape[0]
     stop = start + gram.shape[0]
     dist = gram.mul_(-2).add_(sq[start:stop].unsqueeze(1)).add_(sq)  # ||mu_k - mu_l||^2 from the Gram
-    udist = cos.mul_(-2).add_(2.0).clamp_min_(0.0)  # ||u_k - u_l||^2
-    torch.add(sq[start:stop].unsqueeze(1), sq, out=work).mul_(CANCELLATION)
-    close = torch.lt(dist, work).logical_or_(udist < 2 * CANCELLATION)
-    close.diagonal(offset=start).fill_(False)
-    local, partner = close.nonzero(as_tuple=True)
-    exact = None
+    half = torch.sub(torch.ones((), dtype=cos.dtype, device=cos.device), cos, out=cos)
+    half.diagonal(offset=start).fill_(math.inf)
+    local, partner = torch.lt(half, 2 * CANCELLATION).nonzero(as_tuple=True)
+    zero = None
     if local.numel():  # where the Gram's difference cancels: from the rows' differences
-        exact = _exact_pairs(rows, unit, local + start, partner)
-        dist.index_put_((local, partner), exact[0])
-        udist.index_put_((local, partner), exact[1])
-    diagonal = dist.diagonal(offset=start)
-    diagonal.fill_(math.inf)
-    lows[0] = torch.minimum(lows[0], dist.min())
-    udist.diagonal(offset=start).fill_(math.inf)
-    lows[1] = torch.minimum(lows[1], udist.min())
-    torch.add(variances[start:stop].unsqueeze(1), variances, out=work).div_(dist)  # the diagonal: v / inf = 0
-    if exact is not None and bool((exact[0] == 0).any()):  # coinciding means: an infinite normalized variance
-        zero = exact[0] == 0
-        work.index_put_((local[zero], partner[zero]), torch.tensor(math.inf, dtype=work.dtype, device=work.device))
-    row_cdnv = work.sum(1)
+        exact, uexact = _exact_pairs(rows, unit, local + start, partner)
+        dist.index_put_((local, partner), exact)
+        half.index_put_((local, partner), uexact / 2)
+        if bool((exact == 0).any()):
+            zero = exact == 0
+            dist.index_put_((local[zero], partner[zero]), torch.ones((), dtype=dist.dtype, device=dist.device))
+    lows[1] = torch.minimum(lows[1], half.min())
+    if local.numel():
+        lows[0] = torch.minimum(lows[0], exact.min())
+    dist.diagonal(offset=start).fill_(math.inf)
+    recip = dist.reciprocal_()  # the diagonal: 0
+    if zero is not None:  # coinciding means: set apart (their 1 / 0 would meet a zero variance as NaN)
+        recip.index_put_((local[zero], partner[zero]), torch.zeros((), dtype=dist.dtype, device=dist.device))
+    # sum_l (v_k + v_l) / dist_kl = v_k sum_l 1/dist_kl + sum_l v_l / dist_kl: one product with [1, v]
+    both = recip @ torch.stack((torch.ones_like(variances), variances), 1)
+    row_cdnv = variances[start:stop] * both[:, 0] + both[:, 1]
+    if zero is not None:
+        row_cdnv.index_fill_(0, local[zero].unique(), math.inf)
     per_class[start:stop] = row_cdnv / (2 * (k - 1))
     sums[2] += row_cdnv.sum() / 2
-    udist.diagonal(offset=start).fill_(1.0)  # log 1 = 0 and 1^(-s) = 1, subtracted below
-    sums[3] -= torch.log(udist, out=work).sum() / 2
-    sums[4] += (udist.rsqrt_() if riesz_s == 1 else udist.pow_(-riesz_s / 2)).sum() - (stop - start)
+    half.diagonal(offset=start).fill_(0.5)  # ||u_k - u_k||^2 := 1: log 1 = 0 and 1^(-s) = 1, subtracted below
+    # log(1 / ||u_k - u_l||) = -(log 2 + log half) / 2 and ||u_k - u_l||^(-s) = 2^(-s/2) half^(-s/2)
+    sums[3] -= (torch.log(half, out=work).sum() + math.log(2.0) * half.numel()) / 2
+    powered = half.rsqrt_() if riesz_s == 1 else half.pow_(-riesz_s / 2)
+    sums[4] += powered.sum() * 2.0 ** (-riesz_s / 2) - (stop - start)

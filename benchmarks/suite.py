@@ -28,8 +28,9 @@ def _row(benchmark: str, case: str, seconds: dict, *, ratio=None, goal=None, met
     return {"benchmark": benchmark, "case": case, "seconds": seconds, "ratio": ratio, "goal": goal, "met": met, **extra}
 
 
-#: (log2 n, batch) of the fwht rows; the rows n >= 2^14 are 8 MB in float64 (4 MB in float32)
-FWHT_SIZES = [(8, 64), (10, 64), (12, 64), (14, 64), (16, 16), (20, 1)]
+#: (log2 n, batch): 4 MiB (float32) at n >= 2^14, which stays in a large L3; 2^14 x 256 is 16 / 32 MiB,
+#: from memory, and at 32 MiB glibc serves every fresh output with a new mmap (page faults)
+FWHT_SIZES = [(8, 64), (10, 64), (12, 64), (14, 64), (16, 16), (20, 1), (14, 256)]
 FWHT_QUICK = [(8, 8), (10, 4)]
 
 
@@ -91,7 +92,10 @@ def bench_fwht(device: torch.device, quick: bool) -> list[dict]:
     The bound is the time to move the bytes a transform must move at least
     (read x once, write y once) at the copy rate measured on a buffer of the
     same size, in the same rounds: ``x.clone()``, which allocates its output as
-    ``fwht`` does. Peers: :mod:`benchmarks.peers` (their conventions noted there).
+    ``fwht`` does (the row's ratio), and ``fwht(x, out=y)`` against
+    ``y.copy_(x)``, neither allocating (``out_over_copy_into``: at 32 MiB the
+    fresh output's page faults dominate both ``fwht`` and ``clone``).
+    Peers: :mod:`benchmarks.peers` (their conventions noted there).
     """
     _kernels.kernel()  # a first build happens here, never inside a timed row
     rows = []
@@ -99,7 +103,9 @@ def bench_fwht(device: torch.device, quick: bool) -> list[dict]:
         for e, batch in FWHT_QUICK if quick else FWHT_SIZES:
             n = 1 << e
             x = torch.randn(batch, n, dtype=dtype, device=device)
-            calls = {"fwht": lambda: fwht(x), "copy": lambda: x.clone()}
+            y = torch.empty_like(x)
+            calls = {"fwht": lambda: fwht(x), "copy": lambda: x.clone(),
+                     "fwht_out": lambda: fwht(x, out=y), "copy_into": lambda: y.copy_(x)}
             peer_calls, as_fwht, notes = peers.candidates(x)
             calls.update(peer_calls)
             ref = _fwht_reference(x, 1)
@@ -115,13 +121,15 @@ def bench_fwht(device: torch.device, quick: bool) -> list[dict]:
                                     min_seconds=0.0 if quick else 0.05)
             t = {name: statistics.median(v) for name, v in rounds.items()}
             over_copy = ratio_spread(rounds, "fwht", "copy")
-            vs_peers = {name: ratio_spread(rounds, name, "fwht") for name in calls if name not in ("fwht", "copy")}
+            out_over_copy = ratio_spread(rounds, "fwht_out", "copy_into")
+            vs_peers = {name: ratio_spread(rounds, name, "fwht") for name in calls
+                        if name not in ("fwht", "copy", "fwht_out", "copy_into")}
             bound_goal = e >= 14
             met = all(r[0] > 1 for r in vs_peers.values()) and (over_copy[0] <= 3 or not bound_goal)
             rows.append(_row(
                 "fwht vs copy and peers", f"n=2^{e} batch {batch} {str(dtype)[6:]}", t,
                 ratio=over_copy[0], goal=("<= 3x copy, " if bound_goal else "") + "faster than every peer", met=met,
-                fwht_over_copy=over_copy, peers_over_fwht=vs_peers, max_rel_err=errors, peer_notes=notes,
+                fwht_over_copy=over_copy, out_over_copy_into=out_over_copy, peers_over_fwht=vs_peers, max_rel_err=errors, peer_notes=notes,
                 kernel=_kernels.status().available,
             ))
     return rows
@@ -495,7 +503,8 @@ def format_table(results: list[dict]) -> str:
         goal = "" if r["goal"] is None else f"{'MET' if r['met'] else 'NOT MET'}: {r['goal']}"
         extra = ""
         if "fwht_over_copy" in r:
-            extra = f"; fwht/copy {_spread(r['fwht_over_copy'])}; peer/fwht: " + ", ".join(
+            extra = (f"; fwht/copy {_spread(r['fwht_over_copy'])}; fwht(out=)/copy_ {_spread(r['out_over_copy_into'])}"
+                     "; peer/fwht: ") + ", ".join(
                 f"{name} {_spread(v)}" for name, v in r["peers_over_fwht"].items())
             if r["peer_notes"]:
                 extra += " [" + "; ".join(r["peer_notes"]) + "]"

@@ -559,7 +559,7 @@ def _check_dense(x: Tensor) -> None:
                         "masked entries filled in")
 
 
-def fwht(x: Tensor, dim: int = -1) -> Tensor:
+def fwht(x: Tensor, dim: int = -1, *, out: Tensor | None = None) -> Tensor:
     """Fast Walsh–Hadamard transform along ``dim``: ``fwht(x) == x @ H_n`` (unnormalized).
 
     ``H_n`` is the Sylvester matrix of :func:`hadamard_matrix`. Cost O(n log n)
@@ -580,9 +580,18 @@ def fwht(x: Tensor, dim: int = -1) -> Tensor:
         x: a dense (strided) floating or complex tensor; a sparse, nested or
             masked tensor raises ``TypeError``.
         dim: the dimension to transform; its length must be a power of two.
+        out: a contiguous tensor of ``x``'s shape, dtype and device to write the
+            result into (``x`` itself: in place), returned. On the CPU kernel the
+            transform writes it directly: repeated transforms of large tensors
+            then skip the fresh output's page faults, which for outputs of 32 MiB
+            and more (glibc serves those with a new ``mmap`` every call) cost
+            several times the transform itself. Not with autograd (as torch's
+            ``out=``); a partial overlap with ``x`` raises ``ValueError``.
 
     >>> fwht(torch.tensor([1.0, 0.0, 0.0, 0.0]))
     tensor([1., 1., 1., 1.])
+    >>> x = torch.tensor([1.0, 2.0]); fwht(x, out=x); x
+    tensor([ 3., -1.])
     """
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -595,11 +604,36 @@ def fwht(x: Tensor, dim: int = -1) -> Tensor:
     n = x.shape[index]
     if not is_power_of_two(n):
         raise ValueError(f"fwht needs a power-of-two length along dim {dim}, got {n} (shape {tuple(x.shape)})")
+    if out is not None:
+        return _fwht_out(x, index, out)
     if not _differentiated(x):
         compiled = _kernel_for(x)
         if compiled is not None:  # no autograd to record: the kernel directly, no Function overhead
             return compiled(x, index)
     return _FWHT.apply(x, index)
+
+
+def _fwht_out(x: Tensor, index: int, out: Tensor) -> Tensor:
+    """``fwht(x, index)`` written into ``out`` (checked here; the CPU kernel writes it directly)."""
+    if not isinstance(out, Tensor):
+        raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+    _check_dense(out)
+    if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(f"out must have x's shape, dtype and device: x {tuple(x.shape)} {x.dtype} {x.device}, "
+                         f"out {tuple(out.shape)} {out.dtype} {out.device}")
+    if not out.is_contiguous() or out.is_conj() or out.is_neg():
+        raise ValueError("out must be contiguous (and not a lazily conjugated or negated view)")
+    if _differentiated(x) or out.requires_grad:
+        raise ValueError("fwht(..., out=) does not support autograd (as torch's out= arguments); call fwht(x)")
+    if out.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() and not (
+            out.data_ptr() == x.data_ptr() and x.is_contiguous()):
+        raise ValueError("out shares memory with x without being x itself: pass x (in place) or a separate tensor")
+    compiled = _kernel_for(x)
+    if compiled is not None and x.is_cpu:
+        _kernels.kernel().fwht_into(x, out, index)
+    else:
+        out.copy_(_transform(x, index))
+    return out
 
 
 _is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor

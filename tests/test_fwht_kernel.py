@@ -352,3 +352,59 @@ def test_the_transform_is_the_same_for_other_cache_plans(tmp_path):
         for x, y in zip(xs, torch.load(tmp_path / "y.pt")):
             assert torch.equal(y, fwht(x, 1)), (plan, x.shape, x.dtype)
             assert _relerr(y, _fwht_reference(x, 1)) < TOL[x.dtype]
+
+
+# fwht(x, out=): the same values written into a given tensor (repeated large transforms skip the
+# fresh output's page faults, see benchmarks/suite.py's fwht rows); in place with out=x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex128])
+@pytest.mark.parametrize("shape, dim", [((8,), 0), ((3, 1 << 12), 1), ((4, 256, 5), 1), ((1 << 11, 3), 0)])
+def test_out_is_the_transform_written_in_place_or_into(shape, dim, dtype):
+    x = torch.randn(shape, dtype=dtype)
+    expected = x @ hadamard_matrix(x.shape[dim], dtype=torch.float64).to(dtype) if x.dim() == 1 else None
+    ref = _fwht_reference(x, dim % x.dim())
+    out = torch.empty_like(x)
+    got = fwht(x, dim, out=out)
+    assert got is out
+    assert _relerr(out, ref) <= TOL[dtype]
+    assert torch.equal(out, fwht(x, dim))  # the same kernel, the same bits
+    if expected is not None:
+        assert _relerr(out, expected) <= TOL[dtype]
+    y = x.clone()
+    assert fwht(y, dim, out=y) is y and torch.equal(y, out)  # in place
+    strided = torch.randn(shape[::-1], dtype=dtype).transpose(0, -1) if x.dim() > 1 else x
+    assert torch.equal(fwht(strided, dim, out=torch.empty_like(strided, memory_format=torch.contiguous_format)),
+                       fwht(strided, dim))
+
+
+def test_out_on_the_fallback_path_gives_the_reference(monkeypatch):
+    monkeypatch.setattr("hadainit.hadamard._kernel_for", lambda x: None)
+    x = torch.randn(5, 64, dtype=torch.float64)
+    out = torch.empty_like(x)
+    assert fwht(x, out=out) is out
+    assert torch.equal(out, _fwht_reference(x, 1))
+    x16 = torch.randn(3, 16, dtype=torch.bfloat16)  # no kernel dtype: the torch path, written into out
+    o16 = torch.empty_like(x16)
+    assert torch.equal(fwht(x16, out=o16), fwht(x16))
+
+
+def test_out_refuses_what_it_cannot_write():
+    x = torch.randn(4, 16, dtype=torch.float64)
+    with pytest.raises(ValueError, match="shape, dtype and device"):
+        fwht(x, out=torch.empty(4, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="shape, dtype and device"):
+        fwht(x, out=torch.empty(4, 16, dtype=torch.float32))
+    with pytest.raises(ValueError, match="contiguous"):
+        fwht(x, out=torch.empty(16, 4, dtype=torch.float64).t())
+    with pytest.raises(TypeError, match="out must be a torch.Tensor"):
+        fwht(x, out=[0.0] * 64)
+    with pytest.raises(ValueError, match="autograd"):
+        fwht(x.clone().requires_grad_(), out=torch.empty_like(x))
+    with pytest.raises(ValueError, match="autograd"):
+        fwht(x, out=torch.empty_like(x).requires_grad_())
+    buf = torch.randn(5, 16, dtype=torch.float64)
+    with pytest.raises(ValueError, match="shares memory"):
+        fwht(buf[:4], out=buf[1:])  # overlapping rows: the transform would read what it wrote
+    with pytest.raises(ValueError, match="shares memory"):
+        fwht(buf[1:], out=buf[:4])

@@ -79,7 +79,7 @@ inline typename Simd<T>::vec lane_stage(typename Simd<T>::vec v) {
     sign[l] = (l & H) ? T(-1) : T(1);
   }
   typename S::vec t = __builtin_shuffle(v, idx);
-  return sign * v + t;  // lane l without bit H: v_l + v_(l+H); with it: v_(l-H) - v_l
+  return fused_sign_add(sign, v, t);  // lane l without bit H: v_l + v_(l+H); with it: v_(l-H) - v_l
 }
 
 // The stages at lane distances from, 2 from, ..., W / 2 (from a power of two below W).
@@ -164,6 +164,51 @@ void vertical_r(int r, const T* src, T* dst, int64_t dist, int64_t width) {
   }
 }
 
+// The first pass of a block when lanes hold several index values: the lane stages from lane distance
+// From, then R stages between the 2^R contiguous registers of each group, over [0, len). One loop
+// with everything known at compile time (a call per group, with the lane distance tested per
+// register, cost as much as the arithmetic).
+template <typename T, int R, int From>
+void lane_groups(const T* src, T* dst, int64_t len) {
+  using S = Simd<T>;
+  using vec = typename S::vec;
+  constexpr int M = 1 << R;
+  for (int64_t g = 0; g < len; g += int64_t{S::W} * M) {
+    vec v[M];
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) {
+      v[m] = load<vec>(src + g + m * S::W);
+      if constexpr (From <= 1) v[m] = lane_stage<T, 1>(v[m]);
+      if constexpr (S::W > 2 && From <= 2) v[m] = lane_stage<T, 2>(v[m]);
+      if constexpr (S::W > 4 && From <= 4) v[m] = lane_stage<T, 4>(v[m]);
+      if constexpr (S::W > 8 && From <= 8) v[m] = lane_stage<T, 8>(v[m]);
+    }
+    butterflies<vec, R>(v);
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) store(dst + g + m * S::W, v[m]);
+  }
+}
+
+template <typename T, int R>
+void lane_groups_from(const T* src, T* dst, int64_t len, int64_t from) {
+  switch (from) {
+    case 1: lane_groups<T, R, 1>(src, dst, len); break;
+    case 2: lane_groups<T, R, 2>(src, dst, len); break;
+    case 4: lane_groups<T, R, 4>(src, dst, len); break;
+    default: lane_groups<T, R, 8>(src, dst, len); break;
+  }
+}
+
+template <typename T>
+void lane_pass(int r, const T* src, T* dst, int64_t len, int64_t from) {
+  switch (r) {
+    case 1: lane_groups_from<T, 1>(src, dst, len, from); break;
+    case 2: lane_groups_from<T, 2>(src, dst, len, from); break;
+    case 3: lane_groups_from<T, 3>(src, dst, len, from); break;
+    default: lane_groups_from<T, 4>(src, dst, len, from); break;
+  }
+}
+
 // Bits [0, kb) of the index along n, for one block of inner << kb contiguous elements. When inner is a
 // power of two below a register, the first pass reads src once and does the lane stages and the
 // next R bits together; the later passes are in place in dst (in L1).
@@ -179,7 +224,7 @@ void block_low(const T* src, T* dst, int64_t inner, int kb) {
     if (r == 0) {
       for (int64_t j = 0; j < len; j += S::W) store(dst + j, lane_stages<T>(load<typename S::vec>(src + j), inner));
     } else {
-      groups_r<T, true>(r, src, dst, S::W, len, inner);
+      lane_pass<T>(r, src, dst, len, inner);
     }
     b += r;
     from = dst;

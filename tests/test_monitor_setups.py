@@ -21,10 +21,18 @@ from hadainit.metrics.functional import neural_collapse
 from tests.lightning_helpers import K, TinyModule, assert_same_history, dataset, loader, trainer
 
 
-def _features(module, x):
+def _features(module, x, batch_size=20, chunks=1):
+    """The body's features of x computed in the shapes the training steps used (batches, chunks).
+
+    float32 products of other shapes round differently, and by how much depends on the BLAS and
+    the CPU's instruction set (issue 21): a reference on all rows at once can differ from the
+    batched values by ~1e-8 relative on one machine and agree to 1e-12 on another. Computed in
+    the same shapes, the features are the same float32 numbers, and only the monitor's float64
+    summation order remains.
+    """
     module.eval()
     with torch.no_grad():
-        return module.body(x)
+        return torch.cat([module.body(c) for b in x.split(batch_size) for c in b.chunk(chunks)])
 
 
 # ----------------------------------------------------------------- item 1
@@ -82,7 +90,7 @@ def test_manual_update_for_custom_steps():
     module.monitor = NeuralCollapseMonitor(capture="manual")
     trainer([module.monitor], max_epochs=1).fit(module, loader())
     x, y = dataset().tensors
-    ref = neural_collapse(_features(module, x), y, module.fc.weight.detach())
+    ref = neural_collapse(_features(module, x, chunks=2), y, module.fc.weight.detach())
     assert module.monitor.history[-1]["num_samples"] == 200
     assert math.isclose(module.monitor.history[-1]["nc1"], ref["nc1"], rel_tol=1e-9)
     with pytest.raises(RuntimeError, match="capture='manual'"):
@@ -196,7 +204,7 @@ def test_integer_label_dtypes_and_ignored_labels(dtype):
     module = IgnoringModule(lr=0.0)
     trainer([nc, sp], max_epochs=1).fit(module, data)
     keep = labels != -100
-    ref = neural_collapse(_features(module, x[keep]), labels[keep].long(), module.fc.weight.detach())
+    ref = neural_collapse(_features(module, x)[keep], labels[keep].long(), module.fc.weight.detach())
     assert nc.history[-1]["num_ignored"] == (~keep).sum().item() == sp.history[-1]["num_ignored"]
     assert nc.history[-1]["num_samples"] == keep.sum().item()
     assert math.isclose(nc.history[-1]["nc1"], ref["nc1"], rel_tol=1e-9)
@@ -262,7 +270,7 @@ def test_validation_loader_mode_and_trainer_validate():
     t = trainer([nc], max_epochs=1)
     t.fit(module, loader(), val)
     x, y = dataset(100).tensors
-    ref = neural_collapse(_features(module, x), y, module.fc.weight.detach())
+    ref = neural_collapse(_features(module, x, batch_size=30), y, module.fc.weight.detach())
     assert math.isclose(nc.history[-1]["nc1"], ref["nc1"], rel_tol=1e-9)
     alone = NeuralCollapseMonitor(mode="val")
     t2 = trainer([alone], max_epochs=1)

@@ -84,6 +84,7 @@ class TrainCLI(LightningCLI):
     argv: list[str] = []
 
     def before_instantiate_classes(self) -> None:
+        self.one_batch: set[str] = set()
         cfg = self.config
         trainer = cfg.trainer
         for key in ("limit_train_batches", "limit_val_batches"):
@@ -93,7 +94,7 @@ class TrainCLI(LightningCLI):
             if value == 1:  # jsonargparse reads "1" as 1.0, which Lightning takes as 100 %
                 literal = _argv_value(self.argv, f"--trainer.{key}")
                 if literal is not None and literal.strip().lstrip("+").isdigit():
-                    trainer[key] = 1  # the command line said a count: one batch
+                    self.one_batch.add(key)  # the command line said a count: one batch (instantiate_trainer)
                 else:
                     warnings.warn(f"trainer.{key} = {value!r} is a fraction: all batches (to use one batch, give "
                                   f"--trainer.{key} 1 on the command line)", stacklevel=2)
@@ -122,8 +123,12 @@ class TrainCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         """The run folder's contents do not depend on the logger chosen: hadainit's CSVLogger writes
         ``OUT/metrics.csv`` first (``trainer.log_dir`` is ``OUT``: config.yaml), the user's loggers come after;
-        checkpoints go to ``OUT/checkpoints`` and the monitors' figures to ``OUT``."""
+        checkpoints go to ``OUT/checkpoints`` and the monitors' figures to ``OUT``. A batch limit the command
+        line gave as the count 1 is passed as the int 1 (jsonargparse re-reads it as 1.0 while instantiating,
+        which Lightning takes as 100 %)."""
         init = self.config_init.trainer
+        for key in self.one_batch:
+            init[key] = 1
         chosen = init.get("logger")
         user = [] if chosen in (None, True, False) else list(chosen) if isinstance(chosen, (list, tuple)) else [chosen]
         callbacks = list(init.get("callbacks") or [])
@@ -247,7 +252,8 @@ def _resumed_at(checkpoint: dict | None) -> str | None:
     if checkpoint is None:
         return None
     epochs, batches = _progress(checkpoint)
-    return f"{epochs} epochs" + (f" and {batches} batches" if batches else "")
+    return (f"{epochs} epoch" + ("" if epochs == 1 else "s")
+            + (f" and {batches} batch" + ("" if batches == 1 else "es") if batches else ""))
 
 
 def _prepend(metrics: Path, earlier: list[dict]) -> None:

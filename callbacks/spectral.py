@@ -12,7 +12,7 @@ from torch import Tensor
 
 from hadainit.drift import DRIFT_KEYS, drift
 from hadainit.metrics import coefficient_of_variation
-from hadainit.metrics.logits import LOGIT_KEYS, LogitSpectrum
+from hadainit.metrics.logits import LOGIT_KEYS, OPTIONAL_LOGIT_KEYS, LogitSpectrum
 from hadainit.ufm.forecast import baseline_forecast, fit_forecast, spectral_margin
 
 from .base import SHARED_ARGS, Capture, Mode, MonitorBase
@@ -25,7 +25,10 @@ FORECAST_KEYS = ("forecast_time_scale", "forecast_fit_error", "forecast_final_ma
                  "forecast_margin", "forecast_margin_error", "baseline_margin_error", "forecast_spectrum_error",
                  "baseline_spectrum_error")
 #: Every key :class:`SpectralMonitor` logs: the same for every initialization.
-SPECTRAL_KEYS = DRIFT_KEYS + SV_KEYS + LOGIT_KEYS + FORECAST_KEYS + ("num_samples", "num_ignored")
+#: above this size of K x K float64 logit sums, the spectrum uses the factored state in every mode
+FACTORED_ABOVE_BYTES = 256 * 2**20
+
+SPECTRAL_KEYS = DRIFT_KEYS + SV_KEYS + LOGIT_KEYS + OPTIONAL_LOGIT_KEYS + FORECAST_KEYS + ("num_samples", "num_ignored")
 
 InitBasis = Literal["auto", "walsh", "fourier", "hadamard", "svd"]
 
@@ -126,13 +129,38 @@ class SpectralMonitor(MonitorBase):
     def _reset(self) -> None:
         super()._reset()
         self._forecasts = None
+        self._t_star: tuple | None = None  # (the mode set, its t*), computed once per basis
 
     def _build(self, num_classes: int, feature_dim: int) -> dict:
-        return {"logits": LogitSpectrum(num_classes)} if num_classes >= 3 else {}
+        if num_classes < 3:
+            return {}
+        # K > d: the factored O(K d) state (class means of the features, the classifier at measurement time)
+        # instead of K x K logit sums. Exact where every feature of the pass sees that classifier (eval, val);
+        # in train mode only where K x K would not fit (docs/theory.md §8).
+        kxk_bytes = 8 * num_classes * (num_classes + 1)
+        factored = num_classes > feature_dim and (self.mode != "train" or kxk_bytes > FACTORED_ABOVE_BYTES)
+        if factored and self.mode == "train":
+            self._warn_once("factored-train", f"SpectralMonitor({self.name!r}): K = {num_classes} is too large for "
+                            "K x K logit sums, so the spectrum is that of the epoch's class-mean features through the "
+                            "classifier at the measurement (in mode='train' the features met earlier weights)")
+        return {"logits": LogitSpectrum(num_classes, feature_dim=feature_dim if factored else None)}
 
     def _consume(self, features: Tensor, labels: Tensor, logits: Tensor) -> None:
         if "logits" in self._metrics:
-            self._metrics["logits"].update(logits, labels)
+            spectrum = self._metrics["logits"]
+            spectrum.update(logits, labels, features if spectrum.feature_dim is not None else None)
+
+    def _mode_set_t_star(self) -> float | None:
+        """t*(S) of the initial basis's mode set (K > d; docs/theory.md §8), solved once; None without one."""
+        modes = None if self.basis is None else getattr(self.basis, "modes", None)
+        if modes is None:
+            return None
+        key = (self.basis.kind, tuple(modes.tolist()))
+        if getattr(self, "_t_star", None) is None or self._t_star[0] != key:
+            from hadainit.modes import max_margin  # scipy's LP: only for monitors that need it
+
+            self._t_star = (key, max_margin(list(key[1]), self._classifier.weight.shape[0], key[0]).value)
+        return self._t_star[1]
 
     def _compute(self, trainer: Trainer, epochs_done: float, samples: float) -> dict:
         w = self._classifier.weight.detach()
@@ -147,6 +175,10 @@ class SpectralMonitor(MonitorBase):
                       singular_values=sv.tolist())
         spectrum = self._metrics.get("logits")
         if spectrum is not None and samples:
+            if spectrum.feature_dim is not None:
+                bias = self._classifier.bias
+                spectrum.set_classifier(w, None if bias is None else bias.detach())
+            spectrum.set_t_star(self._mode_set_t_star())  # margin_to_t_star, when the init's mode set is known
             try:
                 spec = spectrum.compute()  # synced across ranks
                 values.update(spec)

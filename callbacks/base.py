@@ -41,6 +41,7 @@ from .capture import (
     quiet_compute,
     restore_metric,
 )
+from . import _lightning as lightning_internals
 from .feed import Feeding
 from .plotting import plot_history
 
@@ -287,9 +288,9 @@ class MonitorBase(Feeding, Callback):
         """``mode="val"`` measures the validation batches: a fit without them would never measure."""
         from lightning.pytorch.utilities.model_helpers import is_overridden
 
-        source = trainer.fit_loop.epoch_loop.val_loop._data_source
-        if not source.is_defined() or not is_overridden("validation_step", pl_module):
-            missing = "no validation loader" if not source.is_defined() else "no validation_step"
+        defined = lightning_internals.has_val_loader(trainer)
+        if not defined or not is_overridden("validation_step", pl_module):
+            missing = "no validation loader" if not defined else "no validation_step"
             raise ValueError(f"{type(self).__name__}({self.name!r}, mode='val') measures the validation batches, but "
                              f"this fit has {missing}: pass val_dataloaders=... to fit (or a datamodule with "
                              "val_dataloader) and define validation_step, or use mode='eval' or 'train'")
@@ -365,7 +366,8 @@ class MonitorBase(Feeding, Callback):
                 continue
             if not key.startswith(f"{self.name}/"):
                 continue
-            every = getattr(cb, "_every_n_epochs", 1)
+            every = lightning_internals.every_n_epochs(cb)
+            every = 1 if every is None else every
             if self.at_epochs is None and isinstance(cb, ModelCheckpoint) and every and every % self.every_n_epochs == 0:
                 continue
             schedule = f"every {self.every_n_epochs} epochs" if self.at_epochs is None else "at the epochs in at_epochs"
@@ -457,7 +459,7 @@ class MonitorBase(Feeding, Callback):
             self._consume_calls(self._hook.take(), batch)
         self._set_active(False)
         # measure before the epoch's validation runs, so checkpoint callbacks see this epoch's values
-        last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or batch_idx + 1 >= trainer.num_training_batches
+        last = lightning_internals.is_last_batch(trainer) or batch_idx + 1 >= trainer.num_training_batches
         if self.mode != "val" and self._due(trainer) and last:
             self._finish_epoch(trainer, pl_module)
 
@@ -500,7 +502,7 @@ class MonitorBase(Feeding, Callback):
         batches = trainer.num_training_batches
         if trainer.state.fn != "fit" or not math.isfinite(batches) or batches < 1:
             return trainer.current_epoch + (1.0 if epoch_end and trainer.state.fn == "fit" else 0.0)
-        return trainer.current_epoch + trainer.fit_loop.epoch_loop.batch_progress.current.ready / batches
+        return trainer.current_epoch + lightning_internals.batches_ready(trainer) / batches
 
     # ---------------------------------------------------------- measure, log
     def _measure(self, trainer: Trainer, epoch: int, epochs_done: float, step_back: int = 0) -> None:
@@ -519,7 +521,7 @@ class MonitorBase(Feeding, Callback):
         if values is None:
             return
         # the step Lightning logs its own rows of this point at (its loggers' x axis), not global_step
-        step = max(0, trainer.fit_loop.epoch_loop._batches_that_stepped - step_back)
+        step = max(0, lightning_internals.logger_step(trainer) - step_back)
         row = {"epoch": epoch, "step": step, "epochs_done": epochs_done, **values}
         self.history.append(row)
         self._publish(trainer, row)
@@ -569,7 +571,7 @@ class MonitorBase(Feeding, Callback):
                 try:
                     if hasattr(experiment, "add_figure"):  # TensorBoard
                         experiment.add_figure(f"{self.name}{getattr(logger, 'group_separator', '/')}{tag}", fig,
-                                              global_step=trainer.fit_loop.epoch_loop._batches_that_stepped)
+                                              global_step=lightning_internals.logger_step(trainer))
                     elif hasattr(logger, "log_image"):  # e.g. Weights & Biases
                         logger.log_image(key=f"{self.name}/{tag}", images=[fig])
                 except Exception as err:  # a logger that cannot take images must not end the run

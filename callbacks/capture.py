@@ -9,6 +9,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from . import _lightning as lightning_internals
+
 
 def default_labels(batch: Any) -> Tensor:
     """Labels of a batch: ``batch[1]`` for tuples/lists, ``batch["label"|"labels"|"y"|"target"]`` for dicts."""
@@ -142,7 +144,7 @@ def eval_pass(
                 # as Lightning prepares its own batches: the precision's input dtype (e.g. "64-true"), the
                 # module's batch-transfer hooks, the device
                 batch = trainer.precision_plugin.convert_input(batch)
-                batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
+                batch = lightning_internals.before_transfer(pl_module, batch)
                 batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
                 forward(pl_module, batch)
                 consume(batch)
@@ -252,5 +254,4 @@ def restore_metric(metric: Metric, saved: dict, name: str) -> None:
         setattr(metric, key, states[key].to(device=device, dtype=current[key].dtype, copy=True))
     if saved.get("reference") is not None:
         metric.reference = saved["reference"].to(device, copy=True)
-    metric._update_count = int(saved["update_count"])  # torchmetrics exposes it read-only; compute() warns at 0
-    metric._computed = None
+    lightning_internals.set_update_count(metric, saved["update_count"])  # read-only in torchmetrics; compute() warns at 0

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from hadainit.callbacks import _lightning as lightning_internals
 from hadainit.callbacks.plotting import epoch_axis, label, new_figure, save
 
 from .runs import read_metrics, series, write_atomic
@@ -37,7 +38,7 @@ def epochs_trained(trainer) -> float:
     """Training epochs done, with the fraction of an epoch ``max_steps`` (or an interrupt) ended early: the batches
     trained over the batches of an epoch (Lightning counts an epoch that ``max_steps`` cut short as completed)."""
     batches = trainer.num_training_batches
-    done = trainer.fit_loop.epoch_loop.batch_progress.total.completed
+    done = lightning_internals.batches_completed(trainer)
     if not (isinstance(batches, (int, float)) and math.isfinite(batches) and batches >= 1):
         return float(trainer.current_epoch)  # a loader without a length: whole epochs
     return done / batches

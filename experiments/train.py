@@ -35,6 +35,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
 from hadainit.callbacks import NeuralCollapseMonitor, SpectralMonitor
+from hadainit.callbacks import _lightning as lightning_internals
 
 from .data import ClassificationData
 from .module import ClassifierModule
@@ -201,11 +202,7 @@ def _read_checkpoint(path: str) -> dict:
 
 def _progress(checkpoint: dict) -> tuple[int, int]:
     """``(epochs, batches)``: the training epochs a checkpoint had completed, and the batches of the next one."""
-    batches = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
-    epoch = int(checkpoint.get("epoch", 0))
-    if batches.get("is_last_batch"):  # saved at the end of an epoch (validation end or epoch end)
-        return epoch + 1, 0
-    return epoch, int(batches.get("current", {}).get("completed", 0))
+    return lightning_internals.saved_progress(checkpoint)
 
 
 DATA_MODULES = ("Digits", "MNIST1D", "CIFAR")

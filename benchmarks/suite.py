@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import warnings
 import subprocess
 import sys
 import tempfile
@@ -468,7 +469,83 @@ def bench_init(device: torch.device, quick: bool) -> list[dict]:
                  goal="hadamard_matrix(4096) well under 1 s", met=t["hadamard_matrix"] < 0.5)]
 
 
-ROWS = [bench_import, bench_kernels, bench_fwht, bench_reduced_vs_dense, bench_reduced_at_scale, bench_flow, bench_metrics, bench_init]
+_KD_INIT = """
+import torch
+from hadainit import hadamard_
+w = torch.empty({k}, {d})
+"""
+
+_KD_NC = """
+import torch, warnings
+from hadainit.metrics import NeuralCollapse
+warnings.simplefilter("ignore")
+k, d = {k}, {d}
+gen = torch.Generator().manual_seed(0)
+labels = torch.arange(k).repeat(2)
+features = torch.randn(2 * k, d, generator=gen)
+weight = torch.randn(k, d, generator=gen)
+"""
+
+
+def bench_kd(device: torch.device, quick: bool) -> list[dict]:
+    """More classes than features (docs/theory.md §8): hadamard_ at 1000 x 512 and 50,257 x 768 (time, peak
+    extra memory), the reduced step at K = 2^20 on a mode set of r = 1024 modes (zeros off it) beside the
+    full spectrum, and NeuralCollapse update + compute at K = 50,257, d = 768 with its state memory."""
+    from hadainit.metrics import NeuralCollapse
+    from hadainit.modes import auto_modes
+
+    rows = []
+    for k, d in ((100, 16), (1000, 64)) if quick else ((1000, 512), (50257, 768)):
+        w = torch.empty(k, d, device=device)
+        t = compare({"hadamard_": lambda: hadamard_(w)}, device=device, repeats=3)
+        extra = {}
+        if device.type == "cpu":
+            extra["peak_extra_mib"] = _peak_extra_mib(_KD_INIT.format(k=k, d=d), "hadamard_(w)")
+            extra["weight_mib"] = k * d * 4 / 2**20
+        rows.append(_row("K > d: hadamard_", f"{k} x {d} (modes='auto')", t,
+                         goal="a couple of seconds at 50,257 x 768; memory O(K r)" if k > 10000 else None,
+                         met=(t["hadamard_"] < 3.0) if k > 10000 else None, **extra))
+    e, r = (12, 64) if quick else (20, 1024)
+    k = 1 << e
+    modes = auto_modes(k, r, "walsh")
+    a_full = torch.linspace(0.5, 1.5, k, dtype=torch.float64, device=device)
+    a_modes = torch.zeros_like(a_full)
+    a_modes[modes.to(device)] = a_full[modes.to(device)]
+    steps = 3 if quick else 20
+    t = compare({"modes": lambda: spectral_gd(a_modes, a_modes, lr=1.0, steps=steps, record_every=steps),
+                 "full": lambda: spectral_gd(a_full, a_full, lr=1.0, steps=steps, record_every=steps)},
+                device=device, repeats=3)
+    per_step = {name: v / (steps + 1) for name, v in t.items()}
+    rows.append(_row("K > d: reduced GD step", f"K=2^{e} walsh float64, r={r} modes vs all", per_step,
+                     ratio=per_step["modes"] / per_step["full"], goal="the mode set costs what the full step does",
+                     met=per_step["modes"] / per_step["full"] < 1.5))
+    for k, d in ((256, 32), (1024, 32)) if quick else ((12564, 768), (50257, 768)):
+        gen = torch.Generator().manual_seed(0)
+        labels, feats = torch.arange(k).repeat(2), torch.randn(2 * k, d, generator=gen)
+        weight = torch.randn(k, d, generator=gen)
+        metric = NeuralCollapse(k, d)
+        state_mib = sum(v.numel() * v.element_size() for v in metric.metric_state.values()
+                        if isinstance(v, torch.Tensor)) / 2**20
+
+        def run():
+            metric.reset()
+            metric.update(feats, labels)
+            metric.set_classifier(weight)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return metric.compute()
+
+        t = compare({"update_compute": run}, device=device, repeats=1 if not quick else 2)
+        extra = {"state_mib": state_mib, "state_mib_per_class": state_mib / k}
+        if device.type == "cpu" and not quick and k < 20000:  # the peak of the smaller head (the compute is O(K^2 d))
+            extra["peak_extra_mib"] = _peak_extra_mib(_KD_NC.format(k=k, d=d),
+                                                      "m = NeuralCollapse(k, d); m.update(features, labels); m.compute()")
+        rows.append(_row("K > d: NeuralCollapse", f"K={k} d={d}, 2 samples per class", t, **extra))
+    return rows
+
+
+ROWS = [bench_import, bench_kernels, bench_fwht, bench_reduced_vs_dense, bench_reduced_at_scale, bench_flow, bench_metrics,
+        bench_init, bench_kd]
 
 
 #: The rows whose speed depends on the instruction set the kernels and torch run with (rerun per ISA).

@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
+from hadainit._threads import lapack
 from hadainit.drift import DRIFT_KEYS, drift
 from hadainit.metrics import coefficient_of_variation
 from hadainit.metrics.logits import LOGIT_KEYS, OPTIONAL_LOGIT_KEYS, LogitSpectrum
@@ -170,7 +171,8 @@ class SpectralMonitor(MonitorBase):
             values = {}
             self._warn_once("no-basis", f"SpectralMonitor({self.name!r}): no initial basis (this monitor saw no fit "
                             "and holds no restored state), so the drift keys are not logged")
-        sv = torch.linalg.svdvals(w.to(device="cpu", dtype=torch.float64))
+        with lapack(*w.shape):
+            sv = torch.linalg.svdvals(w.to(device="cpu", dtype=torch.float64))
         values.update(sv_max=sv[0].item(), sv_min=sv[-1].item(), sv_cv=coefficient_of_variation(sv),
                       singular_values=sv.tolist())
         spectrum = self._metrics.get("logits")

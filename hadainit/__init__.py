@@ -9,13 +9,17 @@ from .bases import basis_matrix, mode_pairs, paired_spectrum, softmax_basis
 from .drift import InitialBasis, drift, initial_basis, leakage
 from .hadamard import constructible_orders, fwht, fwht_kernel_status, hadamard_matrix, is_constructible
 from .init import DEFAULT_GAIN, hadamard_, spectral_init, spectral_record
+from .modes import MaxMargin, auto_modes, check_modes, max_margin, random_modes, truncation_modes
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_GAIN",
     "InitialBasis",
+    "MaxMargin",
+    "auto_modes",
     "basis_matrix",
+    "check_modes",
     "constructible_orders",
     "drift",
     "fwht",
@@ -25,9 +29,12 @@ __all__ = [
     "initial_basis",
     "is_constructible",
     "leakage",
+    "max_margin",
     "mode_pairs",
     "paired_spectrum",
+    "random_modes",
     "softmax_basis",
     "spectral_init",
     "spectral_record",
+    "truncation_modes",
 ]

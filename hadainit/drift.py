@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ._threads import lapack
 from .bases import BASIS_KINDS, basis_matrix, resolve_basis
 from .init import spectral_record
 from .modes import basis_columns, basis_transpose
@@ -200,7 +201,8 @@ def initial_basis(weight: Tensor, kind: str | Tensor | None = None) -> InitialBa
     if isinstance(kind, str) and kind == "svd":
         if not torch.linalg.matrix_norm(w) > 0:
             raise ValueError("W0 is zero: it has no singular basis")
-        u, _, vh = torch.linalg.svd(w, full_matrices=False)
+        with lapack(*w.shape):
+            u, _, vh = torch.linalg.svd(w, full_matrices=False)
         return InitialBasis("svd", u, vh.T)
     if k > d:
         return _mode_set_basis(w, kind)
@@ -296,7 +298,8 @@ def drift(weight: Tensor, basis: InitialBasis) -> dict[str, float]:
 
 def _row_space_angle(w: Tensor, right: Tensor) -> float:
     r = right.shape[1]
-    _, sv, vh = torch.linalg.svd(w, full_matrices=False)
+    with lapack(*w.shape):
+        _, sv, vh = torch.linalg.svd(w, full_matrices=False)
     if sv.shape[0] < r or not sv[r - 1] > sv[0] * max(w.shape) * torch.finfo(w.dtype).eps:
         return math.pi / 2  # W's row space has dimension < r: some direction of span(V0) is orthogonal to it
     return principal_angles(right, vh[:r].T).max().item()
@@ -345,6 +348,7 @@ def principal_angles(a: Tensor, b: Tensor) -> Tensor:
     if a.shape[1] < b.shape[1]:
         a, b = b, a
     cross = a.T @ b
-    cos = torch.linalg.svdvals(cross).clamp(-1.0, 1.0)  # descending: angles ascending
-    sin = torch.linalg.svdvals(b - a @ cross).clamp(-1.0, 1.0).flip(0)  # ascending
+    with lapack(*cross.shape):
+        cos = torch.linalg.svdvals(cross).clamp(-1.0, 1.0)  # descending: angles ascending
+        sin = torch.linalg.svdvals(b - a @ cross).clamp(-1.0, 1.0).flip(0)  # ascending
     return torch.where(sin.pow(2) < 0.5, torch.arcsin(sin), torch.arccos(cos))

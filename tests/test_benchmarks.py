@@ -20,6 +20,9 @@ def test_quick_suite_runs_and_checks_results(tmp_path, capsys):
         "NC metric update vs CNN step",
         "NC metric compute()",
         "initializers",
+        "K > d: hadamard_",
+        "K > d: reduced GD step",
+        "K > d: NeuralCollapse",
     }
     for row in data["results"]:
         assert all(v > 0 for v in row["seconds"].values())
@@ -27,6 +30,8 @@ def test_quick_suite_runs_and_checks_results(tmp_path, capsys):
             assert all(err < 1e-5 for err in row["max_rel_err"].values()), row["max_rel_err"]
         if row["benchmark"] in ("fwht vs copy and peers", "reduced GD at scale", "compiled CPU kernels"):
             assert row["isa"] in {r["isa"] for r in data["results"] if "isa" in r}
+        if row["benchmark"] == "K > d: NeuralCollapse":  # state O(K d): the same bytes per class at both sizes
+            assert row["state_mib_per_class"] > 0
         if "max_rel_diff_after_3_steps" in row:
             assert row["max_rel_diff_after_3_steps"] < 1e-12
     assert "benchmark" in capsys.readouterr().out

@@ -35,6 +35,7 @@ from torch import Tensor
 from .. import _checks
 from ..drift import InitialBasis, drift
 from ..ufm.lyapunov import kl_to_uniform
+from .._threads import lapack
 from .pairwise import pair_statistics
 from .statistics import ClassStatistics
 
@@ -129,10 +130,11 @@ def nc1_metrics(geo: Geometry, rtol: float = 1e-12) -> dict[str, float]:
     """``nc1`` (with ``nc1_rank``, ``nc1_eig_ratio``) and ``nc1_trace``."""
     m = geo.centred
     k, d = m.shape
-    if k <= d:
-        eigval, eigvec = torch.linalg.eigh(m @ m.T)
-    else:
-        eigval, eigvec = torch.linalg.eigh(m.T @ m)
+    with lapack(min(k, d)):  # one thread for small matrices: multi-threaded LAPACK collapses on shared cores
+        if k <= d:
+            eigval, eigvec = torch.linalg.eigh(m @ m.T)
+        else:
+            eigval, eigvec = torch.linalg.eigh(m.T @ m)
     eigval, eigvec = eigval.flip(0), eigvec.flip(1)
     top = eigval[0]
     rank = int((eigval[: min(k - 1, d)] > rtol * top).sum())
@@ -254,7 +256,8 @@ def class_mean_logit_kl(weight: Tensor, means: Tensor) -> float:
     means = means.detach().to(weight)
     weight, means = weight * unit_scale(weight), means * unit_scale(means)
     centre = torch.eye(k, dtype=weight.dtype, device=weight.device) - 1.0 / k
-    sigma = torch.linalg.svdvals(centre @ weight @ means.T @ centre)[: k - 1]
+    with lapack(k):
+        sigma = torch.linalg.svdvals(centre @ weight @ means.T @ centre)[: k - 1]
     if not sigma[-1] > sigma[0] * max(weight.shape) * torch.finfo(sigma.dtype).eps:
         return math.inf  # rank-deficient: V is infinite, not a round-off number
     return kl_to_uniform(sigma).item()

@@ -61,6 +61,7 @@ from .functional import check_batch, check_classifier
 from ..bases import mode_pairs, resolve_basis, softmax_basis
 from ..hadamard import fwht
 from .formulas import unit_scale
+from .._threads import lapack
 from .pairwise import chunk_rows, threads
 from ..ufm.lyapunov import etf_angle, kl_to_uniform
 from ..ufm.forecast import spectral_margin
@@ -132,7 +133,8 @@ def spectrum_of_class_mean_logits(z: Tensor, basis: str = "auto") -> dict:
     residual = torch.linalg.matrix_norm(f - torch.diag(diag)) / norm
     unit = diag[1:]  # lam / top: scale-free keys come from here, nothing over- or underflows
     lam = unit * top
-    sigma = torch.linalg.svdvals(zc)[: k - 1]
+    with lapack(k):
+        sigma = torch.linalg.svdvals(zc)[: k - 1]
     full_rank = bool(sigma[-1] > sigma[0] * k * torch.finfo(sigma.dtype).eps)
     nonpositive = int((unit <= 0).sum())
     class_margin = torch.diagonal(z) - (z - torch.diag(torch.full((k,), math.inf, dtype=z.dtype, device=z.device))).max(0).values
@@ -224,8 +226,9 @@ def factored_spectrum(weight: Tensor, means: Tensor, bias: Tensor | None = None,
     residual = (norm2 - diag.pow(2).sum() + (diag - paired).pow(2).sum()).clamp_min(0).sqrt() / norm
     unit = paired[1:] / paired[1:].abs().max()
     lam = paired[1:] / (sa * sb)
-    ra, rb = torch.linalg.qr(a, mode="r")[1], torch.linalg.qr(b, mode="r")[1]
-    sigma = torch.linalg.svdvals(ra @ rb.T)[: min(d, k - 1)]
+    with lapack(d):
+        ra, rb = torch.linalg.qr(a, mode="r")[1], torch.linalg.qr(b, mode="r")[1]
+        sigma = torch.linalg.svdvals(ra @ rb.T)[: min(d, k - 1)]
     full_rank = k - 1 <= d and bool(sigma[-1] > sigma[0] * k * torch.finfo(sigma.dtype).eps)
     nonpositive = int((unit <= 0).sum())
     class_margin = _class_margins(w, mu, c)

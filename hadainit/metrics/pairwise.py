@@ -28,13 +28,13 @@ torch's threads when it is large enough to pay for them (:data:`THREADED_PRODUCT
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 from torch import Tensor
+
+from .._threads import threads  # noqa: F401  (the chunked loops' thread scoping; also imported from here)
 
 __all__ = ["CANCELLATION", "PairStatistics", "pair_statistics"]
 
@@ -56,21 +56,6 @@ class PairStatistics:
     gnc2_riesz: float | None = None
     min_distance: float | None = None  # min ||r_k - r_l|| among the close pairs (None when there is none)
     min_unit_distance: float | None = None  # min ||u_k - u_l||
-
-
-@contextlib.contextmanager
-def threads(count: int) -> Iterator[None]:
-    """Run the block with ``count`` torch intra-op threads (at most the current number), restored after."""
-    before = torch.get_num_threads()
-    count = max(1, min(count, before))
-    if count == before:
-        yield
-        return
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _unit_rows(rows: Tensor) -> tuple[Tensor, Tensor]:

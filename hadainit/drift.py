@@ -33,6 +33,7 @@ from torch import Tensor
 
 from .bases import BASIS_KINDS, basis_matrix, resolve_basis
 from .init import spectral_record
+from .modes import basis_columns, basis_transpose
 
 __all__ = ["DRIFT_KEYS", "InitialBasis", "drift", "initial_basis", "leakage", "principal_angles"]
 
@@ -55,11 +56,15 @@ class InitialBasis:
 
     ``kind`` is where it came from (see :data:`SOURCES`); ``kind == "svd"`` means it was
     guessed from the SVD of W0. Tensors are float64 on the CPU (converted on construction).
+    ``modes`` is the mode set S of a walsh/fourier basis when ``left`` holds only those
+    columns of Q (``left = Q[:, modes]``; K > d, docs/theory.md §8), else None (all of Q,
+    or no Q). :meth:`from_modes` builds such a basis from S and V without a K x K matrix.
     """
 
     kind: str
     left: Tensor
     right: Tensor
+    modes: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in SOURCES:
@@ -81,6 +86,35 @@ class InitialBasis:
             raise ValueError(
                 f"InitialBasis left {tuple(self.left.shape)} and right {tuple(self.right.shape)} need the same number of columns"
             )
+        if self.modes is not None:
+            object.__setattr__(self, "modes", self._checked_modes(self.modes))
+
+    def _checked_modes(self, modes) -> Tensor:
+        """The mode set as int64: distinct indices of a walsh/fourier basis, one per column of ``left``,
+        whose first rows match the generated columns (a cheap check that ``left`` is ``Q[:, modes]``)."""
+        if self.kind not in ("walsh", "fourier"):
+            raise ValueError(f"InitialBasis modes need a walsh or fourier kind, got {self.kind!r}")
+        if not isinstance(modes, Tensor) or modes.is_floating_point() or modes.dtype == torch.bool or modes.dim() != 1:
+            raise ValueError(f"InitialBasis modes must be a 1-D integer tensor, got {getattr(modes, 'dtype', type(modes).__name__)}")
+        modes = modes.detach().to(device="cpu", dtype=torch.int64)
+        k = self.left.shape[0]
+        if modes.numel() != self.left.shape[1] or torch.unique(modes).numel() != modes.numel():
+            raise ValueError(f"InitialBasis modes must be {self.left.shape[1]} distinct indices (one per column of left), "
+                             f"got {modes.numel()}")
+        if modes.numel() and (modes.min() < 0 or modes.max() >= k):
+            raise ValueError(f"InitialBasis modes must lie in 0 .. {k - 1}")
+        if k & (k - 1) and self.kind == "walsh":
+            raise ValueError(f"InitialBasis: a walsh basis needs a power-of-two K, got {k}")
+        probe = basis_columns(k, self.kind, modes)[: min(k, 8)]  # first rows: O(K r) once, like left itself
+        if not torch.allclose(self.left[: probe.shape[0]], probe, atol=1e-9, rtol=0.0):
+            raise ValueError(f"InitialBasis left is not the {self.kind} basis' columns at the given modes")
+        return modes
+
+    @classmethod
+    def from_modes(cls, kind: str, num_classes: int, modes, right: Tensor) -> InitialBasis:
+        """The basis ``(Q[:, modes], right)`` of a mode-set initialization, generating only those columns of Q."""
+        idx = torch.as_tensor(modes, dtype=torch.int64) if not isinstance(modes, Tensor) else modes
+        return cls(kind, basis_columns(num_classes, kind, idx), right, modes=idx)
 
     @property
     def guessed(self) -> bool:
@@ -93,18 +127,32 @@ class InitialBasis:
         return self.left.shape[0], self.right.shape[0]
 
     def state_dict(self) -> dict:
-        return {"kind": self.kind, "left": self.left.clone(), "right": self.right.clone()}
+        """``kind``, ``right`` and ``left``, or, for a mode set, ``modes`` and ``num_classes`` instead of
+        ``left`` (it is regenerated on load: a checkpoint stays O(d r), not O(K r))."""
+        if self.modes is None:
+            return {"kind": self.kind, "left": self.left.clone(), "right": self.right.clone()}
+        return {"kind": self.kind, "modes": self.modes.clone(), "num_classes": self.left.shape[0],
+                "right": self.right.clone()}
 
     @classmethod
     def from_state_dict(cls, state: dict, *, shape: tuple[int, int] | None = None, name: str = "basis") -> InitialBasis:
         """Rebuild from :meth:`state_dict`, raising ``ValueError`` naming the key that is missing or wrong."""
         if not isinstance(state, dict):
             raise ValueError(f"{name} must be a dict with keys kind, left, right; got {type(state).__name__}")
-        for key in ("kind", "left", "right"):
+        keys = ("kind", "modes", "num_classes", "right") if "modes" in state else ("kind", "left", "right")
+        for key in keys:
             if key not in state:
                 raise ValueError(f"{name} is missing the key {key!r}")
         try:
-            basis = cls(state["kind"], state["left"], state["right"])
+            if "modes" in state:
+                k = state["num_classes"]
+                if not isinstance(k, int) or isinstance(k, bool) or k < 2:
+                    raise ValueError(f"num_classes must be an int >= 2, got {k!r}")
+                if not isinstance(state["modes"], Tensor) or state["modes"].is_floating_point():
+                    raise ValueError("modes must be an integer tensor")
+                basis = cls.from_modes(state["kind"], k, state["modes"], state["right"])
+            else:
+                basis = cls(state["kind"], state["left"], state["right"])
         except (TypeError, ValueError) as err:
             raise ValueError(f"{name}: {err}") from None
         if shape is not None and basis.shape != tuple(shape):
@@ -154,6 +202,8 @@ def initial_basis(weight: Tensor, kind: str | Tensor | None = None) -> InitialBa
             raise ValueError("W0 is zero: it has no singular basis")
         u, _, vh = torch.linalg.svd(w, full_matrices=False)
         return InitialBasis("svd", u, vh.T)
+    if k > d:
+        return _mode_set_basis(w, kind)
     if isinstance(kind, Tensor):
         name, left = "custom", kind.detach().to(device="cpu", dtype=torch.float64)
         if left.shape != (k, k):
@@ -182,6 +232,31 @@ def initial_basis(weight: Tensor, kind: str | Tensor | None = None) -> InitialBa
         full = torch.linalg.qr(torch.cat((right[:, good], torch.eye(d, dtype=torch.float64)), dim=1))[0]
         right[:, ~good] = full[:, n_good : n_good + n_bad]
     return InitialBasis(name, left, right)
+
+
+def _mode_set_basis(w: Tensor, kind) -> InitialBasis:
+    """K > d: ``W0 = Q_S diag(s) V^T`` read back by one transform, ``C = Q^T W0`` (K x d, no K x K matrix):
+    the rows of C that are not zero are the mode set S, and ``V = C[S]^T / s``."""
+    k, d = w.shape
+    if isinstance(kind, Tensor) or kind not in ("auto", "walsh", "fourier"):
+        shown = "a tensor" if isinstance(kind, Tensor) else repr(kind)
+        raise ValueError(f"a ({k}, {d}) W0 has more classes than features: its basis is a walsh or fourier mode set "
+                         f"(kind 'auto', 'walsh', 'fourier') or the SVD ('svd'); got {shown}")
+    name = resolve_basis(k, kind)
+    coeffs = basis_transpose(w, name)  # row i: s_i v_i^T
+    s = torch.linalg.vector_norm(coeffs, dim=1)
+    if not s.max() > 0:
+        raise ValueError("W0 is zero: it has no singular basis")
+    modes = torch.nonzero(s > 1e-6 * s.max()).flatten()
+    rows = coeffs[modes]
+    gram = rows @ rows.T
+    off = (gram - torch.diag(torch.diagonal(gram))).abs().max() / s.max() ** 2
+    if modes.numel() > d or not off < _ORTHONORMAL_TOL:
+        raise ValueError(
+            f"W0 is not of the form Q_S diag(s) V^T for a {name} mode set ({modes.numel()} modes carry weight, "
+            f"relative off-diagonal {off.item():.3g}); was it initialized by hadamard_ with this basis?"
+        )
+    return InitialBasis.from_modes(name, k, modes, (rows / s[modes, None]).T)
 
 
 def _check_basis_for(w: Tensor, basis: InitialBasis) -> tuple[Tensor, Tensor]:

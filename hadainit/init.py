@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from . import _checks
 from .bases import basis_matrix, check_spectrum, resolve_basis
+from .modes import basis_columns, resolve_modes
 
 __all__ = ["DEFAULT_GAIN", "SpectralInit", "hadamard_", "spectral_init", "spectral_record", "random_orthonormal"]
 
@@ -29,13 +31,16 @@ class SpectralInit:
     """How a weight was initialized: ``W = left @ diag(singular_values) @ right.T`` (float64, CPU).
 
     ``kind`` is the basis kind (``"walsh"``, ``"fourier"``, ``"hadamard"`` or
-    ``"custom"``); ``left`` is K x K, ``right`` is d x K with orthonormal columns.
+    ``"custom"``); ``left`` is K x r, ``right`` is d x r with orthonormal columns
+    (r = K for d >= K). ``modes``: the mode set S (the columns of Q in ``left``)
+    of a K > d initialization (docs/theory.md §8), None when ``left`` is all of Q.
     """
 
     kind: str
     left: Tensor
     right: Tensor
     singular_values: Tensor
+    modes: Tensor | None = None
 
 
 def spectral_record(tensor: Tensor) -> SpectralInit | None:
@@ -91,34 +96,61 @@ def hadamard_(
     gain: float | None = None,
     *,
     basis: str | Tensor = "auto",
+    modes: str | Sequence[int] | Tensor = "auto",
     zero_mean: bool = False,
     generator: torch.Generator | None = None,
-) -> Tensor:
-    """Fill a (K, d) classifier weight with ``gain * Q V^T`` in place.
+    return_basis: bool = False,
+):
+    """Fill a (K, d) classifier weight with ``Q_S diag(s) V^T`` in place, for any K >= 2 and d >= 1.
 
-    ``Q`` is the K x K basis (walsh/fourier: softmax-diagonalizing, SPEC
-    section 2; ``"hadamard"``: any Hadamard matrix, orthogonal but not
-    softmax-diagonalizing unless K is a power of two), ``V`` a random d x K
-    matrix with orthonormal columns. The rows are orthogonal with norm ``gain``.
-    The basis used is recorded on the tensor (:func:`spectral_record`), so
-    monitors can measure drift from it.
+    **d >= K**: ``gain * Q V^T`` with ``Q`` the K x K basis (walsh/fourier:
+    softmax-diagonalizing, docs/theory.md §2; ``"hadamard"``: any Hadamard matrix,
+    orthogonal but not softmax-diagonalizing unless K is a power of two) and ``V`` a
+    random d x K matrix with orthonormal columns: orthogonal rows of norm ``gain``.
+
+    **K > d** (docs/theory.md §8): only r = min(d, K - 1) columns of a walsh or
+    fourier Q fit, a *mode set* S: ``W = Q_S diag(s) V_r^T`` with equal
+    ``s = gain sqrt(K / r)`` (every row has norm ``gain``; both singular bases stay
+    frozen under the UFM's gradient flow). ``modes`` picks S:
+
+    * ``"auto"`` (default): :func:`hadainit.modes.auto_modes`, a greedy code design
+      for a large max-margin value t*(S) (the limit of the normalized margin);
+    * ``"first"``: the first d columns of Q, constant column included: the truncated
+      Hadamard classifier of Hoffer et al. (2018), for comparison (it can fail to
+      separate the classes: K = 1024, d = 512 gives classes j and j + 512 equal rows);
+    * explicit indices: refused (``ValueError`` naming the reason) unless they separate
+      the classes (walsh: span GF(2)^log2 K; fourier: frequencies with gcd 1 with K),
+      hold whole (cos, sin) pairs and number at most r.
+
+    Only the r needed columns of Q are generated: memory O(K r), no K x K matrix.
+    The basis is recorded on the tensor (:func:`spectral_record`, read by the monitors)
+    and, with ``return_basis=True``, returned as a :class:`hadainit.drift.InitialBasis`
+    (the explicit form: it survives ``deepcopy`` and checkpoints; pass it on).
 
     Args:
-        tensor: a 2-D floating tensor (K, d) with 2 <= K <= d, e.g. ``linear.weight``.
+        tensor: a 2-D floating tensor (K, d) with K >= 2, e.g. ``linear.weight``.
         gain: row norm; default :data:`DEFAULT_GAIN` = 1/sqrt(3), the expected row
             norm of ``nn.Linear``'s default initialization.
-        basis: ``"auto"``, ``"walsh"``, ``"fourier"``, ``"hadamard"`` or a K x K orthogonal tensor.
+        basis: ``"auto"``, ``"walsh"``, ``"fourier"``, ``"hadamard"`` or a K x K orthogonal
+            tensor (d >= K); for K > d ``"auto"``, ``"walsh"`` or ``"fourier"``.
+        modes: ``"auto"``, ``"first"`` or mode indices (see above); for d >= K ``"auto"``
+            and ``"first"`` both mean all K columns (today's behaviour).
         zero_mean: drop the constant mode (column 0 of Q): the rows then form a
             simplex ETF (sum to zero, pairwise cosine -1/(K-1)), still of norm ``gain``.
+            Mode sets never hold the constant mode (except ``"first"``, which refuses it).
         generator: torch.Generator for ``V``.
+        return_basis: return ``(tensor, InitialBasis)`` instead of ``tensor``.
 
     Returns:
-        ``tensor``.
+        ``tensor`` (or ``(tensor, basis)``).
 
     >>> w = torch.empty(10, 64)
     >>> _ = hadamard_(w, generator=torch.Generator().manual_seed(0))
     >>> torch.allclose(w @ w.T, torch.eye(10) / 3, atol=1e-6)
     True
+    >>> w, basis = hadamard_(torch.empty(1000, 512), return_basis=True)
+    >>> basis.modes.numel(), torch.allclose(w.norm(dim=1), torch.full((1000,), 3 ** -0.5), atol=1e-5)
+    (512, True)
     """
     if not isinstance(tensor, Tensor):
         raise TypeError(f"tensor must be a torch.Tensor, got {type(tensor).__name__}")
@@ -127,13 +159,32 @@ def hadamard_(
     if not tensor.is_floating_point():
         raise TypeError(f"hadamard_ needs a floating tensor, got dtype {tensor.dtype}")
     k, d = tensor.shape
-    if k < 2 or k > d:
+    if k < 2 or d < 1:
         raise ValueError(
-            f"hadamard_ needs 2 <= num_classes <= features for weight shape {tuple(tensor.shape)} "
-            f"(K={k}, d={d}): K orthogonal rows need d >= K"
+            f"hadamard_ needs num_classes >= 2 and features >= 1, got weight shape {tuple(tensor.shape)} (K={k}, d={d})"
         )
     gain = DEFAULT_GAIN if gain is None else _checks.positive_float(gain, "gain")
     zero_mean = _checks.boolean(zero_mean, "zero_mean")
+    return_basis = _checks.boolean(return_basis, "return_basis")
+    _check_generator(generator)
+    named = isinstance(modes, str)
+    if named and modes not in ("auto", "first"):
+        raise ValueError(f"modes must be 'auto', 'first' or a sequence of mode indices, got {modes!r}")
+    if k <= d and named:
+        record = _full_init(tensor, gain, basis, zero_mean, generator)
+    else:
+        record = _mode_set_init(tensor, gain, basis, modes, zero_mean, generator)
+    setattr(tensor, _RECORD_ATTR, record)
+    if not return_basis:
+        return tensor
+    from .drift import InitialBasis  # drift imports this module
+
+    return tensor, InitialBasis(record.kind, record.left, record.right, modes=record.modes)
+
+
+def _full_init(tensor: Tensor, gain: float, basis, zero_mean: bool, generator) -> SpectralInit:
+    """d >= K: ``gain * Q V^T`` with all K columns of Q (unchanged since before mode sets)."""
+    k, d = tensor.shape
     kind, q = _left_basis(k, basis)
     v = random_orthonormal(d, k, generator=generator)
     s = torch.full((k,), gain, dtype=torch.float64)
@@ -145,8 +196,34 @@ def hadamard_(
     w = _checks.fit_dtype((q * s) @ v.T.to(q.device), tensor.dtype, f"gain {gain:g}")
     with torch.no_grad():
         tensor.copy_(w)
-    setattr(tensor, _RECORD_ATTR, SpectralInit(kind=kind, left=q, right=v.cpu(), singular_values=s))
-    return tensor
+    return SpectralInit(kind=kind, left=q, right=v.cpu(), singular_values=s)
+
+
+def _mode_set_init(tensor: Tensor, gain: float, basis, modes, zero_mean: bool, generator) -> SpectralInit:
+    """``W = Q_S diag(s) V^T`` on a mode set S (K > d, or explicit modes): the columns of Q generated, O(K r)."""
+    k, d = tensor.shape
+    if not isinstance(basis, str) or basis not in ("auto", "walsh", "fourier"):
+        shown = "a tensor" if isinstance(basis, Tensor) else repr(basis)
+        raise ValueError(
+            f"a ({k}, {d}) weight has more classes than features (or explicit modes were given): only a "
+            f"softmax-diagonalizing basis ('auto', 'walsh', 'fourier') has mode sets; got basis={shown}"
+        )
+    kind = resolve_basis(k, basis)
+    chosen = resolve_modes(modes, k, d, kind)
+    if zero_mean and bool((chosen == 0).any()):
+        raise ValueError("zero_mean drops the constant mode, which modes='first' (the truncation) keeps; "
+                         "use modes='auto' (mode sets without the constant are zero-mean already)")
+    r = chosen.numel()
+    left = basis_columns(k, kind, chosen)
+    v = random_orthonormal(d, r, generator=generator)
+    s = torch.full((r,), gain * math.sqrt(k / r), dtype=torch.float64)  # ||W||_F^2 = K gain^2
+    # the product in the weight's precision (float32 for float32/16 weights: half the time of float64)
+    work = torch.float64 if tensor.dtype == torch.float64 else torch.float32
+    w = (left * s).to(work) @ v.T.to(work)
+    _checks.fit_dtype(w[: min(k, 256)], tensor.dtype, f"gain {gain:g}")  # the range check, on a sample of rows
+    with torch.no_grad():
+        tensor.copy_(w)
+    return SpectralInit(kind=kind, left=left, right=v, singular_values=s, modes=chosen)
 
 
 def spectral_init(

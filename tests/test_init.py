@@ -74,7 +74,8 @@ def test_nn_linear_parameter_in_place():
 @pytest.mark.parametrize(
     "tensor, kwargs, exc, match",
     [
-        (torch.empty(11, 10), {}, ValueError, r"\(11, 10\)"),
+        # K > d is accepted since mode sets (docs/theory.md §8); a non-diagonalizing basis is not
+        (torch.empty(12, 10), {"basis": "hadamard"}, ValueError, r"\(12, 10\)"),
         (torch.empty(1, 10), {}, ValueError, r"\(1, 10\)"),
         (torch.empty(10), {}, ValueError, r"2-D.*\(10,\)"),
         (torch.empty(2, 3, 4), {}, ValueError, r"\(2, 3, 4\)"),
@@ -143,3 +144,84 @@ def test_spectral_init_rejects_bad_input():
         spectral_init(4, 8, [1.0] * 4, right=torch.ones(8, 4))
     with pytest.raises(ValueError, match="samples_per_class"):
         spectral_init(4, 8, [1.0] * 4, samples_per_class=0)
+
+
+# ------------------------------------------------------------ K > d: mode sets (docs/theory.md §8)
+
+from hadainit.bases import basis_matrix  # noqa: E402
+from hadainit.drift import InitialBasis, drift, initial_basis  # noqa: E402
+
+
+@pytest.mark.parametrize("k, d, basis, modes", [
+    (16, 5, "walsh", "auto"), (16, 5, "walsh", [1, 2, 4, 8, 3]), (12, 7, "fourier", "auto"), (13, 6, "fourier", "auto"),
+    (10, 3, "fourier", [1, 2, 9]), (11, 10, "fourier", "auto"), (64, 9, "walsh", "auto"), (16, 5, "walsh", "first"),
+])
+def test_k_gt_d_is_q_s_diag_v(k, d, basis, modes):
+    # independent: the dense K x K basis of the kind, restricted to the recorded modes
+    w, rec = hadamard_(torch.empty(k, d, dtype=torch.float64), 0.8, basis=basis, modes=modes, generator=_gen(),
+                       return_basis=True)
+    q = basis_matrix(k, basis)
+    s = rec.modes
+    r = s.numel()
+    assert r <= min(d, k) and torch.equal(rec.left, q[:, s])
+    assert torch.allclose(rec.right.T @ rec.right, torch.eye(r, dtype=torch.float64), atol=1e-14)
+    # W = Q_S diag(s) V^T with equal s: the coefficients of W in the full basis vanish off S
+    coeff = q.T @ w @ rec.right
+    expected = torch.zeros(k, r, dtype=torch.float64)
+    expected[s, torch.arange(r)] = 0.8 * math.sqrt(k / r)
+    assert torch.allclose(coeff, expected, atol=1e-13)
+    if modes != "first":
+        assert 0 not in s.tolist()
+        assert torch.allclose(w.norm(dim=1), torch.full((k,), 0.8, dtype=torch.float64), atol=1e-13)  # rows of norm gain
+    assert torch.allclose(w.pow(2).sum(), torch.tensor(k * 0.64, dtype=torch.float64), rtol=1e-13)
+    if not isinstance(modes, str):
+        assert s.tolist() == sorted(modes)
+
+
+def test_k_gt_d_record_and_monitor_basis_agree():
+    w = torch.empty(1000, 64)
+    w, basis = hadamard_(w, generator=_gen(), return_basis=True)
+    rec = spectral_record(w)
+    assert torch.equal(rec.modes, basis.modes) and rec.left.shape == (1000, 64)
+    for recovered in (initial_basis(w), initial_basis(w.detach().clone(), "fourier")):  # record, and from values
+        assert torch.equal(recovered.modes, basis.modes)
+        assert torch.allclose(recovered.right, basis.right, atol=1e-6)  # float32 weight
+    d = drift(w, basis)
+    assert d["drift"] < 1e-6 and d["drift_out_of_span"] < 1e-6
+    back = InitialBasis.from_state_dict(basis.state_dict(), shape=(1000, 64))
+    assert "left" not in basis.state_dict() and torch.equal(back.left, basis.left)
+
+
+def test_hoffer_truncation_keeps_constant_and_can_merge_classes():
+    # first d columns of H_K, constant included: for K = 16, d = 8 rows j and j + 8 coincide (H_16 = [[H8, H8], [H8, -H8]])
+    w = hadamard_(torch.empty(16, 8, dtype=torch.float64), modes="first", generator=_gen())
+    assert torch.equal(spectral_record(w).modes, torch.arange(8))
+    assert torch.allclose(w[:8], w[8:], atol=1e-15)
+    w = hadamard_(torch.empty(16, 8, dtype=torch.float64), generator=_gen())  # auto separates every pair
+    dist = torch.cdist(w, w) + torch.eye(16, dtype=torch.float64)
+    assert dist.min() > 0.1
+
+
+@pytest.mark.parametrize("shape, kwargs, match", [
+    ((16, 5), {"modes": [1, 2, 4, 3]}, "rank 3"),  # cannot separate: spans only GF(2)^3
+    ((16, 5), {"modes": [1, 2, 4, 8, 3, 5]}, "more than r"),
+    ((12, 7), {"modes": [1, 2, 3]}, "splits a fourier"),
+    ((12, 7), {"modes": [3, 4, 7, 8]}, "gcd"),  # frequencies 2 and 4 share 2 with K = 12
+    ((12, 7), {"modes": [0, 1, 2]}, "constant mode"),
+    ((12, 7), {"modes": "best"}, "modes must be"),
+    ((12, 7), {"modes": [1.0, 2.0]}, "integer"),
+    ((16, 5), {"modes": "first", "zero_mean": True}, "zero_mean"),
+    ((16, 2), {}, "log2 K"),  # 2 modes cannot span GF(2)^4
+    ((12, 10), {"basis": torch.eye(12)}, r"\(12, 10\)"),
+])
+def test_k_gt_d_refusals(shape, kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        hadamard_(torch.empty(*shape), **kwargs)
+
+
+def test_large_head_is_built_without_a_k_by_k_matrix():
+    # 50,257 x 768 (a GPT-2 head): a K x K float64 Q would be 20 GB; the init builds only K x r columns
+    w = hadamard_(torch.empty(5003, 96), generator=_gen())  # a smaller prime-ish K keeps the test fast
+    rec = spectral_record(w)
+    assert rec.left.shape == (5003, 96) and rec.modes.numel() == 96
+    assert torch.allclose(w.double().norm(dim=1), torch.full((5003,), DEFAULT_GAIN, dtype=torch.float64), atol=1e-6)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["sample_margins", "margin_summary", "label_free_distance", "leakage_over_relabellings", "divergence",
-           "truncation", "paired_difference", "holm", "efold_slopes", "class_mean_logits"]
+           "truncation", "paired_difference", "holm", "efold_slopes", "class_mean_logits", "normalized_margin"]
 
 
 # ----------------------------------------------------------------- margins
@@ -77,6 +77,25 @@ def label_free_distance(z: Tensor) -> float:
         raise ValueError("the centred class-mean logits are zero: the distance is undefined")
     p = torch.eye(k, dtype=torch.float64) - 1.0 / k
     return torch.linalg.matrix_norm(zc / norm - p / math.sqrt(k - 1)).item()
+
+
+def normalized_margin(z: Tensor) -> float:
+    """The smallest class-mean margin ``min_k (Z_kk - max_{j != k} Z_jk)`` over ``trace(P Z P)`` (= sum(lam) for a
+    spectral Z): what tends to t*(S) of docs/theory.md §8 along the flow from a mode set S (1/(K-1) for the
+    simplex ETF); scale-free.
+
+    >>> round(normalized_margin(torch.eye(5)), 12)  # the ETF: 1 / (K - 1)
+    0.25
+    """
+    z = torch.as_tensor(z, dtype=torch.float64)
+    k = z.shape[0]
+    if z.dim() != 2 or z.shape != (k, k) or k < 2:
+        raise ValueError(f"Z must be K x K with K >= 2, got shape {tuple(z.shape)}")
+    trace = torch.trace(_centred(z))
+    if not trace > 0:
+        raise ValueError(f"trace(P Z P) = {trace.item():.3g} <= 0: the normalized margin is undefined")
+    others = z.masked_fill(torch.eye(k, dtype=torch.bool), -math.inf).max(0).values
+    return ((torch.diagonal(z) - others).min() / trace).item()
 
 
 def leakage_over_relabellings(z: Tensor, count: int = 200, seed: int = 0, basis: str = "auto") -> dict[str, float]:

@@ -3,7 +3,7 @@
 At the monitors' epochs (and at initialization) it runs the whole training set through the model in eval
 mode, float64 logits, and logs under ``probe/``: ``loss`` (the cross-entropy at these weights, not the
 running average of the epoch), ``neg_log_loss``, ``margin_min``, ``margin_softmin``, ``margin_mean`` and
-``label_free_distance`` (:mod:`hadainit.experiments.measures`); at the last epoch also the spread of
+``label_free_distance`` and ``normalized_margin`` (:mod:`hadainit.experiments.measures`); at the last epoch also the spread of
 ``logit_leakage`` over random relabellings of the classes (``leak_relabel_min/median/max``).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from .measures import class_mean_logits, label_free_distance, leakage_over_relabellings, margin_summary
+from .measures import class_mean_logits, label_free_distance, leakage_over_relabellings, margin_summary, normalized_margin
 
 PREFIX = "probe/"
 
@@ -47,10 +47,11 @@ class MarginProbe(L.Callback):
         logits, labels = self._logits(trainer, module)
         values = {PREFIX + k: v for k, v in margin_summary(logits, labels).items()}
         z = class_mean_logits(logits, labels, logits.shape[1])
-        try:
-            values[PREFIX + "label_free_distance"] = label_free_distance(z)
-        except ValueError:
-            pass
+        for name, fn in (("label_free_distance", label_free_distance), ("normalized_margin", normalized_margin)):
+            try:
+                values[PREFIX + name] = fn(z)
+            except ValueError:  # undefined at this point (e.g. all class means equal): not logged
+                pass
         if last and self.relabellings and logits.shape[1] >= 3:
             spread = leakage_over_relabellings(z, self.relabellings)
             values.update({PREFIX + f"leak_relabel_{k}": spread[k] for k in ("min", "median", "max")})

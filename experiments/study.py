@@ -202,6 +202,7 @@ def run_values(table: list[dict], epochs: int) -> dict:
         "logit_leakage": final(table, SP + "logit_leakage"),
         "label_free_distance_init": init.get(PR + "label_free_distance"),
         "label_free_distance": final(table, PR + "label_free_distance"),
+        "normalized_margin": final(table, PR + "normalized_margin"),
         "leak_relabel": {k: final(table, PR + f"leak_relabel_{k}") for k in ("min", "median", "max")},
         "V_rises": rises(table, SP + "kl_lyapunov"),
         "V_modes_rises": rises(table, SP + "kl_lyapunov_modes", start=first_positive_epoch(table) or 0.0),
@@ -242,7 +243,7 @@ def _get(values: dict, path: str):
 
 GROUP_KEYS = ("train_acc", "val_acc", "epochs_to_train_acc_1", "epochs_to_nc1", "nc1", "drift", "drift_offdiag",
               "drift_out_of_span", "logit_leakage_init", "logit_leakage", "label_free_distance_init",
-              "label_free_distance", "leak_relabel.min", "leak_relabel.max", "V_rises.count", "V_terminal.count",
+              "label_free_distance", "normalized_margin", "leak_relabel.min", "leak_relabel.max", "V_rises.count", "V_terminal.count",
               "V_terminal.largest_relative", "V_early.largest_relative", "etf_angle_terminal.max_rise",
               "etf_gap_terminal.max_rise", "etf_angle_terminal.last", "slowdown.slope", "slowdown.ufm_slope",
               "terminal_efolds", "forecast.forecast.spectrum", "forecast.baseline.spectrum",
@@ -400,7 +401,21 @@ def _narrow(runs: list[dict]) -> dict:
     from .validate import NARROW
 
     members = [r for r in runs if r["setup"] == NARROW]
-    return {"available": kd_available(), "runs": len(members), "healthy": sum(r["healthy"] for r in members)}
+    out = {"available": kd_available(), "runs": len(members), "healthy": sum(r["healthy"] for r in members),
+           "t_star": {}}
+    if out["available"]:
+        from hadainit.modes import max_margin, resolve_modes
+
+        from .validate import NARROW_WIDTH
+
+        for choice in ("auto", "first"):  # the max-margin LP value of the mode set hadamard_ uses (K = 10 > d)
+            try:
+                modes = [int(m) for m in resolve_modes(choice, 10, NARROW_WIDTH, "fourier") if int(m) != 0]
+                out["t_star"][choice] = {"modes": modes, "value": max_margin(modes, 10, "fourier").value}
+            except ValueError as err:  # e.g. a truncation that cannot separate the classes
+                out["t_star"][choice] = {"modes": None, "value": None, "error": str(err)}
+        out["t_star"]["etf"] = {"value": 1.0 / 9}
+    return out
 
 
 # ------------------------------------------------------------------ figures

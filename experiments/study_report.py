@@ -133,6 +133,19 @@ def conclusions(r: dict) -> list[str]:
                       "collapsed (equal-mode) shape, so the exact dynamics do not forecast these runs." if lost >
                       f["runs"] / 2 else "."))
     nr = r["narrow"]
+    narrow_groups = {g.split("|")[1]: v for g, v in r["groups"].items() if g.startswith("digits-narrow|")}
+    if nr["available"] and narrow_groups:
+        ts = nr.get("t_star", {})
+        parts = []
+        for init in ("auto", "first", "default"):
+            v = narrow_groups.get(init)
+            if v:
+                star = ts.get(init, {}).get("value")
+                parts.append(f"{init}: test acc {_fmt(v['val_acc'])}, normalized margin {_fmt(v['normalized_margin'])}"
+                             + (f" (t* of its mode set {_g(star, 3)})" if star else ""))
+        out.append(f"- **Narrow head (K = 10 > d = 5, {nr['healthy']} healthy runs).** " + "; ".join(parts)
+                   + f". The simplex ETF's value 1/(K-1) = {1 / 9:.3g} is out of reach at d = 5; the paired rows of "
+                   "section 2 say whether either mode set changes the loss or the accuracy.")
     if not nr["available"]:
         out.append("- **Narrow head (K = 10 > d = 5).** Skipped: the installed `hadamard_` has no `modes=` option "
                    "(the K > d initializer).")
@@ -355,8 +368,29 @@ def _narrow_section(r: dict) -> list[str]:
         return lines + ["Skipped: the installed `hadainit.hadamard_` has no `modes=` option (the K > d initializer, "
                         "docs/theory.md §8); `hadainit.experiments.narrow` holds the setup, and the study runs it where "
                         "the option exists.", ""]
+    ts = nr.get("t_star", {})
+    stars = "; ".join(f"`{k}`: t* = {_g(v.get('value'), 4)}" + (f" (modes {v['modes']})" if v.get("modes") else "")
+                      + (f" ({v['error']})" if v.get("error") else "") for k, v in ts.items())
     return lines + ["The digits MLP with hidden widths (128, 5), last layer `hadamard_(w, modes=\"auto\")`, "
-                    "`modes=\"first\"` (truncation) or the default init, weight decay 5e-4, the seeds of the study.", "",
-                    *_table(r, [("train_acc", "train acc"), ("val_acc", "test acc"), ("drift", "drift"),
-                                ("logit_leakage", "final leakage"), ("label_free_distance", "final label-free")],
-                            setups={"digits-narrow"}), ""]
+                    "`modes=\"first\"` (the Hoffer truncation) or the default init, weight decay 5e-4, the seeds of the "
+                    "study. `normalized margin`: the smallest class-mean margin over trace(P Z P), which the spectral "
+                    f"flow from a mode set S takes to t*(S) (docs/theory.md §8). Max-margin values: {stars}.", "",
+                    *_table(r, [("train_acc", "train acc"), ("val_acc", "test acc"), ("normalized_margin",
+                                                                                     "final normalized margin"),
+                                ("drift", "drift"), ("logit_leakage", "final leakage"),
+                                ("label_free_distance", "final label-free")], setups={"digits-narrow"}), ""]
+
+
+def readme_section(r: dict) -> str:
+    """The README's table and conclusions, from the same numbers as ``report.md`` (pasted by hand after a rerun)."""
+    paired = {(c["setup"], f"{c['weight_decay']:g}", c["arm"], c["endpoint"]): c for c in r["paired"]}
+    lines = ["| setup | wd | init | test acc | epochs to 100% train | train loss at epoch 10 vs default [95% CI] | "
+             "final logit_leakage | final label-free distance | V: largest terminal rise |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for group, v in sorted(r["groups"].items()):
+        setup, init, wd = group.split("|")
+        c = paired.get((setup, wd, init, "log_loss@10"))
+        lines.append(f"| {setup} | {wd} | {init} | {_fmt(v['val_acc'])} | {_fmt(v['epochs_to_train_acc_1'], missing='never')} | "
+                     f"{_effect(c) + (' *' if c['significant'] else '') if c else '(reference)'} | {_fmt(v['logit_leakage'])} | "
+                     f"{_fmt(v['label_free_distance'])} | {_fmt(v['V_terminal.largest_relative'])} |")
+    return "\n".join(lines + ["", "What carries over, and what does not (from `report.md`):", "", *conclusions(r)])

@@ -34,12 +34,15 @@ def test_files_and_questions(study):
     for name in ("report.md", "report.json", "runs.json", "accuracy_nc1.png", "drift.png", "lyapunov.png",
                  "distances.png", "slowdown.png", "forecast.png", "margins.png", "twolayer.png"):
         assert (out / name).is_file(), name
-    assert report["config"]["runs"] == 12 and report["config"]["seeds"] == 2
+    from hadainit.experiments.narrow import kd_available
+
+    assert report["config"]["runs"] == 12 + (6 if kd_available() else 0) and report["config"]["seeds"] == 2
     text = (out / "report.md").read_text()
     for heading in ("Paired init effects", "tractable regime", "Arms that see Q", "margins that drive the loss",
                     "early transient vs terminal phase", "forecaster, started in the terminal phase", "Determinism"):
         assert heading in text, heading
-    assert {r["init"] for r in report["runs"]} == {"orthogonal", "etf", "default"}  # arms named for what they are
+    # arms named for what they are (the narrow head's: its mode sets)
+    assert {r["init"] for r in report["runs"] if r["setup"] != "digits-narrow"} == {"orthogonal", "etf", "default"}
 
 
 def test_group_means_are_recomputable_from_the_csvs(study):
@@ -305,7 +308,11 @@ def test_a_long_title_is_wrapped_inside_the_figure_above_the_panels(tmp_path):
         ax.set_title("digits-mlp", fontsize=9)
     save(fig, tmp_path / "f.png", "Accuracy and NC1 by last-layer init (weight decay 0.0005; mean over seeds, band: "
          "min-max over seeds; healthy runs)")
-    renderer = fig.canvas.get_renderer()
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()  # the layout as it was saved
+    renderer = canvas.get_renderer()
     box = fig._suptitle.get_window_extent(renderer)
     frame = fig.bbox
     assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and box.y1 <= frame.y1  # not clipped
@@ -332,11 +339,11 @@ def test_every_epoch_axis_of_the_grids_is_log(study, tmp_path, monkeypatch):
     out, report = study
     scales = []
     real = st.save
-    monkeypatch.setattr(st, "save", lambda fig, path, title=None: scales.extend(a.get_xscale() for a in fig.axes)
-                        or real(fig, path, title))
+    monkeypatch.setattr(st, "save", lambda fig, path, title=None: scales.extend(
+        a.get_xscale() for a in fig.axes if "weight decay" in (title or "")) or real(fig, path, title))
     runs = [{**r, "table": st.read_metrics(out / "runs" / r["name"] / "metrics.csv")} for r in report["runs"]]
     st._figures(tmp_path, runs, {})
-    assert scales and set(scales) == {"log"}  # no symlog panel beside log ones
+    assert len(scales) >= 10 and set(scales) == {"log"}  # no symlog panel beside log ones
 
 
 # ---------------------------------------------------------------- issue 22.2

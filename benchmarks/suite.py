@@ -28,8 +28,9 @@ def _row(benchmark: str, case: str, seconds: dict, *, ratio=None, goal=None, met
     return {"benchmark": benchmark, "case": case, "seconds": seconds, "ratio": ratio, "goal": goal, "met": met, **extra}
 
 
-#: (log2 n, batch) of the fwht rows; the rows n >= 2^14 are 8 MB in float64 (4 MB in float32)
-FWHT_SIZES = [(8, 64), (10, 64), (12, 64), (14, 64), (16, 16), (20, 1)]
+#: (log2 n, batch): 4 MiB (float32) at n >= 2^14, which stays in a large L3; 2^14 x 256 is 16 / 32 MiB,
+#: from memory, and at 32 MiB glibc serves every fresh output with a new mmap (page faults)
+FWHT_SIZES = [(8, 64), (10, 64), (12, 64), (14, 64), (16, 16), (20, 1), (14, 256)]
 FWHT_QUICK = [(8, 8), (10, 4)]
 
 
@@ -37,7 +38,10 @@ def bench_kernels(device: torch.device, quick: bool) -> list[dict]:
     """The compiled CPU kernels: built (or loaded) here, before any timed row; a first build's cost."""
     status = _kernels.status()
     seconds = {"load": status.load_seconds or 0.0}
-    extra = {"available": status.available, "reason": status.reason, "recorded_build_s": status.build_seconds}
+    extra = {"available": status.available, "reason": status.reason, "recorded_build_s": status.build_seconds,
+             "flags": list(status.flags)}
+    if status.available:
+        extra["cache_bytes"] = list(_kernels.kernel().cache_bytes())
     if not quick and status.available:
         fresh = _fresh_build_seconds()
         if fresh is not None:
@@ -58,13 +62,40 @@ def _fresh_build_seconds() -> float | None:
     return seconds if ok else None
 
 
+#: What a user of each entry point pays at import, and what it must not pull in.
+IMPORTS = {"torch": "torch", "hadainit": "hadainit", "hadainit.metrics": "hadainit.metrics",
+           "hadainit.callbacks": "hadainit.callbacks"}
+HEAVY = ("lightning", "torchmetrics", "matplotlib", "scipy", "sklearn", "jsonargparse", "triton",
+         "torch.utils.cpp_extension", "setuptools")
+
+
+def bench_import(device: torch.device, quick: bool) -> list[dict]:
+    """Import cost of each entry point in a fresh process (best of a few), and the heavy modules it loads."""
+    code = ("import sys, time, json; t = time.perf_counter(); import {m}; dt = time.perf_counter() - t; "
+            f"print(json.dumps([dt, sorted(h for h in {HEAVY!r} if h in sys.modules)]))")
+    seconds, loaded = {}, {}
+    for label, module in IMPORTS.items():
+        best = None
+        for _ in range(1 if quick else 3):
+            out = subprocess.run([sys.executable, "-c", code.format(m=module)], capture_output=True, text=True, check=True)
+            dt, heavy = json.loads(out.stdout.strip().splitlines()[-1])
+            best = dt if best is None else min(best, dt)
+        seconds[label], loaded[label] = best, heavy
+    return [_row("import cost", "fresh process, best of 3", seconds, ratio=seconds["hadainit"] / seconds["torch"],
+                 goal="import hadainit: nothing heavy beyond torch", met=not loaded["hadainit"],
+                 heavy_modules=loaded)]
+
+
 def bench_fwht(device: torch.device, quick: bool) -> list[dict]:
     """fwht vs a same-size copy (the bandwidth bound) and vs the installable peers, side by side.
 
     The bound is the time to move the bytes a transform must move at least
     (read x once, write y once) at the copy rate measured on a buffer of the
     same size, in the same rounds: ``x.clone()``, which allocates its output as
-    ``fwht`` does. Peers: :mod:`benchmarks.peers` (their conventions noted there).
+    ``fwht`` does (the row's ratio), and ``fwht(x, out=y)`` against
+    ``y.copy_(x)``, neither allocating (``out_over_copy_into``: at 32 MiB the
+    fresh output's page faults dominate both ``fwht`` and ``clone``).
+    Peers: :mod:`benchmarks.peers` (their conventions noted there).
     """
     _kernels.kernel()  # a first build happens here, never inside a timed row
     rows = []
@@ -72,7 +103,9 @@ def bench_fwht(device: torch.device, quick: bool) -> list[dict]:
         for e, batch in FWHT_QUICK if quick else FWHT_SIZES:
             n = 1 << e
             x = torch.randn(batch, n, dtype=dtype, device=device)
-            calls = {"fwht": lambda: fwht(x), "copy": lambda: x.clone()}
+            y = torch.empty_like(x)
+            calls = {"fwht": lambda: fwht(x), "copy": lambda: x.clone(),
+                     "fwht_out": lambda: fwht(x, out=y), "copy_into": lambda: y.copy_(x)}
             peer_calls, as_fwht, notes = peers.candidates(x)
             calls.update(peer_calls)
             ref = _fwht_reference(x, 1)
@@ -88,13 +121,15 @@ def bench_fwht(device: torch.device, quick: bool) -> list[dict]:
                                     min_seconds=0.0 if quick else 0.05)
             t = {name: statistics.median(v) for name, v in rounds.items()}
             over_copy = ratio_spread(rounds, "fwht", "copy")
-            vs_peers = {name: ratio_spread(rounds, name, "fwht") for name in calls if name not in ("fwht", "copy")}
+            out_over_copy = ratio_spread(rounds, "fwht_out", "copy_into")
+            vs_peers = {name: ratio_spread(rounds, name, "fwht") for name in calls
+                        if name not in ("fwht", "copy", "fwht_out", "copy_into")}
             bound_goal = e >= 14
             met = all(r[0] > 1 for r in vs_peers.values()) and (over_copy[0] <= 3 or not bound_goal)
             rows.append(_row(
                 "fwht vs copy and peers", f"n=2^{e} batch {batch} {str(dtype)[6:]}", t,
                 ratio=over_copy[0], goal=("<= 3x copy, " if bound_goal else "") + "faster than every peer", met=met,
-                fwht_over_copy=over_copy, peers_over_fwht=vs_peers, max_rel_err=errors, peer_notes=notes,
+                fwht_over_copy=over_copy, out_over_copy_into=out_over_copy, peers_over_fwht=vs_peers, max_rel_err=errors, peer_notes=notes,
                 kernel=_kernels.status().available,
             ))
     return rows
@@ -433,22 +468,33 @@ def bench_init(device: torch.device, quick: bool) -> list[dict]:
                  goal="hadamard_matrix(4096) well under 1 s", met=t["hadamard_matrix"] < 0.5)]
 
 
-ROWS = [bench_kernels, bench_fwht, bench_reduced_vs_dense, bench_reduced_at_scale, bench_flow, bench_metrics, bench_init]
+ROWS = [bench_import, bench_kernels, bench_fwht, bench_reduced_vs_dense, bench_reduced_at_scale, bench_flow, bench_metrics, bench_init]
+
+
+#: The rows whose speed depends on the instruction set the kernels and torch run with (rerun per ISA).
+ISA_ROWS = ("bench_kernels", "bench_fwht", "bench_reduced_at_scale")
 
 
 def run_suite(device: torch.device, quick: bool = False, progress=None, only: str | None = None) -> list[dict]:
+    """Every row (or those whose function name contains one of the comma-separated ``only``)."""
+    wanted = [s.strip() for s in only.split(",")] if only else []
+    isa = _kernels.kernel_isa() if device.type == "cpu" else device.type
     results = []
     for fn in ROWS:
-        if only and only not in fn.__name__:
+        if wanted and not any(w in fn.__name__ for w in wanted):
             continue
         if progress:
             progress(fn.__doc__.splitlines()[0])
-        results.extend(fn(device, quick))
+        rows = fn(device, quick)
+        if fn.__name__ in ISA_ROWS:
+            for row in rows:
+                row["isa"] = isa
+        results.extend(rows)
     return results
 
 
 def format_table(results: list[dict]) -> str:
-    lines = [f"{'benchmark':<30} {'case':<36} {'times':<44} {'ratio':>9}  goal"]
+    lines = [f"{'benchmark':<30} {'case [isa]':<36} {'times':<44} {'ratio':>9}  goal"]
     if any("fwht_over_copy" in r for r in results):
         lines.insert(0, "peers: " + "; ".join(f"{k}: {v}" for k, v in peers.CONVENTIONS.items()))
     for r in results:
@@ -457,7 +503,8 @@ def format_table(results: list[dict]) -> str:
         goal = "" if r["goal"] is None else f"{'MET' if r['met'] else 'NOT MET'}: {r['goal']}"
         extra = ""
         if "fwht_over_copy" in r:
-            extra = f"; fwht/copy {_spread(r['fwht_over_copy'])}; peer/fwht: " + ", ".join(
+            extra = (f"; fwht/copy {_spread(r['fwht_over_copy'])}; fwht(out=)/copy_ {_spread(r['out_over_copy_into'])}"
+                     "; peer/fwht: ") + ", ".join(
                 f"{name} {_spread(v)}" for name, v in r["peers_over_fwht"].items())
             if r["peer_notes"]:
                 extra += " [" + "; ".join(r["peer_notes"]) + "]"
@@ -474,7 +521,11 @@ def format_table(results: list[dict]) -> str:
                           f"over {m['steps']} (growth {m['growth_mib']:+.1f} MiB; one K-vector {m['vector_mib']:.1f} MiB)")
         if "available" in r:
             extra = (f"; {'available' if r['available'] else 'UNAVAILABLE'} ({r['reason']})"
-                     + ("" if r["recorded_build_s"] is None else f", recorded first build {r['recorded_build_s']:.1f} s"))
+                     + ("" if r["recorded_build_s"] is None else f", recorded first build {r['recorded_build_s']:.1f} s")
+                     + (f"; blocking for L1 {r['cache_bytes'][0] // 1024} KiB, L2 {r['cache_bytes'][1] // 1024} KiB"
+                        if "cache_bytes" in r else ""))
+        if "heavy_modules" in r:
+            extra = "; heavy modules loaded: " + "; ".join(f"{k}: {', '.join(v) or 'none'}" for k, v in r["heavy_modules"].items())
         if "nfev" in r:
             extra = f" [nfev {r['nfev']}]"
         if "pass_speedup" in r:
@@ -485,7 +536,8 @@ def format_table(results: list[dict]) -> str:
             extra += f"; peak extra memory {r['peak_extra_mib']:.0f} MiB"
             if "input_mib" in r:
                 extra += f" ({r['peak_extra_mib'] / r['input_mib']:.2f}x the input)"
-        lines.append(f"{r['benchmark']:<30} {r['case']:<36} {times:<44} {ratio:>9}  {goal}{extra}")
+        case = r["case"] + (f" [{r['isa']}]" if "isa" in r else "")
+        lines.append(f"{r['benchmark']:<30} {case:<36} {times:<44} {ratio:>9}  {goal}{extra}")
     return "\n".join(lines)
 
 

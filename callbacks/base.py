@@ -16,6 +16,8 @@ computes the same numbers), so they are not reduced again.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import weakref
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal
@@ -39,6 +41,7 @@ from .capture import (
     quiet_compute,
     restore_metric,
 )
+from . import _lightning as lightning_internals
 from .feed import Feeding
 from .plotting import plot_history
 
@@ -49,11 +52,55 @@ CAPTURES = ("hook", "manual")
 STATE_VERSION = 2
 
 
+#: The Args of the options both monitors take (appended to their docstrings: ``--help`` shows them).
+SHARED_ARGS = """
+        num_classes: K; default: the module's or datamodule's ``num_classes``, used to find the
+            classifier (the ``nn.Linear`` with K outputs) when ``classifier`` is not given.
+        classifier: attribute path of the classifier ``nn.Linear`` (e.g. ``"model.fc"``).
+        mode: where the features come from: ``"train"`` (the training steps), ``"eval"`` (an extra
+            eval-mode pass at the end of the epoch), ``"val"`` (the validation batches; needs a
+            validation loader).
+        every_n_epochs: measure at the end of every n-th training epoch.
+        at_epochs: or at these epoch counts (e.g. :func:`~hadainit.callbacks.log_spaced_epochs`).
+        eval_loader: ``mode="eval"``: the loader of the extra pass (default: the training loader).
+        eval_batches: ``mode="eval"``: at most this many batches (default: as ``limit_train_batches``).
+        val_dataloader_idx: ``mode="val"``: which validation loader is measured.
+        name: the key prefix (``<name>/<key>``); default by class and mode (``nc``, ``nc_eval``, ...).
+        plot: write the history figures at the end of the fit.
+        plot_dir: where (default ``trainer.log_dir``; checked at setup).
+        log_at_init: measure once before the first step (eval mode).
+        capture: ``"hook"`` (a forward hook on the classifier) or ``"manual"`` (call ``update()``).
+        ignore_index: labels excluded from the measurement (None: none).
+        labels_from_batch: the labels of a batch (default: ``batch[1]``).
+        inputs_from_batch: the inputs of a batch, for the eval pass (default: ``batch[0]``).
+        forward_fn: ``forward_fn(module, inputs)`` for a module without ``forward``.
+"""
+
+
 def _positive_int(value, name: str, *, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
+
+
+def _plain(value):
+    """A metric's value as the history keeps it: a 0-d tensor as a float, a 1-d one as a list."""
+    if isinstance(value, Tensor):
+        return float(value) if value.dim() == 0 else value.detach().cpu().tolist()
+    return value
+
+
+def _check_writable(path: Path, what: str) -> None:
+    """``path`` is (or can be made as) a writable folder: said at setup, not after the last epoch."""
+    for parent in (path, *path.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                where = "is a file" if parent == path else f"lies under {parent}, which is a file"
+                raise ValueError(f"{what} {path} {where}, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ValueError(f"{what} {path}: {parent} is not writable")
+            return
 
 
 class MonitorBase(Feeding, Callback):
@@ -66,8 +113,8 @@ class MonitorBase(Feeding, Callback):
 
     def __init__(
         self,
-        *,
         num_classes: int | None = None,
+        *,
         classifier: str | None = None,
         mode: Mode = "train",
         every_n_epochs: int = 1,
@@ -159,7 +206,18 @@ class MonitorBase(Feeding, Callback):
     # --------------------------------------------------------------- identity
     @property
     def state_key(self) -> str:
+        caller = sys._getframe(1)  # Lightning's check of the callback list (Trainer(...)) asks first: our message
+        if caller.f_code.co_name == "_validate_callbacks_list":
+            self._refuse_twins(caller.f_locals.get("callbacks") or [])
         return self._generate_state_key(name=self.name, classifier=self.classifier_path, mode=self.mode)
+
+    def _refuse_twins(self, callbacks) -> None:
+        others = [cb for cb in callbacks if isinstance(cb, MonitorBase) and cb is not self and cb.name == self.name]
+        if others:
+            raise ValueError(
+                f"two monitors log under {self.name!r}/: give each a distinct name=... "
+                f"({type(self).__name__} and {type(others[0]).__name__})"
+            )
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
@@ -208,12 +266,16 @@ class MonitorBase(Feeding, Callback):
         return None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        others = [cb for cb in trainer.callbacks if isinstance(cb, MonitorBase) and cb is not self and cb.name == self.name]
-        if others:
-            raise ValueError(
-                f"two monitors log under {self.name!r}/: give each a distinct name=... "
-                f"({type(self).__name__} and {type(others[0]).__name__})"
-            )
+        self._refuse_twins(trainer.callbacks)
+        if stage == "fit" and self.mode == "val":
+            self._check_val_loader(trainer, pl_module)
+        if not trainer.loggers:
+            self._warn_once("no-logger", f"{type(self).__name__}({self.name!r}): the trainer has no logger: the values "
+                            "go to the monitor's history and trainer.callback_metrics only"
+                            + ("" if self.plot_dir is not None or not self.plot else ", and no figures are made "
+                               "(pass plot_dir=... for them)"))
+        if self.plot and self.plot_dir is not None:
+            _check_writable(self.plot_dir, "plot_dir")
         # the classifier is found later (_bind): the module's own setup() and configure_model() run after
         # this hook and may build or replace layers; a checkpoint's state is loaded in between
         self._unbind()
@@ -221,6 +283,20 @@ class MonitorBase(Feeding, Callback):
         if self._plot_dir is None and self.plot and trainer.loggers:
             log_dir = trainer.log_dir  # a collective under DDP: called on every rank
             self._plot_dir = None if log_dir is None else Path(log_dir)
+
+    def _check_val_loader(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """``mode="val"`` measures the validation batches: a fit without them would never measure."""
+        from lightning.pytorch.utilities.model_helpers import is_overridden
+
+        defined = lightning_internals.has_val_loader(trainer)
+        if not defined or not is_overridden("validation_step", pl_module):
+            missing = "no validation loader" if not defined else "no validation_step"
+            raise ValueError(f"{type(self).__name__}({self.name!r}, mode='val') measures the validation batches, but "
+                             f"this fit has {missing}: pass val_dataloaders=... to fit (or a datamodule with "
+                             "val_dataloader) and define validation_step, or use mode='eval' or 'train'")
+        if trainer.limit_val_batches == 0:
+            raise ValueError(f"{type(self).__name__}({self.name!r}, mode='val') measures the validation batches, but "
+                             "limit_val_batches=0 runs none: allow some, or use mode='eval' or 'train'")
 
     def _unbind(self) -> None:
         if self._hook is not None:
@@ -290,7 +366,8 @@ class MonitorBase(Feeding, Callback):
                 continue
             if not key.startswith(f"{self.name}/"):
                 continue
-            every = getattr(cb, "_every_n_epochs", 1)
+            every = lightning_internals.every_n_epochs(cb)
+            every = 1 if every is None else every
             if self.at_epochs is None and isinstance(cb, ModelCheckpoint) and every and every % self.every_n_epochs == 0:
                 continue
             schedule = f"every {self.every_n_epochs} epochs" if self.at_epochs is None else "at the epochs in at_epochs"
@@ -311,6 +388,11 @@ class MonitorBase(Feeding, Callback):
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self.teardown(trainer, pl_module, "exception")  # never leave the hook on a model whose run failed
+        if isinstance(exception, KeyboardInterrupt) and trainer.state.fn == "fit":
+            try:  # Ctrl-C: the figures of the epochs so far
+                self._plot(trainer)
+            except Exception as err:  # never mask the interrupt
+                rank_zero_warn(f"{type(self).__name__}: no figures after the interrupt: {err}")
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._bind(trainer, pl_module)
@@ -377,21 +459,23 @@ class MonitorBase(Feeding, Callback):
             self._consume_calls(self._hook.take(), batch)
         self._set_active(False)
         # measure before the epoch's validation runs, so checkpoint callbacks see this epoch's values
-        last = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or batch_idx + 1 >= trainer.num_training_batches
+        last = lightning_internals.is_last_batch(trainer) or batch_idx + 1 >= trainer.num_training_batches
         if self.mode != "val" and self._due(trainer) and last:
             self._finish_epoch(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._set_active(False)
         if self.mode != "val" and self._due(trainer) and self._finished_epoch != trainer.current_epoch:
-            self._finish_epoch(trainer, pl_module)
+            self._finish_epoch(trainer, pl_module, step_back=1)
 
-    def _finish_epoch(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def _finish_epoch(self, trainer: Trainer, pl_module: LightningModule, step_back: int = 0) -> None:
+        """Measure the epoch; ``step_back``: Lightning counted the last batch already (at the epoch's end it logs
+        the epoch's rows one step back, and so do we)."""
         self._finished_epoch = trainer.current_epoch
         if self.mode == "eval":
             self._pass(trainer, pl_module, *self._eval_loader(trainer))
         # a whole epoch, or less when max_steps (or a stop) ended it early
-        self._measure(trainer, trainer.current_epoch, self._epochs_done(trainer, epoch_end=True))
+        self._measure(trainer, trainer.current_epoch, self._epochs_done(trainer, epoch_end=True), step_back)
 
     def _val_active(self, trainer: Trainer) -> bool:
         if self.mode != "val" or trainer.sanity_checking:
@@ -418,14 +502,14 @@ class MonitorBase(Feeding, Callback):
         batches = trainer.num_training_batches
         if trainer.state.fn != "fit" or not math.isfinite(batches) or batches < 1:
             return trainer.current_epoch + (1.0 if epoch_end and trainer.state.fn == "fit" else 0.0)
-        return trainer.current_epoch + trainer.fit_loop.epoch_loop.batch_progress.current.ready / batches
+        return trainer.current_epoch + lightning_internals.batches_ready(trainer) / batches
 
     # ---------------------------------------------------------- measure, log
-    def _measure(self, trainer: Trainer, epoch: int, epochs_done: float) -> None:
+    def _measure(self, trainer: Trainer, epoch: int, epochs_done: float, step_back: int = 0) -> None:
         try:
             counts = quiet_compute(self._metrics["count"])  # synced: every rank takes the same branches below
-            values = self._compute(trainer, epochs_done, counts["num_samples"])
-            values.update(counts)
+            values = {k: _plain(v) for k, v in self._compute(trainer, epochs_done, counts["num_samples"]).items()}
+            values.update({k: _plain(v) for k, v in counts.items()})
         except ValueError as err:  # undefined (collapsed or non-finite features, a class missing): say so, go on
             self._warn_once(f"undefined:{err}", f"{type(self).__name__}({self.name!r}): values not logged at "
                             f"{'initialization' if epoch < 0 else f'epoch {epoch}'}: {err} (said once; the same cause "
@@ -436,7 +520,9 @@ class MonitorBase(Feeding, Callback):
                 metric.reset()
         if values is None:
             return
-        row = {"epoch": epoch, "step": trainer.global_step, "epochs_done": epochs_done, **values}
+        # the step Lightning logs its own rows of this point at (its loggers' x axis), not global_step
+        step = max(0, lightning_internals.logger_step(trainer) - step_back)
+        row = {"epoch": epoch, "step": step, "epochs_done": epochs_done, **values}
         self.history.append(row)
         self._publish(trainer, row)
 
@@ -455,9 +541,14 @@ class MonitorBase(Feeding, Callback):
             return
         for key, value in scalars.items():
             trainer.callback_metrics[key] = torch.tensor(value, dtype=torch.float64)
+        from lightning.pytorch.loggers import CSVLogger
+
         for logger in trainer.loggers:  # loggers write on rank zero only
-            logger.log_metrics({**scalars, "epoch": row["epoch"], "epochs_done": row["epochs_done"]},
-                               step=trainer.global_step)
+            sep = getattr(logger, "group_separator", "/")
+            values = {k.replace("/", sep, 1): v for k, v in scalars.items()}
+            if isinstance(logger, CSVLogger):  # a table: where the row belongs (epoch -1: initialization), as
+                values.update(epoch=row["epoch"], epochs_done=row["epochs_done"])  # hadainit's readers use
+            logger.log_metrics(values, step=row["step"])
 
     # ------------------------------------------------------------------- plot
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -479,7 +570,8 @@ class MonitorBase(Feeding, Callback):
                 experiment = getattr(logger, "experiment", None)
                 try:
                     if hasattr(experiment, "add_figure"):  # TensorBoard
-                        experiment.add_figure(f"{self.name}/{tag}", fig, global_step=trainer.global_step)
+                        experiment.add_figure(f"{self.name}{getattr(logger, 'group_separator', '/')}{tag}", fig,
+                                              global_step=lightning_internals.logger_step(trainer))
                     elif hasattr(logger, "log_image"):  # e.g. Weights & Biases
                         logger.log_image(key=f"{self.name}/{tag}", images=[fig])
                 except Exception as err:  # a logger that cannot take images must not end the run

@@ -9,6 +9,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from . import _lightning as lightning_internals
+
 
 def default_labels(batch: Any) -> Tensor:
     """Labels of a batch: ``batch[1]`` for tuples/lists, ``batch["label"|"labels"|"y"|"target"]`` for dicts."""
@@ -53,11 +55,11 @@ def find_classifier(module: nn.Module, path: str | None, num_classes: int | None
             raise ValueError(f"classifier {path!r} is a {type(target).__name__}, not an nn.Linear")
         if num_classes is not None and target.out_features != num_classes:
             raise ValueError(f"classifier {path!r} has {target.out_features} outputs, but num_classes={num_classes}")
-        return path, target
+        return _shaped(path, target)
     linears = [(name, m) for name, m in module.named_modules() if isinstance(m, nn.Linear)]
     if num_classes is None:
         if len(linears) == 1:
-            return linears[0]
+            return _shaped(*linears[0])
         raise ValueError(
             f"{type(module).__name__} has {len(linears)} nn.Linear layers [{_describe(linears)}] and the number of "
             "classes is unknown: pass num_classes=K (the layer with K outputs is the classifier) or classifier='path'"
@@ -69,7 +71,16 @@ def find_classifier(module: nn.Module, path: str | None, num_classes: int | None
             f"{what} of {type(module).__name__} with out_features == num_classes = {num_classes} "
             f"(layers: {_describe(linears)}); pass classifier='attribute.path'"
         )
-    return matches[0]
+    return _shaped(*matches[0])
+
+
+def _shaped(name: str, layer: nn.Linear) -> tuple[str, nn.Linear]:
+    """A lazy classifier (``nn.LazyLinear`` before its first call) has no shape yet: refused with the fix."""
+    if isinstance(layer.weight, nn.parameter.UninitializedParameter):
+        raise ValueError(f"the classifier {name or '<root>'!r} is an nn.LazyLinear that has not been called yet (its "
+                         "input size is unknown when the fit starts): run the model once on a batch in the module's "
+                         "setup() or configure_model() (which also lets the optimizer see its weights), or use nn.Linear")
+    return name, layer
 
 
 def has_forward(module: nn.Module) -> bool:
@@ -133,7 +144,7 @@ def eval_pass(
                 # as Lightning prepares its own batches: the precision's input dtype (e.g. "64-true"), the
                 # module's batch-transfer hooks, the device
                 batch = trainer.precision_plugin.convert_input(batch)
-                batch = pl_module._on_before_batch_transfer(batch, dataloader_idx=0)
+                batch = lightning_internals.before_transfer(pl_module, batch)
                 batch = trainer.strategy.batch_to_device(batch, dataloader_idx=0)
                 forward(pl_module, batch)
                 consume(batch)
@@ -243,5 +254,4 @@ def restore_metric(metric: Metric, saved: dict, name: str) -> None:
         setattr(metric, key, states[key].to(device=device, dtype=current[key].dtype, copy=True))
     if saved.get("reference") is not None:
         metric.reference = saved["reference"].to(device, copy=True)
-    metric._update_count = int(saved["update_count"])  # torchmetrics exposes it read-only; compute() warns at 0
-    metric._computed = None
+    lightning_internals.set_update_count(metric, saved["update_count"])  # read-only in torchmetrics; compute() warns at 0

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Callable, Literal
 
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from hadainit.metrics import COLLAPSE_KEYS, NearestMeanMismatch, NeuralCollapse
 
-from .base import MonitorBase
-from .capture import RunningMean, quiet_compute
+from .base import SHARED_ARGS, Capture, Mode, MonitorBase
+from .capture import RunningMean, default_inputs, default_labels, quiet_compute
 
 #: What :class:`hadainit.metrics.NeuralCollapse` computes, NC4, and the sample counts.
 NC_KEYS = COLLAPSE_KEYS + ("nc4", "num_samples", "num_ignored")
@@ -49,15 +50,8 @@ class NeuralCollapseMonitor(MonitorBase):
         num_classes: K; default: the module's or datamodule's ``num_classes``, used to find the
             classifier (the ``nn.Linear`` with K outputs) when ``classifier`` is not given.
         global_mean: ``"unweighted"`` mean of the class means, or sample-``"weighted"``.
-        **kwargs: the shared options of :class:`~hadainit.callbacks.base.MonitorBase`:
-            ``classifier`` (attribute path, e.g. ``"model.fc"``), ``mode``, ``every_n_epochs`` or
-            ``at_epochs`` (epoch counts, e.g. :func:`~hadainit.callbacks.log_spaced_epochs`),
-            ``eval_loader``, ``eval_batches``, ``val_dataloader_idx`` (which validation loader ``mode="val"``
-            measures, default 0), ``name``, ``metrics`` (keys to log; default all of
-            :data:`NC_KEYS`), ``plot``, ``plot_dir`` (default ``trainer.log_dir``), ``log_at_init``,
-            ``capture`` (``"hook"``, or ``"manual"`` to call :meth:`update` yourself),
-            ``ignore_index`` (labels excluded, default -100), ``labels_from_batch``,
-            ``inputs_from_batch``, ``forward_fn`` (for a module without ``forward``).
+        metrics: the keys to log (default all of :data:`NC_KEYS`).
+        The options shared with :class:`SpectralMonitor` follow (:data:`~hadainit.callbacks.base.SHARED_ARGS`).
     """
 
     PREFIX = "nc"
@@ -70,11 +64,31 @@ class NeuralCollapseMonitor(MonitorBase):
         num_classes: int | None = None,
         *,
         global_mean: Literal["unweighted", "weighted"] = "unweighted",
-        **kwargs,
+        classifier: str | None = None,
+        mode: Mode = "train",
+        every_n_epochs: int = 1,
+        at_epochs: list[int] | None = None,
+        eval_loader: Any = None,
+        eval_batches: int | None = None,
+        val_dataloader_idx: int = 0,
+        name: str | None = None,
+        metrics: list[str] | None = None,
+        plot: bool = True,
+        plot_dir: str | Path | None = None,
+        log_at_init: bool = True,
+        capture: Capture = "hook",
+        ignore_index: int | None = -100,
+        labels_from_batch: Callable[[Any], Tensor] = default_labels,
+        inputs_from_batch: Callable[[Any], Any] = default_inputs,
+        forward_fn: Callable[[LightningModule, Any], Any] | None = None,
     ) -> None:
         if global_mean not in ("unweighted", "weighted"):
             raise ValueError(f"global_mean must be 'unweighted' or 'weighted', got {global_mean!r}")
-        super().__init__(num_classes=num_classes, **kwargs)
+        super().__init__(num_classes=num_classes, classifier=classifier, mode=mode, every_n_epochs=every_n_epochs, at_epochs=at_epochs,
+                         eval_loader=eval_loader, eval_batches=eval_batches, val_dataloader_idx=val_dataloader_idx,
+                         name=name, metrics=metrics, plot=plot, plot_dir=plot_dir, log_at_init=log_at_init,
+                         capture=capture, ignore_index=ignore_index, labels_from_batch=labels_from_batch,
+                         inputs_from_batch=inputs_from_batch, forward_fn=forward_fn)
         self.global_mean = global_mean
         self._means: Tensor | None = None
         self._seen: Tensor | None = None
@@ -147,3 +161,6 @@ class NeuralCollapseMonitor(MonitorBase):
         if means is not None and means.shape != (classifier.out_features, classifier.in_features):
             raise ValueError(f"NeuralCollapseMonitor state 'means' has shape {tuple(means.shape)}, the classifier "
                              f"is {(classifier.out_features, classifier.in_features)}")
+
+
+NeuralCollapseMonitor.__doc__ += SHARED_ARGS

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import torch
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
 from hadainit.drift import DRIFT_KEYS, drift
 from hadainit.metrics import coefficient_of_variation
-from hadainit.metrics.logits import LOGIT_KEYS, LogitSpectrum
+from hadainit.metrics.logits import LOGIT_KEYS, OPTIONAL_LOGIT_KEYS, LogitSpectrum
 from hadainit.ufm.forecast import baseline_forecast, fit_forecast, spectral_margin
 
-from .base import MonitorBase
+from .base import SHARED_ARGS, Capture, Mode, MonitorBase
+from .capture import default_inputs, default_labels
 from .plotting import epoch_axis, label, new_figure, save
 
 SV_KEYS = ("sv_max", "sv_min", "sv_cv")
@@ -24,7 +25,10 @@ FORECAST_KEYS = ("forecast_time_scale", "forecast_fit_error", "forecast_final_ma
                  "forecast_margin", "forecast_margin_error", "baseline_margin_error", "forecast_spectrum_error",
                  "baseline_spectrum_error")
 #: Every key :class:`SpectralMonitor` logs: the same for every initialization.
-SPECTRAL_KEYS = DRIFT_KEYS + SV_KEYS + LOGIT_KEYS + FORECAST_KEYS + ("num_samples", "num_ignored")
+#: above this size of K x K float64 logit sums, the spectrum uses the factored state in every mode
+FACTORED_ABOVE_BYTES = 256 * 2**20
+
+SPECTRAL_KEYS = DRIFT_KEYS + SV_KEYS + LOGIT_KEYS + OPTIONAL_LOGIT_KEYS + FORECAST_KEYS + ("num_samples", "num_ignored")
 
 InitBasis = Literal["auto", "walsh", "fourier", "hadamard", "svd"]
 
@@ -63,9 +67,11 @@ class SpectralMonitor(MonitorBase):
             ``"hadamard"``, ``"auto"`` (walsh for powers of two, else fourier), or ``"svd"``
             (no known basis). Default: the ``hadamard_`` record if any (lost by ``deepcopy`` and
             under ``ddp_spawn``), else the SVD of W(0) with a warning.
-        num_classes: K, to find the classifier (see :class:`NeuralCollapseMonitor`).
-        **kwargs: the shared options of :class:`~hadainit.callbacks.base.MonitorBase` (see
-            :class:`NeuralCollapseMonitor`); ``metrics`` chooses among :data:`SPECTRAL_KEYS`.
+        forecast: refit the reduced flow after each measurement (see above).
+        forecast_window: the measurements each fit uses (>= 3).
+        forecast_target_margin: the margin ``forecast_epochs_to_margin`` waits for (None: not logged).
+        metrics: the keys to log (default all of :data:`SPECTRAL_KEYS`).
+        The options shared with :class:`NeuralCollapseMonitor` follow (:data:`~hadainit.callbacks.base.SHARED_ARGS`).
     """
 
     PREFIX = "spectral"
@@ -76,14 +82,30 @@ class SpectralMonitor(MonitorBase):
 
     def __init__(
         self,
+        num_classes: int | None = None,
         *,
         init_basis: InitBasis | None = None,
-        num_classes: int | None = None,
         log_modes: bool = False,
         forecast: bool = False,
         forecast_window: int = 5,
         forecast_target_margin: float | None = None,
-        **kwargs,
+        classifier: str | None = None,
+        mode: Mode = "train",
+        every_n_epochs: int = 1,
+        at_epochs: list[int] | None = None,
+        eval_loader: Any = None,
+        eval_batches: int | None = None,
+        val_dataloader_idx: int = 0,
+        name: str | None = None,
+        metrics: list[str] | None = None,
+        plot: bool = True,
+        plot_dir: str | Path | None = None,
+        log_at_init: bool = True,
+        capture: Capture = "hook",
+        ignore_index: int | None = -100,
+        labels_from_batch: Callable[[Any], Tensor] = default_labels,
+        inputs_from_batch: Callable[[Any], Any] = default_inputs,
+        forward_fn: Callable[[LightningModule, Any], Any] | None = None,
     ) -> None:
         if init_basis is not None and init_basis not in ("auto", "walsh", "fourier", "hadamard", "svd"):
             raise ValueError(f"init_basis must be one of auto, walsh, fourier, hadamard, svd or None, got {init_basis!r}")
@@ -92,7 +114,11 @@ class SpectralMonitor(MonitorBase):
             raise ValueError(f"forecast_target_margin must be a finite number, got {forecast_target_margin!r}")
         if isinstance(forecast_window, bool) or not isinstance(forecast_window, int) or forecast_window < 3:
             raise ValueError(f"forecast_window must be an int >= 3 (a start and two epochs to fit), got {forecast_window!r}")
-        super().__init__(num_classes=num_classes, **kwargs)
+        super().__init__(num_classes=num_classes, classifier=classifier, mode=mode, every_n_epochs=every_n_epochs, at_epochs=at_epochs,
+                         eval_loader=eval_loader, eval_batches=eval_batches, val_dataloader_idx=val_dataloader_idx,
+                         name=name, metrics=metrics, plot=plot, plot_dir=plot_dir, log_at_init=log_at_init,
+                         capture=capture, ignore_index=ignore_index, labels_from_batch=labels_from_batch,
+                         inputs_from_batch=inputs_from_batch, forward_fn=forward_fn)
         self.init_basis = init_basis
         self.log_modes = bool(log_modes)
         self.forecast = bool(forecast)
@@ -103,13 +129,38 @@ class SpectralMonitor(MonitorBase):
     def _reset(self) -> None:
         super()._reset()
         self._forecasts = None
+        self._t_star: tuple | None = None  # (the mode set, its t*), computed once per basis
 
     def _build(self, num_classes: int, feature_dim: int) -> dict:
-        return {"logits": LogitSpectrum(num_classes)} if num_classes >= 3 else {}
+        if num_classes < 3:
+            return {}
+        # K > d: the factored O(K d) state (class means of the features, the classifier at measurement time)
+        # instead of K x K logit sums. Exact where every feature of the pass sees that classifier (eval, val);
+        # in train mode only where K x K would not fit (docs/theory.md §8).
+        kxk_bytes = 8 * num_classes * (num_classes + 1)
+        factored = num_classes > feature_dim and (self.mode != "train" or kxk_bytes > FACTORED_ABOVE_BYTES)
+        if factored and self.mode == "train":
+            self._warn_once("factored-train", f"SpectralMonitor({self.name!r}): K = {num_classes} is too large for "
+                            "K x K logit sums, so the spectrum is that of the epoch's class-mean features through the "
+                            "classifier at the measurement (in mode='train' the features met earlier weights)")
+        return {"logits": LogitSpectrum(num_classes, feature_dim=feature_dim if factored else None)}
 
     def _consume(self, features: Tensor, labels: Tensor, logits: Tensor) -> None:
         if "logits" in self._metrics:
-            self._metrics["logits"].update(logits, labels)
+            spectrum = self._metrics["logits"]
+            spectrum.update(logits, labels, features if spectrum.feature_dim is not None else None)
+
+    def _mode_set_t_star(self) -> float | None:
+        """t*(S) of the initial basis's mode set (K > d; docs/theory.md §8), solved once; None without one."""
+        modes = None if self.basis is None else getattr(self.basis, "modes", None)
+        if modes is None:
+            return None
+        key = (self.basis.kind, tuple(modes.tolist()))
+        if getattr(self, "_t_star", None) is None or self._t_star[0] != key:
+            from hadainit.modes import max_margin  # scipy's LP: only for monitors that need it
+
+            self._t_star = (key, max_margin(list(key[1]), self._classifier.weight.shape[0], key[0]).value)
+        return self._t_star[1]
 
     def _compute(self, trainer: Trainer, epochs_done: float, samples: float) -> dict:
         w = self._classifier.weight.detach()
@@ -124,6 +175,10 @@ class SpectralMonitor(MonitorBase):
                       singular_values=sv.tolist())
         spectrum = self._metrics.get("logits")
         if spectrum is not None and samples:
+            if spectrum.feature_dim is not None:
+                bias = self._classifier.bias
+                spectrum.set_classifier(w, None if bias is None else bias.detach())
+            spectrum.set_t_star(self._mode_set_t_star())  # margin_to_t_star, when the init's mode set is known
             try:
                 spec = spectrum.compute()  # synced across ranks
                 values.update(spec)
@@ -200,3 +255,6 @@ class SpectralMonitor(MonitorBase):
         label(ax2, ax2.get_xlabel(), "value", logy=True)
         save(fig, directory / f"{self.name}_logit_spectrum.png", f"Class-mean logit spectrum ({self.name})")
         return [("logit_spectrum", fig)]
+
+
+SpectralMonitor.__doc__ += SHARED_ARGS

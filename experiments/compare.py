@@ -17,7 +17,8 @@ from pathlib import Path
 
 from hadainit.callbacks.plotting import NOT_PLOTTED, epoch_axis, label, new_figure, save, spans_decade
 
-from .runs import find_metrics_csv, prepare_out, read_metrics, series, write_atomic
+from .outdir import prepare
+from .runs import find_metrics_csv, read_metrics, series, write_atomic
 
 TABLE_SUFFIXES = ("val/acc", "train/acc", "/nc1", "/cdnv", "/etf_gap_means", "/nc3", "/nc4", "/kl_lyapunov",
                   "/drift", "/drift_out_of_span", "/logit_leakage", "/spectral_margin")
@@ -95,15 +96,19 @@ def compare(run_paths: list[Path], out: Path, keys: list[str] | None = None) -> 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hadainit compare", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (or metrics.csv files)")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=str, required=True, help="the output folder (never one of the runs)")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     parser.add_argument("--keys", default=None, help="comma-separated columns for the table")
     args = parser.parse_args(argv)
     try:
-        out = prepare_out(args.out, overwrite=args.overwrite)
-        compare(args.runs, out, None if args.keys is None else [k for k in args.keys.split(",") if k])
+        with prepare(args.out, command="compare", overwrite=args.overwrite, inputs=args.runs) as folder:
+            out = folder.path
+            compare(args.runs, out, None if args.keys is None else [k for k in args.keys.split(",") if k])
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"hadainit compare: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk, a folder that cannot be written
+        print(f"hadainit compare: could not write {args.out}: {err.strerror or err}", file=sys.stderr)
         return 2
     print((out / "compare.md").read_text())
     return 0

@@ -44,7 +44,7 @@ class ClassificationData(L.LightningDataModule):
     def __init__(self, batch_size: int = 128, num_workers: int = 0) -> None:
         super().__init__()
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+            raise ValueError(f"batch size must be positive: batch_size is {batch_size!r}, give an int >= 1")
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
         self.batch_size = batch_size

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+from hadainit.callbacks import _lightning as lightning_internals
 from hadainit.callbacks.plotting import epoch_axis, label, new_figure, save
 
 from .runs import read_metrics, series, write_atomic
@@ -33,9 +34,24 @@ def _jsonable(value):
     return str(value)
 
 
+def epochs_trained(trainer) -> float:
+    """Training epochs done, with the fraction of an epoch ``max_steps`` (or an interrupt) ended early: the batches
+    trained over the batches of an epoch (Lightning counts an epoch that ``max_steps`` cut short as completed)."""
+    batches = trainer.num_training_batches
+    done = lightning_internals.batches_completed(trainer)
+    if not (isinstance(batches, (int, float)) and math.isfinite(batches) and batches >= 1):
+        return float(trainer.current_epoch)  # a loader without a length: whole epochs
+    return done / batches
+
+
 def write_run_report(out: Path, trainer, module, datamodule, seconds: float, steps_per_second: list[float],
-                     config: dict, resumed_at: int | None = None) -> dict:
-    """Read the run's ``metrics.csv`` back and write the report files (atomically)."""
+                     config: dict, resumed_at: str | None = None, interrupted: bool = False) -> dict:
+    """Read the run's ``metrics.csv`` back and write the report files (atomically).
+
+    Args:
+        resumed_at: how far the checkpoint this session resumed from had trained, in words (e.g. ``"25 epochs"``).
+        interrupted: the run was stopped by Ctrl-C (the report says so; figures of the epochs so far).
+    """
     metrics = out / "metrics.csv"
     table = read_metrics(metrics) if metrics.is_file() else []
     final: dict[str, float] = {}
@@ -48,7 +64,9 @@ def write_run_report(out: Path, trainer, module, datamodule, seconds: float, ste
         "config": json.loads(json.dumps(config, default=_jsonable)),
         "data": type(datamodule).__name__,
         "num_classes": module.num_classes,
-        "epochs_trained": trainer.current_epoch,
+        "epochs_trained": epochs_trained(trainer),
+        "steps": trainer.global_step,
+        "interrupted": interrupted,
         "precision": str(trainer.precision),
         "accelerator": type(trainer.accelerator).__name__,
         "seconds": seconds,
@@ -64,9 +82,10 @@ def write_run_report(out: Path, trainer, module, datamodule, seconds: float, ste
     lines = [
         f"# hadainit train: {hp.arch} on {report['data']} (K = {module.num_classes}), last layer {hp.init}",
         "",
-        f"{report['epochs_trained']} epochs, lr {hp.lr} ({hp.schedule}), momentum {hp.momentum}, weight decay "
+        ("Interrupted (Ctrl-C): the values below are those of the epochs done. " if interrupted else "")
+        + f"{report['epochs_trained']:.4g} epochs ({report['steps']} steps), lr {hp.lr} ({hp.schedule}), momentum {hp.momentum}, weight decay "
         f"{hp.weight_decay}, precision {report['precision']}, {report['accelerator']}, {seconds:.0f} s"
-        + (f" in this session (resumed after epoch {resumed_at})" if resumed_at is not None else "")
+        + (f" in this session (resumed from a checkpoint after {resumed_at})" if resumed_at is not None else "")
         + (f", {report['steps_per_second']:.1f} steps/s (median epoch)." if report["steps_per_second"] else "."),
         "",
         "| quantity | final value |",

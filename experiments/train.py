@@ -19,8 +19,10 @@ import argparse
 import csv
 import io
 import math
+import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -33,11 +35,13 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
 from hadainit.callbacks import NeuralCollapseMonitor, SpectralMonitor
+from hadainit.callbacks import _lightning as lightning_internals
 
 from .data import ClassificationData
 from .module import ClassifierModule
 from .report_run import write_run_report
-from .runs import check_out, clear_out, write_atomic
+from .outdir import LOCK, MARKER, check_out, claim
+from .runs import write_atomic
 
 
 class Throughput(L.Callback):
@@ -72,38 +76,73 @@ class TrainCLI(LightningCLI):
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
         parser.add_argument("--out", type=str, default="runs/train", help="the run folder")
-        parser.add_argument("--overwrite", action=ActionYesNo, default=False, help="replace a non-empty --out")
+        parser.add_argument("--overwrite", action=ActionYesNo, default=False,
+                            help="replace a non-empty --out (only a folder an earlier hadainit command made)")
         parser.add_argument("--ckpt_path", type=Optional[str], default=None,
                             help="resume from this checkpoint (e.g. OUT/checkpoints/last.ckpt)")
 
+    #: the command line as given (set by :func:`main`): integer literals of the batch limits are read from it
+    argv: list[str] = []
+
     def before_instantiate_classes(self) -> None:
+        self.one_batch: set[str] = set()
         cfg = self.config
         trainer = cfg.trainer
         for key in ("limit_train_batches", "limit_val_batches"):
             value = trainer.get(key)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"--trainer.{key} must be a positive number (a count or a fraction), got {value!r}")
+            if value == 1:  # jsonargparse reads "1" as 1.0, which Lightning takes as 100 %
+                literal = _argv_value(self.argv, f"--trainer.{key}")
+                if literal is not None and literal.strip().lstrip("+").isdigit():
+                    self.one_batch.add(key)  # the command line said a count: one batch (instantiate_trainer)
+                else:
+                    warnings.warn(f"trainer.{key} = {value!r} is a fraction: all batches (to use one batch, give "
+                                  f"--trainer.{key} 1 on the command line)", stacklevel=2)
         if trainer.get("max_epochs") is not None and trainer.max_epochs < 1 and trainer.max_epochs != -1:
             raise ValueError(f"--trainer.max_epochs must be >= 1 (or -1), got {trainer.max_epochs}")
         devices = trainer.get("devices")
         if isinstance(devices, int) and devices == 0 or devices in ("0",):
             raise ValueError("--trainer.devices 0 selects no device: use 'auto', a positive count or a list")
         resume = cfg.ckpt_path is not None
-        if resume and not Path(cfg.ckpt_path).is_file():
-            raise FileNotFoundError(f"--ckpt_path {cfg.ckpt_path} does not exist")
-        out = Path(cfg.out)
-        if resume and out.is_dir() and any(out.iterdir()) and not _inside(Path(cfg.ckpt_path), out):
+        self.checkpoint = _read_checkpoint(cfg.ckpt_path) if resume else None
+        if resume and trainer.get("max_epochs") not in (None, -1):
+            done, batches = _progress(self.checkpoint)
+            if done >= trainer.max_epochs:
+                raise ValueError(f"--ckpt_path {cfg.ckpt_path} has trained {done} epochs already, and "
+                                 f"--trainer.max_epochs is {trainer.max_epochs}: nothing to resume; pass a larger "
+                                 "--trainer.max_epochs to train on")
+        out = Path(cfg.out) if cfg.out.strip() else cfg.out
+        if resume and isinstance(out, Path) and out.is_dir() and any(p.name not in (LOCK, MARKER) for p in out.iterdir()) \
+                and not _inside(Path(cfg.ckpt_path), out):
             raise FileExistsError(f"--out {out} holds another run than --ckpt_path {cfg.ckpt_path}: resume into the "
                                   "checkpoint's own run folder, or into a new (empty) folder")
+        configs = [str(c) for c in (cfg.get("config") or [])]
         # checked only: the folder is emptied (--overwrite) once the data is known to load
-        self.out = check_out(out, overwrite=cfg.overwrite, resume=resume)
+        self.out = check_out(out, overwrite=cfg.overwrite, resume=resume, inputs=[] if resume else configs)
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
-        extra = {"default_root_dir": str(self.out)}
-        if self.config.trainer.get("logger") in (None, True):
-            extra["logger"] = CSVLogger(save_dir=str(self.out), name="", version="")
+        """The run folder's contents do not depend on the logger chosen: hadainit's CSVLogger writes
+        ``OUT/metrics.csv`` first (``trainer.log_dir`` is ``OUT``: config.yaml), the user's loggers come after;
+        checkpoints go to ``OUT/checkpoints`` and the monitors' figures to ``OUT``. A batch limit the command
+        line gave as the count 1 is passed as the int 1 (jsonargparse re-reads it as 1.0 while instantiating,
+        which Lightning takes as 100 %)."""
+        init = self.config_init.trainer
+        for key in self.one_batch:
+            init[key] = 1
+        chosen = init.get("logger")
+        user = [] if chosen in (None, True, False) else list(chosen) if isinstance(chosen, (list, tuple)) else [chosen]
+        callbacks = list(init.get("callbacks") or [])
+        if init.get("enable_checkpointing") is not False and not any(isinstance(c, ModelCheckpoint) for c in callbacks):
+            callbacks.append(ModelCheckpoint(dirpath=str(self.out / "checkpoints"), save_last=True))
+        for key in ("nc_monitor", "spectral_monitor"):
+            monitor = self.config_init.get(key)
+            if monitor is not None and monitor.plot_dir is None:
+                monitor.plot_dir = self.out
         self.throughput = Throughput()
-        trainer = super().instantiate_trainer(**extra, **kwargs)
+        extra = {"default_root_dir": str(self.out), "callbacks": callbacks,
+                 "logger": [CSVLogger(save_dir=str(self.out), name="", version=""), *user]}
+        trainer = super().instantiate_trainer(**{**kwargs, **extra})
         trainer.callbacks.append(self.throughput)
         return trainer
 
@@ -120,13 +159,50 @@ def cli(argv: list[str] | None = None) -> TrainCLI:
         trainer_defaults={
             "max_epochs": 300,
             "accelerator": "auto",
-            "callbacks": [ModelCheckpoint(save_last=True)],
             "log_every_n_steps": 1,
         },
         parser_kwargs={"prog": "hadainit train", "description": __doc__.splitlines()[0], "exit_on_error": False,
                        "default_env": False},
         auto_configure_optimizers=False,
     )
+
+
+def _argv_value(argv: list[str], option: str) -> str | None:
+    """The last value given to ``option`` on the command line (``--opt v`` or ``--opt=v``), else None."""
+    value = None
+    for i, a in enumerate(argv):
+        if a == option and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith(option + "="):
+            value = a.split("=", 1)[1]
+    return value
+
+
+def _read_checkpoint(path: str) -> dict:
+    """The checkpoint at ``path``, loaded on the CPU; one-line errors for a missing, empty or unreadable file."""
+    import pickle
+    import zipfile
+
+    ckpt = Path(path)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"--ckpt_path {path} does not exist" + (" (a folder)" if ckpt.is_dir() else ""))
+    if ckpt.stat().st_size == 0:
+        raise ValueError(f"--ckpt_path {path} is empty (0 bytes): not a checkpoint")
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, UnicodeDecodeError, ValueError,
+            AttributeError, ImportError, IndexError, KeyError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"--ckpt_path {path} is not a readable PyTorch checkpoint ({first})") from err
+    if not isinstance(state, dict) or "state_dict" not in state or "loops" not in state:
+        raise ValueError(f"--ckpt_path {path} is not a Lightning checkpoint (no state_dict and loop state): "
+                         "pass a file written by ModelCheckpoint, e.g. OUT/checkpoints/last.ckpt")
+    return state
+
+
+def _progress(checkpoint: dict) -> tuple[int, int]:
+    """``(epochs, batches)``: the training epochs a checkpoint had completed, and the batches of the next one."""
+    return lightning_internals.saved_progress(checkpoint)
 
 
 DATA_MODULES = ("Digits", "MNIST1D", "CIFAR")
@@ -152,7 +228,7 @@ def _inside(path: Path, folder: Path) -> bool:
         return False
 
 
-def _rows_before(out: Path, ckpt_path: str | None) -> list[dict]:
+def _rows_before(out: Path, ckpt_path: str | None, checkpoint: dict | None) -> list[dict]:
     """On resume, the rows the run logged up to its checkpoint (CSVLogger starts a new file): from ``out``'s
     metrics.csv when resuming in place, else from the checkpoint's own run folder (``RUN/checkpoints/x.ckpt``)."""
     if ckpt_path is None:
@@ -163,15 +239,18 @@ def _rows_before(out: Path, ckpt_path: str | None) -> list[dict]:
         print(f"hadainit train: no metrics.csv beside {ckpt_path}: the history before the checkpoint is not in "
               f"{out}/metrics.csv", file=sys.stderr)
         return []
-    step = torch.load(ckpt_path, map_location="cpu", weights_only=False)["global_step"]
+    step = checkpoint["global_step"]
     with open(metrics, newline="") as fh:
         return [row for row in csv.DictReader(fh) if row.get("step") and int(float(row["step"])) <= step]
 
 
-def _epochs_before(earlier: list[dict]) -> int | None:
-    """The epochs a resumed run had trained before this session (None: not resumed)."""
-    epochs = [int(float(row["epoch"])) + 1 for row in earlier if row.get("epoch")]
-    return max(epochs, default=0) if earlier else None
+def _resumed_at(checkpoint: dict | None) -> str | None:
+    """How far the checkpoint had trained, in words (None: not resumed)."""
+    if checkpoint is None:
+        return None
+    epochs, batches = _progress(checkpoint)
+    return (f"{epochs} epoch" + ("" if epochs == 1 else "s")
+            + (f" and {batches} batch" + ("" if batches == 1 else "es") if batches else ""))
 
 
 def _prepend(metrics: Path, earlier: list[dict]) -> None:
@@ -188,40 +267,95 @@ def _prepend(metrics: Path, earlier: list[dict]) -> None:
     write_atomic(metrics, buffer.getvalue())
 
 
+def _small_work(run: TrainCLI) -> bool:
+    """The built-in small data sets on the CPU: one thread is faster than many (see README, "A real network")."""
+    return type(run.datamodule).__name__ in ("Digits", "MNIST1D") and run.trainer.accelerator.__class__.__name__ == "CPUAccelerator"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     argv = list(sys.argv[1:] if argv is None else argv)
     saved_argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI reads args= only; sys.argv would confuse it
+    saved_threads, saved_sigint = torch.get_num_threads(), signal.getsignal(signal.SIGINT)
+    run = folder = None
+    trained = interrupted = False
     try:
+        _check_logger_packages(argv)
+        # our own CSVLogger writes into the run folder, which holds the marker (and, on resume, the run)
+        warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+        TrainCLI.argv = argv
         run = cli(_default_data(argv))
+        threads = os.environ.get("HADAINIT_THREADS")
+        if threads or _small_work(run):
+            torch.set_num_threads(int(threads) if threads else 1)
         run.datamodule.prepare_data()  # a missing or broken data set fails here, before the folder is touched
         run.datamodule.setup("fit")
-        if run.config.ckpt_path is None:
-            clear_out(run.out)
-        run.out.mkdir(parents=True, exist_ok=True)
+        resume = run.config.ckpt_path is not None
+        folder = claim(run.out)  # the lock: no second command writes here meanwhile
+        check_out(run.out, overwrite=run.config.overwrite, resume=resume)  # again, under the lock
+        if not resume:
+            folder.clear()
+        folder.mark("train")
         start = time.perf_counter()
-        earlier = _rows_before(run.out, run.config.ckpt_path)
+        earlier = _rows_before(run.out, run.config.ckpt_path, run.checkpoint)
         for stale in ("report.json", "report.md", "curves.png") if earlier else ():
             (run.out / stale).unlink(missing_ok=True)  # rewritten at the end; never left beside new metrics
         try:
             run.trainer.fit(run.model, datamodule=run.datamodule, ckpt_path=run.config.ckpt_path)
+        except SystemExit:  # Lightning turns Ctrl-C into sys.exit(1) once its callbacks have run
+            if run.trainer.state.status != "interrupted":
+                raise
+            interrupted = True
         finally:  # CSVLogger started a new metrics.csv: the history before the checkpoint goes back in, always
+            trained = run.trainer.global_step > (run.checkpoint or {}).get("global_step", 0)
             if earlier and run.trainer.is_global_zero:
                 _prepend(run.out / "metrics.csv", earlier)
         if run.trainer.is_global_zero:
             write_run_report(run.out, run.trainer, run.model, run.datamodule, time.perf_counter() - start,
                              run.throughput.steps_per_second, config=run.config.as_dict(),
-                             resumed_at=_epochs_before(earlier))
+                             resumed_at=_resumed_at(run.checkpoint), interrupted=interrupted)
     except SystemExit:
         raise
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError, argparse.ArgumentError,
-            MisconfigurationException) as err:
+            MisconfigurationException, ImportError) as err:
         print(f"hadainit train: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a full disk, a folder that cannot be written
+        print(f"hadainit train: could not write {err.filename or (run.out if run else '')}: {err.strerror or err}",
+              file=sys.stderr)
         return 2
     finally:
         sys.argv = saved_argv
+        torch.set_num_threads(saved_threads)
+        signal.signal(signal.SIGINT, saved_sigint)  # Lightning ignores Ctrl-C after an interrupt
+        if folder is not None:
+            in_place = run.config.ckpt_path is not None and _inside(Path(run.config.ckpt_path), run.out)
+            if trained or interrupted or in_place:
+                folder.release()
+            else:  # nothing trained: leave no config.yaml or copied metrics.csv that looks like a run
+                folder.discard()
     written = [p.name for p in sorted(run.out.iterdir()) if p.suffix in (".md", ".json", ".csv", ".png", ".yaml")]
+    if interrupted:
+        print(f"hadainit train: interrupted in epoch {run.trainer.current_epoch + 1} (step {run.trainer.global_step}); "
+              f"wrote {', '.join(written)} in {run.out} (resume with --ckpt_path {run.out}/checkpoints/last.ckpt)")
+        return 130
     print(f"hadainit train: wrote {', '.join(written)} in {run.out}")
     return 0
+
+
+#: the optional package each logger needs
+LOGGER_PACKAGES = {"TensorBoardLogger": ("tensorboard", "tensorboardX"), "WandbLogger": ("wandb",),
+                   "MLFlowLogger": ("mlflow",), "CometLogger": ("comet_ml",), "NeptuneLogger": ("neptune",)}
+
+
+def _check_logger_packages(argv: list[str]) -> None:
+    """A logger named on the command line whose package is missing: "install X" in one line, before parsing."""
+    import importlib.util
+
+    for name, packages in LOGGER_PACKAGES.items():
+        if any(name in a for a in argv) and not any(importlib.util.find_spec(p) for p in packages):
+            raise ImportError(f"--trainer.logger {name} needs the {packages[0]} package: pip install {packages[0]}")
 
 
 def _one_line(err: BaseException) -> str:
@@ -243,11 +377,47 @@ def _one_line(err: BaseException) -> str:
         key = lines[0].split('"')[1] if '"' in lines[0] else "?"
         return (f"--{key}.{nested.group(1)}: not an option of the chosen {key} class "
                 f"(hadainit train --{key}.help NAME lists its options)")
+    cause = _root_cause(err)
+    if cause is not None:  # what the class itself (or the parser, deep down) said: the reason, not the dump
+        key = next((re.search(r'Parser key "([\w.]+)"', str(e)).group(1) for e in _chain(err)
+                    if re.search(r'Parser key "([\w.]+)"', str(e))), None)
+        path = re.search(r"class_path='([\w.]+)'", given or "")
+        where = f"--{key}" if key else f"--{_option_of(path.group(1))}" if path else "the configuration"
+        return f"{where}{f' ({path.group(1).rsplit(chr(46), 1)[-1]})' if path else ''}: {cause}"
     if given is not None:
         message += f": got {given!r}"
     if expected:
         message += f", expected {' or '.join(dict.fromkeys(expected))}"
     return f"{message} (hadainit train --help lists the options)"
+
+
+_DUMPS = ("Does not validate", "Parser key", "Problem with given class_path", "Expected a", "Given value")
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while err is not None and err not in seen:
+        seen.append(err)
+        err = err.__cause__ or err.__context__
+    return seen
+
+
+def _root_cause(err: BaseException) -> str | None:
+    """The deepest one-line message under a parser dump (e.g. the data module's "batch size must be positive")."""
+    for e in reversed(_chain(err)[1:]):
+        text = str(e).strip()
+        if text and "\n" not in text and not text.startswith(_DUMPS):
+            return text
+    return None
+
+
+def _option_of(class_path: str) -> str:
+    """The option a class path was given to: the data module, the model, or a trainer part."""
+    if ".data." in class_path:
+        return "data"
+    if ".loggers." in class_path:
+        return "trainer.logger"
+    return "model" if ".module." in class_path else "trainer"
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["DISABLE_ENV", "KernelStatus", "kernel", "status"]
+__all__ = ["DISABLE_ENV", "ISA_ENV", "KernelStatus", "kernel", "kernel_isa", "status"]
 
 #: Set to 1 (before the first fwht call) to never build or load the kernel.
 DISABLE_ENV = "HADAINIT_NO_EXTENSION"
@@ -71,16 +71,41 @@ class KernelStatus:
     flags: tuple[str, ...] = ()
 
 
+#: The x86-64 instruction set the kernel is compiled for: ``native`` (default: the level torch
+#: itself dispatches to, so ``ATEN_CPU_CAPABILITY=avx2`` caps both), ``avx512``, ``avx2`` or
+#: ``sse`` (no -m flags: the x86-64 baseline, SSE2). Read at the first call; part of the cache key.
+ISA_ENV = "HADAINIT_KERNEL_ISA"
+ISAS = ("native", "avx512", "avx2", "sse")
+_ISA_FLAGS = {
+    "avx512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw"],
+    "avx2": ["-mavx2", "-mfma"],
+    "sse": [],
+}
+
+
+def kernel_isa() -> str:
+    """The ISA the kernel is (or will be) built for: ``$HADAINIT_KERNEL_ISA`` resolved against torch's dispatch level."""
+    asked = os.environ.get(ISA_ENV, "").strip().lower() or "native"
+    if asked not in ISAS:
+        raise ValueError(f"{ISA_ENV} must be one of {ISAS}, got {asked!r}")
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return "native"
+    capability = torch.backends.cpu.get_cpu_capability()
+    supported = "avx512" if capability.startswith("AVX512") else "avx2" if capability.startswith("AVX2") else "sse"
+    if asked == "native":
+        return supported
+    if ISAS.index(asked) < ISAS.index(supported):  # asked for more than this CPU (or the cap) allows
+        raise ValueError(f"{ISA_ENV}={asked} but torch dispatches to {capability} here "
+                         f"(ATEN_CPU_CAPABILITY or the CPU caps it); use one of {ISAS[ISAS.index(supported):]}")
+    return asked
+
+
 def _compile_flags() -> tuple[list[str], list[str]]:
-    """(cflags, ldflags): -O3, the SIMD level torch itself dispatches to, OpenMP where torch uses it."""
+    """(cflags, ldflags): -O3, the SIMD level of :func:`kernel_isa`, OpenMP where torch uses it."""
     cflags = ["-O3", "-ffp-contract=off"]  # no fused multiply-add: the step's values are the reference's, bit for bit
     ldflags: list[str] = []
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        capability = torch.backends.cpu.get_cpu_capability()
-        if capability.startswith("AVX512"):
-            cflags += ["-mavx2", "-mfma", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw"]
-        elif capability.startswith("AVX2"):
-            cflags += ["-mavx2", "-mfma"]
+    isa = kernel_isa()
+    cflags += _ISA_FLAGS.get(isa, [])
     # at::parallel_for is inline: without -fopenmp it would run on one thread. The loader finds
     # torch's own libgomp.so.1 already in the process, so both share one OpenMP runtime.
     if sys.platform.startswith("linux") and "OpenMP" in torch.__config__.parallel_info():

@@ -233,22 +233,30 @@ def spectral_init(
     b=None,
     *,
     basis: str | Tensor = "auto",
+    modes=None,
     samples_per_class: int = 1,
     right: Tensor | None = None,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float64,
 ) -> tuple[Tensor, Tensor]:
-    """The UFM spectral initialization ``W = Q diag(a) V^T``, ``H = V diag(b) Q^T`` (SPEC section 2).
+    """The UFM spectral initialization ``W = Q diag(a) V^T``, ``H = V diag(b) Q^T`` (docs/theory.md §2, §8).
+
+    With more classes than features (K > d) only a mode set S fits:
+    ``W = Q_S diag(a_S) V_r^T``, ``H = V_r diag(b_S) Q_S^T`` (§8); both bases stay frozen
+    and the reduced dynamics are §3's with the modes off S at exactly 0.
 
     Args:
         num_classes: K >= 2.
-        feature_dim: d >= K.
-        a: the K singular values of W, in the basis' mode order (mode 0 = constant).
+        feature_dim: d >= 1.
+        a: the K singular values of W, in the basis' mode order (mode 0 = constant),
+            zeros off the mode set; or, with ``modes``, one value per mode of ``modes``.
         b: those of H; None means balanced, ``a_i^2 = n b_i^2`` (``b = a / sqrt(n)``).
         basis: a kind name or a K x K orthogonal tensor. Fourier: ``a`` and ``b``
             must be equal within (cos, sin) pairs.
+        modes: the mode set S (mode indices, walsh/fourier). None: all K modes when
+            d >= K, else the modes where ``a`` or ``b`` is not zero (at most d of them).
         samples_per_class: n; every class's n columns of H are equal.
-        right: V (d x K, orthonormal columns); drawn with ``generator`` if None.
+        right: V (d x r, orthonormal columns, r = K or |S|); drawn with ``generator`` if None.
         dtype: of W and H, a floating dtype; they must fit its range.
 
     Returns:
@@ -258,10 +266,13 @@ def spectral_init(
     >>> W, H = spectral_init(8, 16, torch.linspace(1, 2, 8))
     >>> W.shape, H.shape
     (torch.Size([8, 16]), torch.Size([16, 8]))
+    >>> W, H = spectral_init(16, 5, [1.0] * 5, modes=[1, 2, 4, 8, 15])  # K > d
+    >>> torch.linalg.matrix_rank(W).item()
+    5
     """
     dtype = _checks.floating_dtype(dtype)
-    _, q, a, b, v = _spectral_factors(
-        num_classes, feature_dim, a, b, basis=basis, samples_per_class=samples_per_class, right=right,
+    _, q, a, b, v, _ = _spectral_factors(
+        num_classes, feature_dim, a, b, basis=basis, modes=modes, samples_per_class=samples_per_class, right=right,
         generator=generator,
     )
     w, h = _compose_spectral(q, a, b, v, samples_per_class)
@@ -280,26 +291,83 @@ def _spectral_factors(
     b=None,
     *,
     basis: str | Tensor = "auto",
+    modes=None,
     samples_per_class: int = 1,
     right: Tensor | None = None,
     generator: torch.Generator | None = None,
-) -> tuple[str, Tensor, Tensor, Tensor, Tensor]:
-    """The validated factors ``(kind, Q, a, b, V)`` of :func:`spectral_init`, all float64 on the CPU."""
+) -> tuple[str, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """The validated factors ``(kind, Q, a, b, V, modes)`` of :func:`spectral_init`, float64 on the CPU.
+
+    ``modes`` None: Q is K x K and a, b have K entries. Else Q = Q_S (K x r), a and b the r values on S.
+    """
     feature_dim = _checks.positive_int(feature_dim, "feature_dim")
     samples_per_class = _checks.positive_int(samples_per_class, "samples_per_class")
-    kind, q = _left_basis(num_classes, basis)
-    if feature_dim < num_classes:
-        raise ValueError(f"spectral_init needs feature_dim >= num_classes, got d={feature_dim} < K={num_classes}")
-    pair_kind = "hadamard" if kind == "custom" else kind  # only fourier spectra must be paired
-    a = check_spectrum(a, num_classes, pair_kind, "a")
-    b = a / math.sqrt(samples_per_class) if b is None else check_spectrum(b, num_classes, pair_kind, "b")
+    k = _checks.positive_int(num_classes, "num_classes", minimum=2)
+    if modes is None and feature_dim >= k:
+        kind, q = _left_basis(k, basis)
+        pair_kind = "hadamard" if kind == "custom" else kind  # only fourier spectra must be paired
+        a = check_spectrum(a, k, pair_kind, "a")
+        b = a / math.sqrt(samples_per_class) if b is None else check_spectrum(b, k, pair_kind, "b")
+        if a.dim() != 1 or b.dim() != 1:
+            raise ValueError(f"a and b must be 1-D of length {k}, got shapes {tuple(a.shape)}, {tuple(b.shape)}")
+        return kind, q, a, b, _right_factor(right, feature_dim, k, generator), None
+    if not isinstance(basis, str):
+        raise ValueError(f"spectral_init with d={feature_dim} < K={k} (or a mode set) needs a walsh or fourier basis "
+                         "name, not a tensor")
+    kind = resolve_basis(k, basis)
+    if kind not in ("walsh", "fourier"):
+        raise ValueError(f"spectral_init with d={feature_dim} < K={k} (or a mode set) needs a walsh or fourier basis, "
+                         f"got {basis!r}")
+    if modes is not None:
+        given = _mode_indices(modes, k)  # in the order of the values given for them
+        a, b = _on_modes(a, given, k, "a"), (None if b is None else _on_modes(b, given, k, "b"))
+        idx = torch.sort(given).values
+    a = check_spectrum(a, k, kind, "a")
+    b = a / math.sqrt(samples_per_class) if b is None else check_spectrum(b, k, kind, "b")
     if a.dim() != 1 or b.dim() != 1:
-        raise ValueError(f"a and b must be 1-D of length {num_classes}, got shapes {tuple(a.shape)}, {tuple(b.shape)}")
+        raise ValueError(f"a and b must be 1-D of length {k}, got shapes {tuple(a.shape)}, {tuple(b.shape)}")
+    if modes is None:
+        idx = torch.nonzero((a != 0) | (b != 0)).flatten()
+        if idx.numel() > feature_dim:
+            raise ValueError(
+                f"spectral_init needs feature_dim >= num_classes, got d={feature_dim} < K={k}, or a mode set of at "
+                f"most d modes: a and b are non-zero on {idx.numel()} modes (put zeros off a mode set, or pass modes=)"
+            )
+    elif idx.numel() > feature_dim:
+        raise ValueError(f"a mode set of {idx.numel()} modes does not fit d={feature_dim} features")
+    q = basis_columns(k, kind, idx)
+    return kind, q, a[idx], b[idx], _right_factor(right, feature_dim, idx.numel(), generator), idx
+
+
+def _mode_indices(modes, k: int) -> Tensor:
+    from .modes import _index_tensor  # the shared integer-index check
+
+    idx = _index_tensor(modes, k, "modes")
+    if torch.unique(idx).numel() != idx.numel():
+        raise ValueError(f"modes must be distinct, got {idx.tolist()[:16]}")
+    return idx
+
+
+def _on_modes(values, idx: Tensor, k: int, name: str) -> Tensor:
+    """Length-r values (or length-K values, zero off the modes) as a length-K spectrum."""
+    v = _checks.real_tensor(values, name)
+    if v.dim() == 1 and v.shape[0] == k and k != idx.numel():
+        off = torch.ones(k, dtype=torch.bool)
+        off[idx] = False
+        if (v[off] != 0).any():
+            raise ValueError(f"{name} has {k} entries that are not zero off the given modes")
+        return v
+    if v.dim() != 1 or v.shape[0] != idx.numel():
+        raise ValueError(f"{name} must have one entry per mode ({idx.numel()}) or {k} entries, got shape {tuple(v.shape)}")
+    out = torch.zeros(k, dtype=v.dtype)
+    out[idx] = v
+    return out
+
+
+def _right_factor(right: Tensor | None, feature_dim: int, r: int, generator) -> Tensor:
     if right is None:
-        v = random_orthonormal(feature_dim, num_classes, generator=generator)
-    else:
-        if not isinstance(right, Tensor) or right.shape != (feature_dim, num_classes):
-            got = tuple(right.shape) if isinstance(right, Tensor) else type(right).__name__
-            raise ValueError(f"right must be a {feature_dim} x {num_classes} tensor, got {got}")
-        v = _checks.orthonormal_columns(right, "right").cpu().clone()
-    return kind, q, a, b, v
+        return random_orthonormal(feature_dim, r, generator=generator)
+    if not isinstance(right, Tensor) or right.shape != (feature_dim, r):
+        got = tuple(right.shape) if isinstance(right, Tensor) else type(right).__name__
+        raise ValueError(f"right must be a {feature_dim} x {r} tensor, got {got}")
+    return _checks.orthonormal_columns(right, "right").cpu().clone()

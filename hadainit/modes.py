@@ -50,6 +50,7 @@ __all__ = [
     "on_modes",
     "random_modes",
     "resolve_modes",
+    "truncation_modes",
 ]
 
 #: The named choices of ``hadamard_(..., modes=...)``; explicit mode indices are the third kind.
@@ -242,6 +243,20 @@ def on_modes(values, modes, num_classes: int) -> Tensor:
 def first_modes(num_classes: int, feature_dim: int) -> Tensor:
     """The Hoffer et al. (2018) truncation: the first ``min(d, K)`` columns of Q, constant column 0 included."""
     return torch.arange(min(feature_dim, num_classes), dtype=torch.int64)
+
+
+def truncation_modes(num_classes: int, feature_dim: int, basis: str = "auto") -> Tensor:
+    """The non-constant modes among the truncation's first d columns, less a fourier pair it splits.
+
+    The part of the Hoffer et al. truncation that the exact theory covers: its t* is
+    ``max_margin(truncation_modes(K, d))`` (0 when these modes do not separate the classes).
+    """
+    k = _checks.positive_int(num_classes, "num_classes", minimum=2)
+    kind = _mode_kind(k, basis)
+    first = first_modes(k, _checks.positive_int(feature_dim, "feature_dim"))[1:]
+    if kind == "fourier" and first.numel() and first[-1] % 2 == 1 and first[-1] != k - 1:
+        first = first[:-1]  # the cos mode of a pair whose sin column was cut off
+    return first
 
 
 def _budget(num_classes: int, kind: str, max_modes: int) -> int:

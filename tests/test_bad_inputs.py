@@ -36,6 +36,7 @@ from hadainit.ufm import (
     unbalanced_lyapunov,
     unbalanced_lyapunov_derivative,
 )
+from hadainit.ufm.forecast import baseline_forecast, evaluate_forecast, fit_forecast, log_epoch_slope, spectral_margin
 from tests.lightning_helpers import TinyModule, loader, trainer
 
 TABLE = Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.md"
@@ -88,6 +89,21 @@ def _ufm(left, right):
     return UFM(torch.randn(4, 8, generator=_seeded()), torch.randn(8, 4, generator=_seeded()), left=left, right=right)
 
 
+def _series():
+    """A growing spectrum series, K = 4 (the one of tests/test_forecast.py)."""
+    e = torch.arange(8, dtype=torch.float64)
+    return e, torch.tensor([0.3, 0.5, 0.7], dtype=torch.float64) * (1 + 0.3 * e)[:, None]
+
+
+def _forecast():
+    return fit_forecast(*_series())
+
+
+def _baseline():
+    e, lam = _series()
+    return baseline_forecast(e[1:], lam[1:])
+
+
 def _zero_row_weight():
     w = torch.randn(4, 6)
     w[1] = 0
@@ -100,12 +116,16 @@ CASES = {
     "fwht-length": lambda _: fwht(torch.randn(3, 12)),
     "fwht-dtype": lambda _: fwht(torch.ones(4, dtype=torch.int64)),
     "fwht-dim": lambda _: fwht(torch.randn(3, 4), dim=2),
+    "fwht-sparse": lambda _: fwht(torch.eye(4).to_sparse()),
+    "fwht-sparse-csr": lambda _: fwht(torch.eye(4).to_sparse_csr()),
+    "fwht-nested": lambda _: fwht(torch.nested.nested_tensor([torch.ones(4), torch.ones(8)])),
     "fwht-dim-type": lambda _: fwht(torch.randn(4), dim=0.0),
     "basis-k": lambda _: softmax_basis(1),
     "basis-walsh": lambda _: softmax_basis(12, "walsh"),
     "basis-kind": lambda _: softmax_basis(8, "dct"),
     "init-dims": lambda _: hadamard_(torch.empty(10)),
-    "init-k-gt-d": lambda _: hadamard_(torch.empty(11, 10)),
+    "init-k-gt-d": lambda _: hadamard_(torch.empty(12, 10), basis="hadamard"),
+    "init-modes-not-spanning": lambda _: hadamard_(torch.empty(16, 5), modes=[1, 2, 3]),
     "init-k-lt-2": lambda _: hadamard_(torch.empty(1, 10)),
     "init-int": lambda _: hadamard_(torch.empty(4, 8, dtype=torch.int64)),
     "init-gain": lambda _: hadamard_(torch.empty(4, 8), gain=-1.0),
@@ -158,11 +178,35 @@ CASES = {
     "ufm-right-basis": lambda _: _ufm(torch.eye(4), torch.ones(8, 4)),
     "margin-overflow": lambda _: time_to_margin(720.0, 0.5, 8),
     "margin-gamma-str": lambda _: time_to_margin("3", 0.5, 4),
+    "forecast-scale-nan": lambda _: fit_forecast(_series()[0], _series()[1] * 1e300),
+    "forecast-range": lambda _: fit_forecast(*_series(), time_scale_range=(0, 1)),
+    "forecast-range-pair": lambda _: fit_forecast(*_series(), time_scale_range=(1,)),
+    "forecast-start-float": lambda _: fit_forecast(*_series(), start=1.5),
+    "forecast-complex": lambda _: fit_forecast(_series()[0], _series()[1].to(torch.complex128)),
+    "forecast-epochs-span": lambda _: fit_forecast(_series()[0] * 1e300, _series()[1]),
+    "forecast-predict-nan": lambda _: _forecast().predict([nan]),
+    "forecast-predict-bool": lambda _: _forecast().predict([True]),
+    "forecast-gamma-nan": lambda _: _forecast().epochs_to_margin(nan),
+    "forecast-horizon": lambda _: _forecast().epochs_to_margin(5.0, horizon_epochs=-1),
+    "baseline-epoch-zero": lambda _: _baseline().predict([0.0]),
+    "margin-nan": lambda _: spectral_margin(torch.tensor([1.0, nan, 1.0])),
+    "margin-inf": lambda _: spectral_margin(torch.tensor([1.0, math.inf, 1.0])),
+    "margin-bool": lambda _: spectral_margin(torch.tensor([True, True, True])),
+    "margin-complex": lambda _: spectral_margin(torch.ones(3, dtype=torch.complex128)),
+    "margin-0d": lambda _: spectral_margin(torch.tensor(1.0)),
+    "slope-inf-epoch": lambda _: log_epoch_slope([1.0, 2.0, math.inf], [1.0, 2.0, 3.0]),
+    "slope-lengths": lambda _: log_epoch_slope([1.0, 2.0, 3.0], [1.0, 2.0]),
+    "evaluate-fit-until": lambda _: evaluate_forecast(*_series(), fit_until=-1.0),
     "unbalanced-zero": lambda _: unbalanced_lyapunov([0.0, 1.0, 0.0, 2.0], [0.0, 1.0, 1.0, 1.0]),
     "unbalanced-shape": lambda _: unbalanced_lyapunov([0.0, 1.0, 1.0, 1.0], [0.0, 1.0, 1.0]),
     "unbalanced-overflow": lambda _: unbalanced_lyapunov_derivative([0.0] + [1e200] * 3, [0.0] + [1e200] * 3),
     "orders-type": lambda _: constructible_orders(4.0),
     "constructible-type": lambda _: is_constructible(True),
+    "constructible-bound": lambda _: is_constructible(2**64 + 4),
+    "orders-limit": lambda _: constructible_orders(10**9),
+    "hadamard-device": lambda _: hadamard_matrix(4, device="nope"),
+    "hadamard-device-type": lambda _: hadamard_matrix(4, device=3.5),
+    "hadamard-huge": lambda _: hadamard_matrix(2**40),
     "metric-dims": lambda _: NeuralCollapse(5, 8).update(torch.randn(4, 2, 4), labels4),
     "metric-feature-dim": lambda _: NeuralCollapse(5, 8).update(torch.randn(4, 7), labels4),
     "metric-labels-range": lambda _: NeuralCollapse(5, 8).update(torch.randn(4, 8), torch.tensor([0, 1, 2, 5])),

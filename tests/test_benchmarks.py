@@ -11,6 +11,7 @@ def test_quick_suite_runs_and_checks_results(tmp_path, capsys):
     data = json.loads(out.read_text())
     names = {row["benchmark"] for row in data["results"]}
     assert names == {
+        "import cost",
         "compiled CPU kernels",
         "fwht vs copy and peers",
         "reduced vs dense GD step",
@@ -24,6 +25,8 @@ def test_quick_suite_runs_and_checks_results(tmp_path, capsys):
         assert all(v > 0 for v in row["seconds"].values())
         if "max_rel_err" in row:  # fwht, the peers and x @ H compute the same transform
             assert all(err < 1e-5 for err in row["max_rel_err"].values()), row["max_rel_err"]
+        if row["benchmark"] in ("fwht vs copy and peers", "reduced GD at scale", "compiled CPU kernels"):
+            assert row["isa"] in {r["isa"] for r in data["results"] if "isa" in r}
         if "max_rel_diff_after_3_steps" in row:
             assert row["max_rel_diff_after_3_steps"] < 1e-12
     assert "benchmark" in capsys.readouterr().out

@@ -102,6 +102,8 @@ def test_config_file_and_mnist1d(tmp_path):
     (["--trainer.limit_train_batches", "0"], "limit_train_batches must be a positive number"),
     (["--model.init", "xavier"], "xavier"),
     (["--data", "Nope"], "Nope"),
+    (["--data.batch_size", "0"], "batch size must be positive"),
+    (["--trainer.logger", "CSVLogger"], "--trainer.logger"),
 ])
 def test_bad_flags_give_one_line_and_exit_2(tmp_path, capsys, flags, message):
     assert train.main(["--out", str(tmp_path / "o"), *flags, *QUIET]) == 2
@@ -119,6 +121,7 @@ def test_outputs_are_never_mixed(digits_run, tmp_path, capsys):
     stale = tmp_path / "stale"
     stale.mkdir()
     (stale / "report.json").write_text("{old")
+    (stale / ".hadainit-run").write_text("{}")  # an earlier hadainit command's folder
     assert train.main(["--out", str(stale), "--overwrite", "--trainer.max_epochs", "1", *QUIET]) == 0
     assert json.loads((stale / "report.json").read_text())["epochs_trained"] == 1
 
@@ -185,6 +188,7 @@ def _fake_run(folder):
     folder.mkdir(parents=True)
     (folder / "report.json").write_text("{}")
     (folder / "metrics.csv").write_text("epoch,step\n0,1\n")
+    (folder / ".hadainit-run").write_text("{}")
 
 
 def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(tmp_path, capsys):
@@ -194,7 +198,7 @@ def test_overwrite_keeps_the_old_run_when_the_new_one_cannot_start(tmp_path, cap
             "--out", str(old), "--overwrite", *QUIET]
     assert train.main(argv) == 2
     assert "cifar10 not found" in capsys.readouterr().err
-    assert sorted(p.name for p in old.iterdir()) == ["metrics.csv", "report.json"]  # untouched
+    assert sorted(p.name for p in old.iterdir()) == [".hadainit-run", "metrics.csv", "report.json"]  # untouched
 
 
 def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
@@ -223,7 +227,7 @@ def test_resume_into_a_new_folder_carries_the_history(digits_run, tmp_path):
     table = read_metrics(new / "metrics.csv")
     assert [r["epoch"] for r in table] == [-1, 0, 1, 2, 3]
     assert table[:4] == read_metrics(digits_run / "metrics.csv")
-    assert "resumed after epoch 3" in (new / "report.md").read_text()
+    assert "resumed from a checkpoint after 3 epochs" in (new / "report.md").read_text()
 
 
 def test_a_resumed_run_follows_the_uninterrupted_one(digits_run, tmp_path):
@@ -263,13 +267,20 @@ def test_misconfigurations_give_one_line(tmp_path, capsys, flags, message):
     assert len(err.splitlines()) == 1 and message in err and err.startswith("hadainit train: ")
 
 
-def test_without_a_logger_nothing_missing_is_promised(tmp_path, capsys):
+RUN_FILES = ("metrics.csv", "config.yaml", "nc_eval.png", "curves.png", "report.md", "checkpoints/last.ckpt")
+
+
+@pytest.mark.parametrize("logger", [["--trainer.logger", "false"],
+                                    ["--trainer.logger", "CSVLogger", "--trainer.logger.save_dir", "{tmp}/user"]])
+def test_the_run_folder_does_not_depend_on_the_logger(tmp_path, logger):
     out = tmp_path / "run"
-    assert train.main(["--out", str(out), "--trainer.max_epochs", "1", "--trainer.logger", "false", *QUIET]) == 0
-    said = capsys.readouterr().out
-    assert "metrics.csv" not in said and "report.md" in said
-    report = (out / "report.md").read_text()
-    assert "curves.png" not in report and "metrics.csv`" not in report
+    flags = [f.format(tmp=tmp_path) for f in logger]
+    assert train.main(["--out", str(out), "--trainer.max_epochs", "1", *flags, *QUIET]) == 0
+    for name in RUN_FILES:
+        assert (out / name).is_file(), name
+    assert any(r.get("nc_eval/nc1") for r in csv.DictReader(open(out / "metrics.csv")))
+    if "CSVLogger" in flags:  # the user's own logger got the values too
+        assert any("nc_eval/nc1" in p.read_text() for p in (tmp_path / "user").rglob("metrics.csv"))
 
 
 def test_reports_are_readable_and_hold_no_reprs(digits_run):
@@ -304,3 +315,206 @@ def test_overwrite_needs_a_hadainit_output_not_a_generic_file(tmp_path, capsys):
     (project / "config.yaml").write_text("a: 1")
     assert train.main(["--out", str(project), "--overwrite", "--trainer.max_epochs", "1", *QUIET]) == 2
     assert "holds no hadainit output" in capsys.readouterr().err and (project / "src").is_dir()
+
+
+# ------------------------------------------------------------ data loss (issue 22, item 10)
+def _user_folder(folder):
+    """A folder a user owns: code, data, and a metrics.csv such as any CSVLogger writes."""
+    (folder / "src").mkdir(parents=True)
+    (folder / "src" / "model.py").write_text("keep me")
+    (folder / "metrics.csv").write_text("epoch,step,loss\n0,1,0.5\n")
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def test_compare_never_empties_one_of_its_inputs(digits_run, tmp_path, capsys):
+    import shutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(digits_run, a)
+    shutil.copytree(digits_run, b)
+    before = sorted(p.name for p in a.iterdir())
+    assert compare.main([str(a), str(b), "--out", str(a), "--overwrite"]) == 2
+    assert "is (or holds) the input" in capsys.readouterr().err
+    assert sorted(p.name for p in a.iterdir()) == before and (a / "checkpoints/last.ckpt").is_file()
+    assert compare.main([str(a / "x"), "--out", str(tmp_path), "--overwrite"]) == 2  # a folder holding an input
+    assert a.is_dir()
+
+
+def test_overwrite_never_empties_a_folder_hadainit_did_not_make(tmp_path, capsys):
+    user = tmp_path / "experiment"
+    before = _user_folder(user)
+    assert train.main(["--out", str(user), "--overwrite", "--trainer.max_epochs", "1", *QUIET]) == 2
+    assert "holds no hadainit output" in capsys.readouterr().err
+    assert sorted(p.relative_to(user).as_posix() for p in user.rglob("*")) == before
+
+
+def test_the_working_directory_is_never_emptied(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    before = _user_folder(tmp_path)
+    (tmp_path / ".hadainit-run").write_text("{}")  # even one hadainit wrote into
+    before = sorted(before + [".hadainit-run"])
+    for out in ("", ".", str(tmp_path)):
+        assert train.main(["--out", out, "--overwrite", "--trainer.max_epochs", "1", *QUIET]) == 2, out
+        err = capsys.readouterr().err
+        assert "is empty (an unset shell variable?)" in err or "working directory" in err, err
+        assert compare.main([str(tmp_path / "src"), "--out", out, "--overwrite"]) == 2
+        capsys.readouterr()
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
+
+
+def test_a_folder_in_use_by_another_command_is_refused(tmp_path, capsys):
+    import socket
+
+    from hadainit.experiments import outdir
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # a live process holds the lock: refused, the folder untouched
+        (busy / outdir.LOCK).write_text(f"{sleeper.pid} {socket.gethostname()} 0\n")
+        assert train.main(["--out", str(busy), "--trainer.max_epochs", "1", *QUIET]) == 2
+        assert f"in use by another hadainit command (pid {sleeper.pid}" in capsys.readouterr().err
+        assert compare.main([str(tmp_path / "nothing"), "--out", str(busy)]) == 2
+        assert sorted(p.name for p in busy.iterdir()) == [outdir.LOCK]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # the same lock once its process is gone is stale: taken over, and released at the end
+    with outdir.prepare(busy, command="test") as folder:
+        assert (busy / outdir.LOCK).read_text().split()[0] == str(__import__("os").getpid())
+        with pytest.raises(FileExistsError, match="in use by another hadainit command"):
+            outdir.prepare(busy, command="second", overwrite=True)
+        assert (folder.path / outdir.MARKER).is_file()
+    assert not (busy / outdir.LOCK).exists()
+
+
+# ------------------------------------------- interrupts, resume, limits (issue 22, items 2, 4, 7, 11, 13, 14)
+def test_ctrl_c_leaves_a_report_and_figures_and_resume_counts_the_epochs(tmp_path, monkeypatch, capsys):
+    from hadainit.experiments.module import ClassifierModule
+
+    def interrupt(self):
+        if self.current_epoch == 1:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(ClassifierModule, "on_train_epoch_end", interrupt, raising=False)
+        assert train.main(["--out", str(out), "--trainer.max_epochs", "4", *QUIET]) == 130
+    assert "interrupted in epoch 2" in capsys.readouterr().out
+    assert "Interrupted (Ctrl-C)" in (out / "report.md").read_text()
+    for name in ("curves.png", "nc_eval.png", "spectral_eval.png", "checkpoints/last.ckpt"):
+        assert (out / name).is_file(), name
+    # the checkpoint holds the epochs finished before the interrupt: its step count over the steps per epoch
+    # (Lightning saves it after the module's on_train_epoch_end, so the interrupted epoch is not in it)
+    steps_per_epoch = math.ceil(1438 / 128)  # the digits training split in batches of 128 (the default)
+    saved = torch.load(out / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)["global_step"]
+    done = saved // steps_per_epoch
+    assert train.main(["--out", str(out), "--trainer.max_epochs", "3", "--ckpt_path",
+                       str(out / "checkpoints/last.ckpt"), *QUIET]) == 0
+    noun = "epoch" if done == 1 else "epochs"
+    assert f"resumed from a checkpoint after {done} {noun})" in (out / "report.md").read_text()
+    # the README's resume example after a finished run: said in one line, not silently nothing
+    assert train.main(["--out", str(out), "--trainer.max_epochs", "3", "--ckpt_path",
+                       str(out / "checkpoints/last.ckpt"), *QUIET]) == 2
+    assert "has trained 3 epochs already" in capsys.readouterr().err
+
+
+def test_limit_train_batches_1_is_one_batch_and_max_steps_counts_the_fraction(tmp_path):
+    one = tmp_path / "one"
+    assert train.main(["--out", str(one), "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "1",
+                       "--trainer.limit_val_batches", "1", *QUIET]) == 0
+    assert json.loads((one / "report.json").read_text())["steps"] == 2  # one batch per epoch, not 100 %
+    cut = tmp_path / "cut"
+    batches = math.ceil(1438 / 128)  # the digits training split in batches of 128 (the default)
+    steps = batches + batches // 2
+    assert train.main(["--out", str(cut), "--trainer.max_epochs", "5", "--trainer.max_steps", str(steps),
+                       "--trainer.limit_val_batches", "1", *QUIET]) == 0
+    report = json.loads((cut / "report.json").read_text())
+    assert report["epochs_trained"] == steps / batches and f"{steps / batches:.4g} epochs" in (cut / "report.md").read_text()
+
+
+def test_disabling_checkpointing_works(tmp_path):
+    out = tmp_path / "run"
+    assert train.main(["--out", str(out), "--trainer.max_epochs", "1", "--trainer.enable_checkpointing", "false",
+                       "--trainer.limit_train_batches", "2", *QUIET]) == 0
+    assert (out / "report.md").is_file() and not (out / "checkpoints").exists()
+
+
+def test_a_failed_resume_into_a_new_folder_leaves_nothing_behind(digits_run, tmp_path, capsys):
+    new = tmp_path / "new"
+    argv = ["--out", str(new), "--ckpt_path", str(digits_run / "checkpoints/last.ckpt"), "--trainer.max_epochs", "5",
+            "--model.arch", "cnn", *QUIET]  # another network: the checkpoint's weights do not load
+    assert train.main(argv) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not new.exists()  # no config.yaml or copied metrics.csv that compare would take for a run
+
+
+def test_the_folder_of_a_failed_run_can_be_overwritten(tmp_path, monkeypatch, capsys):
+    from hadainit.experiments.module import ClassifierModule
+
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        m.setattr(ClassifierModule, "on_train_epoch_end", lambda self: (_ for _ in ()).throw(RuntimeError("boom")),
+                  raising=False)
+        assert train.main(["--out", str(out), "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
+                           *QUIET]) == 2
+    assert "boom" in capsys.readouterr().err and (out / "metrics.csv").is_file()
+    assert train.main(["--out", str(out), "--overwrite", "--trainer.max_epochs", "1", "--trainer.limit_train_batches",
+                       "2", *QUIET]) == 0
+
+
+@pytest.mark.parametrize("content, message", [(b"", "is empty"), (b"not a checkpoint\n", "not a readable PyTorch"),
+                                              (bytes(range(256)) * 4, "not a readable PyTorch")])
+def test_a_bad_checkpoint_file_is_one_line(tmp_path, capsys, content, message):
+    ckpt = tmp_path / "bad.ckpt"
+    ckpt.write_bytes(content)
+    assert train.main(["--out", str(tmp_path / "run"), "--ckpt_path", str(ckpt), *QUIET]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_write_failures_and_an_out_under_a_file_are_one_line(tmp_path, monkeypatch, capsys):
+    import errno
+
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    assert train.main(["--out", str(afile / "run"), *QUIET]) == 2
+    assert "lies under" in capsys.readouterr().err
+    assert compare.main([str(tmp_path), "--out", str(afile / "cmp")]) == 2
+    assert "lies under" in capsys.readouterr().err
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "report.json"))
+
+    monkeypatch.setattr(train, "write_run_report", full)
+    assert train.main(["--out", str(tmp_path / "run"), "--trainer.max_epochs", "1", "--trainer.limit_train_batches",
+                       "2", *QUIET]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "No space left on device" in err, err
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("tensorboard") is not None, reason="tensorboard installed")
+def test_a_missing_logger_package_says_what_to_install(tmp_path, capsys):
+    assert train.main(["--out", str(tmp_path / "run"), "--trainer.logger", "TensorBoardLogger", *QUIET]) == 2
+    assert "pip install tensorboard" in capsys.readouterr().err
+
+
+def test_small_work_runs_one_thread_unless_told(tmp_path, monkeypatch, capsys):
+    import lightning as L
+
+    seen = []
+
+    def fit(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(L.Trainer, "fit", fit)
+    torch.set_num_threads(2)
+    monkeypatch.delenv("HADAINIT_THREADS", raising=False)
+    assert cli.main(["train", "--out", str(tmp_path / "a"), *QUIET]) == 2
+    assert cli.main(["train", "--out", str(tmp_path / "b"), "--threads", "2", *QUIET]) == 2
+    monkeypatch.setenv("HADAINIT_THREADS", "3")
+    assert cli.main(["train", "--out", str(tmp_path / "c"), *QUIET]) == 2
+    assert seen == [1, 2, 3] and torch.get_num_threads() == 2  # restored afterwards
+    assert cli.main(["compare", str(tmp_path), "--out", str(tmp_path / "d"), "--threads", "0"]) == 2
+    assert "--threads must be a positive int" in capsys.readouterr().err

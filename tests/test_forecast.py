@@ -129,3 +129,97 @@ def test_slowdown_tool_on_a_real_run(tmp_path):
     slope = np.polyfit(np.log(x[x >= 2]), y[x >= 2], 1)[0]
     assert math.isclose(result["slope_per_efold"], slope, rel_tol=1e-9)
     assert slowdown.main([str(tmp_path), "--key", "spectral/nope"]) == 2
+
+
+# --------------------------------------------------------------------------- the forecaster's edges (issue 22 item 12)
+
+def _series(scale=1.0):
+    """A growing series with K = 4: lam(e) = scale * (0.3, 0.5, 0.7) * (1 + 0.3 e), e = 0..7."""
+    e = torch.arange(8, dtype=torch.float64)
+    return e, scale * torch.tensor([0.3, 0.5, 0.7], dtype=torch.float64) * (1 + 0.3 * e)[:, None]
+
+
+def test_the_fit_is_scale_free_where_the_flow_is_linear():
+    # at lam ~ 1e-200 the logits are 0 to float64 precision: the reduced flow is linear, lam(t) = lam0 * g(t),
+    # so the fitted time scale cannot depend on the spectrum's scale (it was NaN-errored and stuck at 1e-6)
+    fits = [fit_forecast(*_series(scale)) for scale in (1e-200, 1e-280)]
+    lo, hi = 1e-6, 1e9
+    for f in fits:
+        assert math.isfinite(f.fit_error) and f.range_edge is None and lo < f.time_scale < hi
+    assert math.isclose(fits[0].time_scale, fits[1].time_scale, rel_tol=1e-6)
+    assert math.isclose(fits[0].fit_error, fits[1].fit_error, rel_tol=1e-6)
+
+
+def test_a_flow_that_cannot_move_has_no_time_scale():
+    # margins ~ 1e300: the softmax is saturated, 1 - mu = 0, every time scale predicts lam(e0)
+    with pytest.raises(ValueError, match="the time scale is undetermined"):
+        fit_forecast(*_series(1e300))
+    e, lam = _series()
+    with pytest.raises(ValueError, match="the time scale is undetermined"):  # 1e-300 epochs apart: no flow time
+        fit_forecast(e * 1e-300, lam)
+    with pytest.raises(ValueError, match="overflows float64: pass a time_scale_range in the epochs' units"):
+        fit_forecast(e * 1e300, lam)
+
+
+def test_the_fitted_time_scale_stays_in_its_range_and_warns_at_an_end():
+    e, lam = _series()
+    free = fit_forecast(e, lam)
+    assert free.range_edge is None and 1e-2 < free.time_scale < 1e2
+    for bounds, edge in (((1e-6, 1e-5), "upper"), ((1e5, 1e6), "lower")):
+        with pytest.warns(UserWarning, match=f"at the {edge} end of time_scale_range"):
+            fitted = fit_forecast(e, lam, time_scale_range=bounds)
+        assert bounds[0] <= fitted.time_scale <= bounds[1] and fitted.range_edge == edge
+        assert math.isclose(fitted.time_scale, bounds[0 if edge == "lower" else 1], rel_tol=1e-5)
+
+
+def test_predictions_at_undefined_epochs_and_margins_are_refused():
+    e, lam = _series()
+    model = fit_forecast(e, lam)
+    for bad in ([math.nan], [math.inf], [1.0, math.nan]):
+        with pytest.raises(ValueError, match="epochs must be finite"):
+            model.predict(bad)  # NaN returned the start spectrum
+    with pytest.raises(ValueError, match="gamma must be a real number, got nan"):
+        model.epochs_to_margin(math.nan)  # said "never"
+    assert model.epochs_to_margin(math.inf) == math.inf  # a finite flow time never reaches an infinite margin
+    assert model.epochs_to_margin(-math.inf) == model.epoch0
+    base = baseline_forecast(e[1:], lam[1:])
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match="epochs must be > 0"):
+            base.predict([bad])  # log(0) = -inf, log(-1) = NaN
+
+
+def test_margins_of_undefined_or_non_real_spectra_are_refused():
+    for bad in ([1.0, math.nan, 1.0], [1.0, math.inf, 1.0]):
+        with pytest.raises(ValueError, match="lam must be finite"):
+            spectral_margin(torch.tensor(bad))
+    for dtype in (torch.bool, torch.complex128):
+        with pytest.raises(TypeError, match="lam must hold real numbers"):
+            spectral_margin(torch.ones(3, dtype=dtype))
+    # integers are real: the margin of K = 4 at collapse, lam = (1, 1, 1): z = H (0, 1, 1, 1) / 4 = (3, -1, -1, -1) / 4
+    assert spectral_margin([1, 1, 1]).item() == 1.0
+
+
+def test_the_log_epoch_slope_needs_finite_epochs_and_one_value_each():
+    with pytest.raises(ValueError, match="epochs must be finite, got inf"):
+        log_epoch_slope([1.0, 2.0, math.inf], [1.0, 2.0, 3.0])  # was a NaN slope
+    with pytest.raises(ValueError, match="one value per epoch"):
+        log_epoch_slope([1.0, 2.0, 3.0], [1.0, 2.0])  # was torch's broadcasting RuntimeError
+    # non-finite values are left out (documented): the slope of the rest, exactly
+    slope, intercept = log_epoch_slope([1.0, 2.0, 4.0], [1.0, math.inf, 1.0 + 2 * math.log(4.0)])
+    assert math.isclose(slope, 2.0, rel_tol=1e-12) and math.isclose(intercept, 1.0, rel_tol=1e-12)
+
+
+def test_bad_forecast_arguments_get_one_line_messages():
+    e, lam = _series()
+    with pytest.raises(TypeError, match="start must be an int, got float"):
+        fit_forecast(e, lam, start=1.5)  # was an IndexError from tensor indexing
+    with pytest.raises(TypeError, match="start must be an int, got bool"):
+        fit_forecast(e, lam, start=True)  # was a RuntimeError
+    with pytest.raises(ValueError, match=r"time_scale_range must be an increasing pair of positive finite numbers"):
+        fit_forecast(e, lam, time_scale_range=(0.0, 1.0))  # was "math domain error"
+    with pytest.raises(TypeError, match=r"time_scale_range must be a pair \(low, high\)"):
+        fit_forecast(e, lam, time_scale_range=(1.0,))
+    with pytest.raises(TypeError, match="lam must hold real numbers, got dtype torch.complex128"):
+        fit_forecast(e, lam.to(torch.complex128))  # the imaginary part was dropped with a warning
+    with pytest.raises(ValueError, match="no epoch to fit at or before fit_until=-1.0"):
+        evaluate_forecast(e, lam, -1.0)

@@ -270,3 +270,141 @@ def test_missing_or_broken_compiler_breaks_nothing(compiler, tmp_path):
     reason = _run({"CXX": compiler}, tmp_path)
     expected = "no /nonexistent/c++ on PATH" if compiler.startswith("/") else "build failed"
     assert reason.startswith(expected), reason
+
+
+# ------------------------------------------------------------ the kernel's ISA (issue 21)
+@pytest.mark.parametrize("asked, capability, flags", [
+    ("native", "AVX512", {"-mavx512f", "-mavx2"}), ("", "AVX2", {"-mavx2", "-mfma"}), ("avx2", "AVX512", {"-mavx2"}),
+    ("sse", "AVX512", set()), ("SSE", "AVX2", set()), ("native", "DEFAULT", set()),
+])
+def test_the_kernel_isa_is_chosen_by_the_environment(monkeypatch, asked, capability, flags):
+    monkeypatch.setattr(_kernels.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setenv(_kernels.ISA_ENV, asked)
+    cflags, _ = _kernels._compile_flags()
+    simd = {f for f in cflags if f.startswith("-mavx") or f == "-mfma"}
+    assert flags <= simd
+    if "-mavx512f" not in flags:
+        assert not any(f.startswith("-mavx512") for f in simd), cflags
+    if not flags:
+        assert not simd, cflags  # the x86-64 baseline: SSE2 only
+
+
+def test_each_isa_builds_its_own_cached_copy(monkeypatch):
+    monkeypatch.setattr(_kernels.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    names = set()
+    for isa in ("avx512", "avx2", "sse"):
+        monkeypatch.setenv(_kernels.ISA_ENV, isa)
+        names.add(_kernels._name(*_kernels._compile_flags()))
+    assert len(names) == 3
+
+
+@pytest.mark.parametrize("asked, capability, match", [
+    ("avx1024", "AVX512", "must be one of"), ("avx512", "AVX2", "torch dispatches to AVX2"),
+    ("avx2", "DEFAULT", "torch dispatches to DEFAULT"),
+])
+def test_an_isa_the_cpu_or_the_cap_cannot_run_is_refused(monkeypatch, asked, capability, match):
+    monkeypatch.setattr(_kernels.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setenv(_kernels.ISA_ENV, asked)
+    with pytest.raises(ValueError, match=match):
+        _kernels.kernel_isa()
+    monkeypatch.setattr(_kernels, "_status", None)
+    monkeypatch.setattr(_kernels, "_module", None)
+    status = _kernels.status()  # fwht falls back to its torch path and says why
+    assert not status.available and _kernels.ISA_ENV in status.reason
+
+
+def test_the_running_kernel_matches_the_configuration_under_test():
+    """Under `make test-isa` the kernel really is the capped build (not a cached native one)."""
+    status = _kernels.status()
+    if not status.available:
+        pytest.skip(f"no compiled kernel here: {status.reason}")
+    isa = _kernels.kernel_isa()
+    has512 = any(f.startswith("-mavx512") for f in status.flags)
+    has2 = "-mavx2" in status.flags
+    assert (has512, has2) == {"avx512": (True, True), "avx2": (False, True), "sse": (False, False)}.get(isa, (has512, has2))
+    l1, l2 = _kernels.kernel().cache_bytes()
+    assert l1 & (l1 - 1) == 0 and l2 & (l2 - 1) == 0 and 8 * 1024 <= l1 <= l2
+
+
+def test_the_transform_is_the_same_for_other_cache_plans(tmp_path):
+    """The blocking is read from the machine's caches; a smaller L2 (Zen 2/3) takes other code paths.
+
+    Every plan applies the radix-2 stages in the same order (only which sweep does which stage moves),
+    so the values are the same bits as under this machine's plan; and within TOL of the reference."""
+    if not _kernels.status().available:
+        pytest.skip("no compiled kernel here")
+    gen = torch.Generator().manual_seed(21)
+    xs = [torch.randn(3, 1 << e, dtype=dt, generator=gen) for e in (9, 13, 15, 17) for dt in (torch.float32, torch.float64)]
+    xs.append(torch.randn(2, 1 << 12, 3, dtype=torch.float64, generator=gen))
+    torch.save(xs, tmp_path / "x.pt")
+    code = ("import sys, torch; from hadainit import fwht, _kernels; assert _kernels.status().available; "
+            "print(_kernels.kernel().cache_bytes()); xs = torch.load(sys.argv[1]); "
+            "torch.save([fwht(x, 1) for x in xs], sys.argv[2])")
+    for plan in ("16384,131072", "32768,524288"):
+        env = {**os.environ, "HADAINIT_CACHE_BYTES": plan}
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+                             capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip().splitlines()[-1] == "(" + plan.replace(",", ", ") + ")"
+        for x, y in zip(xs, torch.load(tmp_path / "y.pt")):
+            assert torch.equal(y, fwht(x, 1)), (plan, x.shape, x.dtype)
+            assert _relerr(y, _fwht_reference(x, 1)) < TOL[x.dtype]
+
+
+# fwht(x, out=): the same values written into a given tensor (repeated large transforms skip the
+# fresh output's page faults, see benchmarks/suite.py's fwht rows); in place with out=x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex128])
+@pytest.mark.parametrize("shape, dim", [((8,), 0), ((3, 1 << 12), 1), ((4, 256, 5), 1), ((1 << 11, 3), 0)])
+def test_out_is_the_transform_written_in_place_or_into(shape, dim, dtype):
+    x = torch.randn(shape, dtype=dtype)
+    expected = x @ hadamard_matrix(x.shape[dim], dtype=torch.float64).to(dtype) if x.dim() == 1 else None
+    ref = _fwht_reference(x, dim % x.dim())
+    out = torch.empty_like(x)
+    got = fwht(x, dim, out=out)
+    assert got is out
+    assert _relerr(out, ref) <= TOL[dtype]
+    assert torch.equal(out, fwht(x, dim))  # the same kernel, the same bits
+    if expected is not None:
+        assert _relerr(out, expected) <= TOL[dtype]
+    y = x.clone()
+    assert fwht(y, dim, out=y) is y and torch.equal(y, out)  # in place
+    strided = torch.randn(shape[::-1], dtype=dtype).transpose(0, -1) if x.dim() > 1 else x
+    assert torch.equal(fwht(strided, dim, out=torch.empty_like(strided, memory_format=torch.contiguous_format)),
+                       fwht(strided, dim))
+
+
+def test_out_on_the_fallback_path_gives_the_reference(monkeypatch):
+    monkeypatch.setattr("hadainit.hadamard._kernel_for", lambda x: None)
+    x = torch.randn(5, 64, dtype=torch.float64)
+    out = torch.empty_like(x)
+    assert fwht(x, out=out) is out
+    assert torch.equal(out, _fwht_reference(x, 1))
+    x16 = torch.randn(3, 16, dtype=torch.bfloat16)  # no kernel dtype: the torch path, written into out
+    o16 = torch.empty_like(x16)
+    assert torch.equal(fwht(x16, out=o16), fwht(x16))
+
+
+def test_out_refuses_what_it_cannot_write():
+    x = torch.randn(4, 16, dtype=torch.float64)
+    with pytest.raises(ValueError, match="shape, dtype and device"):
+        fwht(x, out=torch.empty(4, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="shape, dtype and device"):
+        fwht(x, out=torch.empty(4, 16, dtype=torch.float32))
+    with pytest.raises(ValueError, match="contiguous"):
+        fwht(x, out=torch.empty(16, 4, dtype=torch.float64).t())
+    with pytest.raises(TypeError, match="out must be a torch.Tensor"):
+        fwht(x, out=[0.0] * 64)
+    with pytest.raises(ValueError, match="autograd"):
+        fwht(x.clone().requires_grad_(), out=torch.empty_like(x))
+    with pytest.raises(ValueError, match="autograd"):
+        fwht(x, out=torch.empty_like(x).requires_grad_())
+    buf = torch.randn(5, 16, dtype=torch.float64)
+    with pytest.raises(ValueError, match="shares memory"):
+        fwht(buf[:4], out=buf[1:])  # overlapping rows: the transform would read what it wrote
+    with pytest.raises(ValueError, match="shares memory"):
+        fwht(buf[1:], out=buf[:4])

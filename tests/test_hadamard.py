@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from hadainit import hadamard
 from hadainit.hadamard import (
     _jacobsthal,
     _paley_matrix,
@@ -141,3 +142,109 @@ def test_fwht_rejects_bad_input():
         fwht([1.0, 2.0])
     with pytest.raises(ValueError):
         fwht(torch.tensor(1.0))
+
+
+# --------------------------------------------------------------------------- orders decided without enumeration
+
+def _reference_orders(limit):
+    """Independent enumeration: 2^a times products of Paley orders q + 1 (q ≡ 3 mod 4) or 2 (q + 1)
+    (q ≡ 1 mod 4), q an odd prime power, found by trial division."""
+    def prime_power(q):
+        p = next(f for f in range(2, q + 1) if q % f == 0)
+        while q % p == 0:
+            q //= p
+        return q == 1
+
+    bases = {m for q in range(3, limit, 2) if prime_power(q)
+             for m in [q + 1 if q % 4 == 3 else 2 * (q + 1)] if m <= limit and m & (m - 1)}
+    orders = {1 << a for a in range(limit.bit_length()) if 1 << a <= limit}
+    frontier = set(orders)
+    while frontier:
+        frontier = {n * m for n in frontier for m in bases if n * m <= limit} - orders
+        orders |= frontier
+    return sorted(orders)
+
+
+def test_orders_agree_with_an_independent_enumeration():
+    reference = _reference_orders(3000)
+    assert constructible_orders(3000) == reference
+    assert [n for n in range(1, 3001) if is_constructible(n)] == reference
+    for limit in (1, 2, 3, 11, 12, 143, 144, 145):
+        assert constructible_orders(limit) == [n for n in reference if n <= limit]
+
+
+def test_recipes_take_the_largest_paley_factor_first():
+    # 96: 95 = 5 * 19 is no prime power, 96 ≡ 0 (mod 8) has no Paley II; 48 = 47 + 1 (Paley I) times 2.
+    # 144: 143 = 11 * 13, and 72 = 71 + 1. 36 = 2 * (17 + 1): Paley II before any Kronecker product.
+    assert hadamard._recipe(96) == (48,) and hadamard._recipe(144) == (72,) and hadamard._recipe(36) == (36,)
+    assert hadamard._recipe(1000000008) == (1000000008,)
+    assert hadamard._paley_kind(20) == ("paley2", 9) and hadamard._paley_kind(1000000008) == ("paley1", 1000000007)
+
+
+def test_a_power_of_two_is_decided_at_once(monkeypatch):
+    def never(*args):
+        raise AssertionError("orders were enumerated or factorized")
+
+    monkeypatch.setattr(hadamard, "_factorize", never)
+    monkeypatch.setattr(hadamard, "_sieve_orders", never)
+    hadamard._recipe.cache_clear()
+    assert all(is_constructible(2**k) for k in (0, 20, 40, 64, 200))
+    assert not is_constructible(2**20 + 2)  # not a multiple of 4: no factorization either
+
+
+def test_large_orders_are_decided_from_their_factorization():
+    # 10^9 + 7 is prime and ≡ 3 (mod 4): Paley I of order 10^9 + 8, and its multiples by 4 and 12
+    assert is_constructible(1000000008) and is_constructible(4 * 1000000008) and is_constructible(12 * 1000000008)
+    # 4 p with p = 2^61 - 1 (a Mersenne prime): its divisors that are multiples of 4 are 4 and 4 p, and
+    # 4 p is Paley only if 4 p - 1 or 2 p - 1 is a prime power; both have two or more distinct prime factors
+    p = 2**61 - 1
+    assert hadamard._factorize(p) == {p: 1}
+    assert len(hadamard._factorize(4 * p - 1)) >= 2 and len(hadamard._factorize(2 * p - 1)) >= 2
+    assert not is_constructible(4 * p)
+    with pytest.raises(ValueError, match="beyond the orders decided here"):
+        is_constructible(2**64 + 4)
+
+
+def test_factorization_multiplies_back():
+    for n in (2**64 - 1, 1000000007 * 998244353, 3**40, 2 * 3 * 5 * 7 * 11 * 13 * 17 * 19 * 23 * 29 * 31 * 37 * 41 * 43):
+        factors = hadamard._factorize(n)
+        assert math.prod(p**k for p, k in factors.items()) == n
+        assert all(all(p % f for f in range(2, min(p, 10**5))) for p in factors)  # no small factor left in a "prime"
+
+
+def test_a_matrix_too_large_to_hold_is_refused_before_anything_is_built(monkeypatch):
+    def never(*args):
+        raise AssertionError("construction started")
+
+    monkeypatch.setattr(hadamard, "_sylvester", never)
+    monkeypatch.setattr(hadamard, "_recipe", never)
+    with pytest.raises(ValueError, match=r"order n=1099511627776 has n\^2 = 1.21e\+24 entries"):
+        hadamard_matrix(2**40)
+    monkeypatch.setattr(hadamard, "_memory_bytes", lambda device: 10**6)  # a machine with 1 MB
+    with pytest.raises(ValueError, match=r"needs .* GiB on cpu \(4.19e\+06 entries of torch.float64\), more than"):
+        hadamard_matrix(2048)
+    # another device (here meta, whose memory is unknown): the int8 copy is still built on the CPU first
+    memory = {"cpu": 10**6, "meta": None}
+    monkeypatch.setattr(hadamard, "_memory_bytes", lambda device: memory[device.type])
+    with pytest.raises(ValueError, match=r"needs .* GiB on cpu \(4.19e\+06 entries of torch.int8\)"):
+        hadamard_matrix(2048, device="meta")
+
+
+def test_constructible_orders_refuses_a_huge_limit():
+    with pytest.raises(ValueError, match="lists orders up to limit=16777216"):
+        constructible_orders(10**9)
+
+
+@pytest.mark.slow
+def test_constructible_orders_up_to_ten_million_agree_with_single_decisions():
+    orders = constructible_orders(10**7)
+    listed = set(orders)
+    assert all(is_constructible(n) == (n in listed) for n in range(10**7 - 4000, 10**7 + 1))
+
+
+@pytest.mark.parametrize("convert", [torch.Tensor.to_sparse, torch.Tensor.to_sparse_csr, torch.Tensor.to_sparse_csc,
+                                     lambda x: x.to_sparse_bsr((2, 2))])
+def test_fwht_refuses_a_sparse_tensor_in_one_line(convert):
+    with pytest.raises(TypeError, match=r"^fwht needs a dense \(strided\) tensor, got layout torch.sparse_\w+; pass "
+                                        r"x.to_dense\(\)$"):
+        fwht(convert(torch.eye(4)))

@@ -250,3 +250,118 @@ def test_a_failed_fit_leaves_no_hook_on_the_model():
     with pytest.raises(RuntimeError, match="boom"):
         trainer([NeuralCollapseMonitor(), SpectralMonitor()], max_epochs=1).fit(module, loader())
     assert not module.fc._forward_hooks
+
+
+# ------------------------------------------------ Lightning conventions (issue 22, items 5, 6, 8, 14)
+def _csv_rows(path):
+    import csv
+
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_monitors_log_at_lightnings_step_with_the_loggers_separator(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    class Dashed(CSVLogger):
+        @property
+        def group_separator(self) -> str:
+            return "."
+
+    table, dashed = CSVLogger(tmp_path, name="t", version=""), Dashed(tmp_path, name="d", version="")
+    module = TinyModule()
+    trainer([NeuralCollapseMonitor(mode="eval", plot=False)], max_epochs=2, logger=[table, dashed]).fit(
+        module, loader(), loader())
+    rows = _csv_rows(tmp_path / "t" / "metrics.csv")
+    steps = {}  # the steps of each epoch's rows: Lightning's own (val/loss) and the monitor's
+    for r in rows:
+        if r.get("nc_eval/nc1") and r["epoch"] != "-1":
+            steps.setdefault(int(r["epoch"]), set()).add(("nc", int(r["step"])))
+        if r.get("val/loss"):
+            steps.setdefault(int(r["epoch"]), set()).add(("val", int(r["step"])))
+    for epoch, found in steps.items():  # one step per epoch: the monitor's rows sit on Lightning's
+        assert len({s for _, s in found}) == 1 and {w for w, _ in found} == {"nc", "val"}, (epoch, found)
+    other = _csv_rows(tmp_path / "d" / "metrics.csv")
+    assert any(r.get("nc_eval.nc1") for r in other) and not any(k.startswith("nc_eval/") for k in other[0])
+
+
+def test_charting_loggers_get_no_bookkeeping_metrics(tmp_path):
+    from lightning.pytorch.loggers import Logger
+
+    class Recorder(Logger):
+        name, version = "rec", 0
+        logged: list = []
+
+        def log_metrics(self, metrics, step=None):
+            self.logged.append(dict(metrics))
+
+        def log_hyperparams(self, params, *args, **kwargs):
+            pass
+
+    rec = Recorder()
+    trainer([SpectralMonitor(plot=False)], max_epochs=1, logger=rec).fit(TinyModule(), loader())
+    mine = [m for m in rec.logged if any(k.startswith("spectral/") for k in m)]
+    assert mine and not any("epochs_done" in m or m.get("epoch") == -1 for m in mine)
+
+
+def test_without_a_logger_the_monitor_says_so():
+    with pytest.warns(UserWarning, match="the trainer has no logger"):
+        trainer([NeuralCollapseMonitor()], max_epochs=1).fit(TinyModule(), loader())
+
+
+def test_both_monitors_take_num_classes_first_and_show_every_option():
+    import inspect
+
+    for cls in (NeuralCollapseMonitor, SpectralMonitor):
+        params = inspect.signature(cls).parameters
+        assert list(params)[0] == "num_classes" and params["num_classes"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        assert {"mode", "every_n_epochs", "plot_dir", "forward_fn"} <= set(params)
+        assert "every_n_epochs: measure at the end of every n-th" in cls.__doc__
+        assert cls(K).num_classes == K
+
+
+def test_two_default_monitors_of_one_class_get_hadainits_message():
+    with pytest.raises(ValueError, match="two monitors log under 'nc'/: give each a distinct name"):
+        trainer([NeuralCollapseMonitor(), NeuralCollapseMonitor()], max_epochs=1)
+
+
+def test_mode_val_without_validation_batches_names_the_option():
+    with pytest.raises(ValueError, match="mode='val'\\) measures the validation batches, but this fit has no valid"):
+        trainer([NeuralCollapseMonitor(mode="val")], max_epochs=1).fit(TinyModule(), loader())
+
+
+def test_plot_dir_under_a_file_is_refused_before_training(tmp_path):
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    module = TinyModule()
+    before = module.fc.weight.detach().clone()
+    with pytest.raises(ValueError, match="lies under .*file, which is a file"):
+        trainer([NeuralCollapseMonitor(plot_dir=afile / "figs")], max_epochs=2).fit(module, loader())
+    assert torch.equal(module.fc.weight, before)  # refused at setup: not one step trained
+
+
+def test_a_lazy_classifier_is_refused_in_one_line():
+    class Lazy(TinyModule):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.LazyLinear(K)
+
+    with pytest.raises(ValueError, match="nn.LazyLinear that has not been called yet"):
+        trainer([NeuralCollapseMonitor(plot=False)], max_epochs=1).fit(Lazy(), loader())
+
+
+def test_dashboards_share_the_epoch_range_and_scale_logs_past_init(tmp_path):
+    from hadainit.callbacks.plotting import plot_history, readable
+
+    history = [{"epochs_done": 0.0, "drift": 1e-8, "nc1": 2.0}]
+    history += [{"epochs_done": float(e), "drift": 0.01 * e, "nc1": 2.0 / e, "nc4": 0.5 / e} for e in range(1, 31)]
+    fig = plot_history(history, tmp_path / "h.png", "t")
+    axes = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+    assert set(axes) == {readable("drift"), readable("nc1"), readable("nc4")} and readable("nc1").startswith("NC1")
+    assert len({ax.get_xlim() for ax in axes.values()}) == 1  # nc4 (from epoch 1) in the same frame as the rest
+    drift_ax = axes[readable("drift")]
+    assert drift_ax.get_yscale() == "log"
+    low, high = drift_ax.get_ylim()
+    assert 0.005 < low < 0.01 and 0.3 < high < 0.6  # the values after init, not down to 1e-8
+    assert any("off scale" in t.get_text() for t in drift_ax.texts)

@@ -87,6 +87,20 @@ at::Tensor fwht(const at::Tensor& x, int64_t dim) {
   return out;
 }
 
+void fwht_into(const at::Tensor& x, at::Tensor& out, int64_t dim) {
+  check(x, dim);
+  TORCH_CHECK(out.is_contiguous() && !out.is_conj() && !out.is_neg() && out.sizes() == x.sizes() &&
+                  out.scalar_type() == x.scalar_type() && out.device() == x.device(),
+              "hadainit fwht out: a contiguous, resolved tensor of x's shape, dtype and device");
+  at::Tensor resolved = x.resolve_conj().resolve_neg().contiguous();
+  transform_tensor(resolved, out, dim);  // resolved may be out itself: the transform works in place too
+}
+
+std::tuple<int64_t, int64_t> cache_bytes() {
+  const auto& plan = fwht_kernel::cache_plan();
+  return {plan.l1, plan.fuse};
+}
+
 void fwht_(at::Tensor& x, int64_t dim) {
   check(x, dim);
   TORCH_CHECK(x.is_contiguous() && !x.is_conj() && !x.is_neg(), "hadainit fwht_: a contiguous, resolved tensor");

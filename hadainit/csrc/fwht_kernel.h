@@ -9,16 +9,56 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+
+#include <unistd.h>
 
 namespace hadainit {
 namespace fwht_kernel {
 
 constexpr int kRadixBits = 3;                  // butterfly stages per sweep between registers (16 was slower)
-constexpr int64_t kBlockBytes = 16 * 1024;     // low bits: a block that stays in L1
-constexpr int64_t kStripBytes = 512 * 1024;    // high bits: a column strip that stays in L2
-constexpr int64_t kFuseBytes = 1024 * 1024;    // segments up to this size: one thread, start to end
 constexpr int64_t kParallelBytes = 256 * 1024; // less work than this per thread is not split
+
+// The blocking follows the caches of the machine it runs on, not of the one it was tuned on: an
+// L2 of 512 KB (Zen 2/3, many Intel parts) cannot hold the 1 MB sub-segments that suit a 1 MB L2
+// (Zen 4), and a sweep planned for the larger cache then runs from L3. Read once: sysconf on
+// Linux/glibc, else 32 KB / 512 KB; HADAINIT_CACHE_BYTES="L1,L2" overrides (benchmarks, tests).
+struct CachePlan {
+  int64_t block;  // low bits: a block that stays in L1 (half of it: the rest holds the strips' neighbours)
+  int64_t l1;     // high bits: a column strip that stays in L1
+  int64_t strip;  // high bits: a column strip that stays in L2 (half of it)
+  int64_t fuse;   // segments up to this size: one thread, start to end, in L2
+};
+
+inline int64_t pow2_floor(int64_t v) {
+  int64_t p = 1;
+  while (p * 2 <= v) p *= 2;
+  return p;
+}
+
+inline CachePlan make_cache_plan() {
+  int64_t l1 = 0, l2 = 0;
+#if defined(_SC_LEVEL1_DCACHE_SIZE) && defined(_SC_LEVEL2_CACHE_SIZE)
+  l1 = sysconf(_SC_LEVEL1_DCACHE_SIZE);
+  l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+  if (const char* env = std::getenv("HADAINIT_CACHE_BYTES")) {
+    long long a = 0, b = 0;
+    if (std::sscanf(env, "%lld,%lld", &a, &b) == 2 && a > 0 && b > 0) l1 = a, l2 = b;
+  }
+  if (l1 < 8 * 1024 || l1 > 1024 * 1024) l1 = 32 * 1024;
+  if (l2 < 64 * 1024 || l2 > 64 * 1024 * 1024) l2 = 512 * 1024;
+  l1 = pow2_floor(l1);
+  l2 = pow2_floor(l2);
+  return CachePlan{l1 / 2, l1, l2 / 2, l2};
+}
+
+inline const CachePlan& cache_plan() {
+  static const CachePlan plan = make_cache_plan();
+  return plan;
+}
 
 inline bool is_pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
 
@@ -39,7 +79,7 @@ inline typename Simd<T>::vec lane_stage(typename Simd<T>::vec v) {
     sign[l] = (l & H) ? T(-1) : T(1);
   }
   typename S::vec t = __builtin_shuffle(v, idx);
-  return sign * v + t;  // lane l without bit H: v_l + v_(l+H); with it: v_(l-H) - v_l
+  return fused_sign_add(sign, v, t);  // lane l without bit H: v_l + v_(l+H); with it: v_(l-H) - v_l
 }
 
 // The stages at lane distances from, 2 from, ..., W / 2 (from a power of two below W).
@@ -124,6 +164,51 @@ void vertical_r(int r, const T* src, T* dst, int64_t dist, int64_t width) {
   }
 }
 
+// The first pass of a block when lanes hold several index values: the lane stages from lane distance
+// From, then R stages between the 2^R contiguous registers of each group, over [0, len). One loop
+// with everything known at compile time (a call per group, with the lane distance tested per
+// register, cost as much as the arithmetic).
+template <typename T, int R, int From>
+void lane_groups(const T* src, T* dst, int64_t len) {
+  using S = Simd<T>;
+  using vec = typename S::vec;
+  constexpr int M = 1 << R;
+  for (int64_t g = 0; g < len; g += int64_t{S::W} * M) {
+    vec v[M];
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) {
+      v[m] = load<vec>(src + g + m * S::W);
+      if constexpr (From <= 1) v[m] = lane_stage<T, 1>(v[m]);
+      if constexpr (S::W > 2 && From <= 2) v[m] = lane_stage<T, 2>(v[m]);
+      if constexpr (S::W > 4 && From <= 4) v[m] = lane_stage<T, 4>(v[m]);
+      if constexpr (S::W > 8 && From <= 8) v[m] = lane_stage<T, 8>(v[m]);
+    }
+    butterflies<vec, R>(v);
+#pragma GCC unroll 16
+    for (int m = 0; m < M; ++m) store(dst + g + m * S::W, v[m]);
+  }
+}
+
+template <typename T, int R>
+void lane_groups_from(const T* src, T* dst, int64_t len, int64_t from) {
+  switch (from) {
+    case 1: lane_groups<T, R, 1>(src, dst, len); break;
+    case 2: lane_groups<T, R, 2>(src, dst, len); break;
+    case 4: lane_groups<T, R, 4>(src, dst, len); break;
+    default: lane_groups<T, R, 8>(src, dst, len); break;
+  }
+}
+
+template <typename T>
+void lane_pass(int r, const T* src, T* dst, int64_t len, int64_t from) {
+  switch (r) {
+    case 1: lane_groups_from<T, 1>(src, dst, len, from); break;
+    case 2: lane_groups_from<T, 2>(src, dst, len, from); break;
+    case 3: lane_groups_from<T, 3>(src, dst, len, from); break;
+    default: lane_groups_from<T, 4>(src, dst, len, from); break;
+  }
+}
+
 // Bits [0, kb) of the index along n, for one block of inner << kb contiguous elements. When inner is a
 // power of two below a register, the first pass reads src once and does the lane stages and the
 // next R bits together; the later passes are in place in dst (in L1).
@@ -139,7 +224,7 @@ void block_low(const T* src, T* dst, int64_t inner, int kb) {
     if (r == 0) {
       for (int64_t j = 0; j < len; j += S::W) store(dst + j, lane_stages<T>(load<typename S::vec>(src + j), inner));
     } else {
-      groups_r<T, true>(r, src, dst, S::W, len, inner);
+      lane_pass<T>(r, src, dst, len, inner);
     }
     b += r;
     from = dst;
@@ -213,7 +298,7 @@ void segment(const T* src, T* dst, int64_t inner, int kb, int sb, const Pro& pro
       block_low<T>(src + c * block_len, dst + c * block_len, inner, kb);
     }
   }
-  if (kb < sb) high_bits<T>(dst, block_len, kb, sb, 2 * kBlockBytes);
+  if (kb < sb) high_bits<T>(dst, block_len, kb, sb, cache_plan().l1);
 }
 
 // The transform of (outer, n, inner) along n, src -> dst (may be the same). The epilogue is called,
@@ -227,12 +312,13 @@ void transform(const T* src, T* dst, int64_t outer, int64_t n, int64_t inner, co
   const int64_t seg_len = n * inner;
   const int64_t elem = static_cast<int64_t>(sizeof(T));
   const int64_t threads = at::get_num_threads();
+  const CachePlan& cache = cache_plan();
   int kb = 0;  // low bits per L1 block
-  while (kb < bits && (inner << (kb + 1)) * elem <= kBlockBytes) ++kb;
-  // sub-segments of sb bits, one thread each, in L2: as large as kFuseBytes allows, and small
+  while (kb < bits && (inner << (kb + 1)) * elem <= cache.block) ++kb;
+  // sub-segments of sb bits, one thread each, in L2: as large as cache.fuse allows, and small
   // enough that every thread has one when a segment is worth splitting
   int sb = kb;
-  while (sb < bits && (inner << (sb + 1)) * elem <= kFuseBytes) ++sb;
+  while (sb < bits && (inner << (sb + 1)) * elem <= cache.fuse) ++sb;
   if (seg_len * elem > kParallelBytes) {
     while (sb > kb && (outer << (bits - sb)) < threads) --sb;
   }
@@ -251,8 +337,8 @@ void transform(const T* src, T* dst, int64_t outer, int64_t n, int64_t inner, co
   // sweep 2: bits [sb, bits) across sub-segments, in column strips that fit in L1 if they can be at least
   // 4 cache lines wide, else in L2; enough strips for every thread
   const int64_t line = 64 / elem;
-  int64_t w = strip_width<T>(sub_len, subs, 2 * kBlockBytes);
-  if (w < 4 * line) w = strip_width<T>(sub_len, subs, kStripBytes);
+  int64_t w = strip_width<T>(sub_len, subs, cache.l1);
+  if (w < 4 * line) w = strip_width<T>(sub_len, subs, cache.strip);
   const int64_t per_segment = (threads + outer - 1) / outer;
   if (per_segment > 1) w = std::min(w, std::max(line, sub_len / per_segment / line * line));
   const int64_t strips = (sub_len + w - 1) / w;

@@ -13,6 +13,10 @@ namespace hadainit {
 // length), float32/float64/complex: a new contiguous tensor; fwht_ transforms a contiguous tensor in place.
 at::Tensor fwht(const at::Tensor& x, int64_t dim);
 void fwht_(at::Tensor& x, int64_t dim);
+// fwht_into: the transform of x written into out (contiguous, x's shape and dtype; may be x itself).
+void fwht_into(const at::Tensor& x, at::Tensor& out, int64_t dim);
+// The cache sizes the transform blocks for (bytes): (L1 data, L2), as read at the first call.
+std::tuple<int64_t, int64_t> cache_bytes();
 
 // reduced_step.cpp: the elementwise passes of one reduced CE/MSE step (hadainit/ufm/_fused_step.py).
 // All tensors are contiguous CPU float32/float64 of shape (rows, K), per-row values of shape (rows,).

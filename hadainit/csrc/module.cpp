@@ -10,6 +10,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("dim"));
   m.def("fwht_", &hadainit::fwht_, "The transform of a contiguous tensor along dim, in place", py::arg("x"),
         py::arg("dim"));
+  m.def("fwht_into", &hadainit::fwht_into, "The transform of x along dim written into out (x's shape and dtype, contiguous)",
+        py::arg("x"), py::arg("out"), py::arg("dim"));
+  m.def("cache_bytes", &hadainit::cache_bytes, "(L1 data, L2) cache sizes in bytes the transform blocks for");
   m.def("logits_input", &hadainit::logits_input, "z = (a * b) / K");
   m.def("top_of", &hadainit::top_of, "(top, overflow) per row: the largest z(m) - z(0) (0 at least), and whether it overflows");
   m.def("shift", &hadainit::shift, "e = neg - top (-inf where neg == top, marked in mask); returns the tie counts");

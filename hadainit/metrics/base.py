@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -9,7 +11,29 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-__all__ = ["Float64Metric", "check_finite_state", "distributed"]
+__all__ = ["Float64Metric", "check_finite_state", "check_state_size", "distributed"]
+
+WARN_BYTES = 1 << 30  # states above 1 GiB are announced (with their size)
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_state_size(name: str, nbytes: int, what: str) -> None:
+    """Refuse (``ValueError``) a metric whose states alone exceed this machine's physical memory, and warn
+    when they exceed 1 GiB, naming the size and ``what`` makes it: a metric must not allocate tens of
+    gigabytes without a word."""
+    gib = nbytes / 2**30
+    memory = _physical_memory()
+    if memory is not None and nbytes > memory:
+        raise ValueError(f"{name}: the states would need {gib:.1f} GiB ({what}); this machine has "
+                         f"{memory / 2**30:.1f} GiB of memory")
+    if nbytes > WARN_BYTES:
+        warnings.warn(f"{name}: the states take {gib:.1f} GiB ({what})", stacklevel=3)
 
 
 def check_finite_state(*states: Tensor) -> None:

@@ -13,11 +13,20 @@ references are never added as they are: ``merge_state`` and the DDP sync first
 move them to a common reference (:meth:`~.statistics.ClassStatistics.rebased`;
 under DDP the ranks agree on it by one ``all_reduce`` and one ``broadcast``
 when syncing). A checkpoint of the partial sums must hold the states and
-``reference`` together.
+``reference`` together. ``load_state_dict`` of a module dict (the states are not
+persistent, so it carries ``reference`` alone) moves the sums held to the loaded
+reference, so the values do not change by loading.
+
+The scale. The state ``scale`` is the power of two the shifted features are
+multiplied by before they are summed (1 for ordinary data; chosen on the first
+batch of a pass when the features are below ~1e-60 or above ~1e60, see
+:func:`~.statistics.choose_scale`): the scale-free values are exact at any finite
+scale of the features.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Callable
 
@@ -28,10 +37,10 @@ from torchmetrics.utilities.exceptions import TorchMetricsUserError
 
 from .. import _checks
 from ..drift import InitialBasis
-from .base import Float64Metric, check_finite_state, distributed
-from .formulas import GLOBAL_MEAN_KINDS, check_rtol, collapse_metrics, per_class_metrics
+from .base import Float64Metric, check_finite_state, check_state_size, distributed
+from .formulas import GLOBAL_MEAN_KINDS, check_rtol, collapse_metrics, etf_impossible_message, per_class_metrics
 from .functional import check_batch, check_classifier, check_precision, neural_collapse
-from .statistics import ClassStatistics, Float32Accumulator, Workspace, accumulate, pick_references
+from .statistics import ClassStatistics, Float32Accumulator, Workspace, accumulate, choose_scale, pick_references
 
 __all__ = ["NeuralCollapse"]
 
@@ -94,15 +103,21 @@ class NeuralCollapse(Float64Metric):
         self.riesz_s = _checks.positive_float(riesz_s, "riesz_s")
         self.precision = check_precision(precision)
         k, d = num_classes, feature_dim
+        check_state_size("NeuralCollapse", 8 * (k * (2 * d + 2) + d * d + 1),
+                         f"num_classes={k} x feature_dim={d}: K x d float64 sums and reference, a d x d sum")
         self.add_state("counts", torch.zeros(k, dtype=F64), dist_reduce_fx="sum")
         self.add_state("sums", torch.zeros(k, d, dtype=F64), dist_reduce_fx="sum")
         self.add_state("sq_norms", torch.zeros(k, dtype=F64), dist_reduce_fx="sum")
         self.add_state("second", torch.zeros(d, d, dtype=F64), dist_reduce_fx="sum")
+        # every rank holds the same power of two once synced (the sync agrees on it first): "max" keeps it
+        self.add_state("scale", torch.ones((), dtype=F64), dist_reduce_fx="max")
         self.register_buffer("reference", torch.zeros(k, d, dtype=F64))
+        self._open_scale = True  # the next non-empty batch chooses ``scale`` (the first of a pass)
         self._pinned = False  # a reference given by set_reference: kept until reset()
         self._workspace = Workspace()
         self._fast = Float32Accumulator()  # precision="float32": sums of the open group of batches
         self._warned_matmul = False
+        self._warned_etf = False
         self._weight: Tensor | None = None
         self._bias: Tensor | None = None
         self._basis: InitialBasis | None = None
@@ -152,6 +167,8 @@ class NeuralCollapse(Float64Metric):
         if self.precision == "float64":
             if not self._pinned:
                 pick_references(self.reference, self.counts, x, labels)
+            if self._open_scale:
+                self.scale, self._open_scale = choose_scale(x, labels, self.reference), False
             accumulate(self._view(), x, labels, self._workspace)
             return
         if torch.get_float32_matmul_precision() != "highest" and not self._warned_matmul:
@@ -166,10 +183,12 @@ class NeuralCollapse(Float64Metric):
             self._fast.start(self._view())
         if not self._pinned:
             pick_references(self.reference, self.counts, x, labels, mirror=self._fast.mirror)
+        if self._open_scale:
+            self.scale, self._open_scale = choose_scale(x, labels, self.reference), False
         self._fast.add(self._view(), x, labels)
 
     def _view(self) -> ClassStatistics:
-        return ClassStatistics(self.counts, self.sums, self.sq_norms, self.second, self.reference)
+        return ClassStatistics(self.counts, self.sums, self.sq_norms, self.second, self.reference, self.scale)
 
     def _flush(self) -> None:
         if "_fast" in self.__dict__ and self._fast.batches > 0:
@@ -190,12 +209,25 @@ class NeuralCollapse(Float64Metric):
         self._flush()
         return super().state_dict(*args, **kwargs)
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """Load ``reference`` (and the states, if they were saved as persistent). A dict without the states
+        (the default: torchmetrics states are not persistent) leaves the sums held here, moved exactly to
+        the loaded reference: the sums are always about ``reference``, and loading does not change the values."""
         self._flush()
-        super()._load_from_state_dict(*args, **kwargs)
+        held = self._view()
+        held = ClassStatistics(held.counts, held.sums, held.sq_norms, held.second, held.reference.clone(), held.scale)
+        with_states = all(prefix + name in state_dict for name in ("counts", "sums", "sq_norms", "second"))
+        with_reference = prefix + "reference" in state_dict
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # pops the states it loads
+        if with_states:
+            self._open_scale = not bool(self.counts.sum() > 0)
+        elif with_reference and bool(held.counts.sum() > 0) and not torch.equal(
+                held.reference, self.reference):
+            self._set_statistics(held.rebased(self.reference.clone()))
+        self._computed = None
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("counts", "sums", "sq_norms", "second", "reference"):
+        if name in ("counts", "sums", "sq_norms", "second", "reference", "scale"):
             self._flush()
         super().__setattr__(name, value)
 
@@ -205,13 +237,17 @@ class NeuralCollapse(Float64Metric):
 
     def _set_statistics(self, stats: ClassStatistics) -> None:
         self.counts, self.sums, self.sq_norms, self.second = stats.counts, stats.sums, stats.sq_norms, stats.second
-        self.reference = stats.reference
+        self.reference, self.scale = stats.reference, stats.scale
         self._fast.discard()  # a new reference: the float32 copy is rebuilt by the next update
 
     def compute(self) -> dict[str, float]:
         stats = self.statistics()
         check_finite_state(stats.sums, stats.second)
         self.class_means, self.seen = stats.means().clone(), stats.counts > 0
+        seen = int(self.seen.sum())
+        if seen - 1 > self.feature_dim and not self._warned_etf:
+            self._warned_etf = True
+            warnings.warn(f"NeuralCollapse: {etf_impossible_message(seen, self.feature_dim)} (said once)", stacklevel=2)
         return collapse_metrics(stats, self._weight, global_mean=self.global_mean, basis=self._basis,
                                 rtol=self.rtol, riesz_s=self.riesz_s)
 
@@ -229,6 +265,7 @@ class NeuralCollapse(Float64Metric):
         self._fast.discard()
         super().reset()
         self._pinned = False
+        self._open_scale = True
 
     def forward(self, features: Tensor, labels: Tensor) -> dict[str, float]:  # type: ignore[override]
         """Add the batch to the accumulated state and return the metrics of this batch alone.
@@ -268,10 +305,12 @@ class NeuralCollapse(Float64Metric):
                 raise ValueError(f"merging NeuralCollapse sums needs the states and the reference they were "
                                  f"taken about; missing {sorted(missing)}")
             other = ClassStatistics(*(incoming_state[key].to(device=self.counts.device, dtype=F64) for key in
-                                      ("counts", "sums", "sq_norms", "second", "reference")))
+                                      ("counts", "sums", "sq_norms", "second", "reference")),
+                                    incoming_state.get("scale"))  # a dict without it: sums of scale 1
         else:
             raise ValueError(f"Expected incoming state to be a dict or a NeuralCollapse, got {type(incoming_state)}")
         self._set_statistics(self.statistics().merged(other))
+        self._open_scale = not bool(self.counts.sum() > 0)
         self._computed = None
 
     def sync(
@@ -293,7 +332,12 @@ class NeuralCollapse(Float64Metric):
         # the pooled class means (an all_reduce of raw sums: accurate enough for a shift point), made
         # bit-identical on every rank by a broadcast; classes no rank has seen keep their own point
         stats = self.statistics()
-        packed = torch.cat((stats.counts.unsqueeze(1) * stats.reference + stats.sums, stats.counts.unsqueeze(1)), 1)
+        # one power of two for all: the largest among the ranks that hold samples (empty ranks take it as it is)
+        exponent = torch.where(stats.counts.sum() > 0, torch.log2(stats.scale), torch.full_like(stats.scale, -math.inf))
+        dist.all_reduce(exponent, op=dist.ReduceOp.MAX, group=group)
+        stats = stats.with_scale(torch.where(torch.isfinite(exponent), torch.exp2(exponent), stats.scale))
+        packed = torch.cat((stats.counts.unsqueeze(1) * stats.reference + stats.sums / stats.scale,
+                            stats.counts.unsqueeze(1)), 1)
         dist.all_reduce(packed, group=group)
         counts = packed[:, -1]
         pooled = packed[:, :-1] / counts.clamp_min(1).unsqueeze(1)

@@ -107,19 +107,22 @@ def class_geometry(stats: ClassStatistics, global_mean: str = "unweighted") -> G
         raise ValueError(f"neural-collapse metrics need samples from at least 2 classes, got {len(classes)}")
     n_k = stats.counts[classes]
     total = n_k.sum()
-    delta = stats.sums[classes] / n_k.unsqueeze(1)
-    means = stats.reference[classes] + delta
+    delta = stats.sums[classes] / n_k.unsqueeze(1)  # in the units of the sums: s (h - c)
+    means = stats.reference[classes] + delta / stats.scale
     mu_g = means.mean(0) if global_mean == "unweighted" else (n_k.unsqueeze(1) * means).sum(0) / total
     centred = means - mu_g
     if not centred.abs().max() > 0:
         raise ValueError(
             "all class means coincide (the between-class covariance is zero): the neural-collapse metrics are undefined"
         )
-    # second moment about the references, corrected by the small deltas (unseen classes add nothing to it)
+    # second moment about the references, corrected by the small deltas (unseen classes add nothing to it);
+    # both in units of s^2, then brought to the units of the scaled means by the power of two unit / s
     sigma_w = (stats.symmetric_second() - (delta.T * n_k) @ delta) / total
     variances = (stats.sq_norms[classes] - n_k * delta.pow(2).sum(1)) / n_k
     scale = unit_scale(centred)
-    return Geometry(classes, centred * scale, sigma_w * scale**2, variances * scale**2, torch.trace(sigma_w).item())
+    ratio = scale / stats.scale
+    trace = torch.trace(sigma_w) / stats.scale / stats.scale
+    return Geometry(classes, centred * scale, sigma_w * ratio * ratio, variances * ratio * ratio, trace.item())
 
 
 def nc1_metrics(geo: Geometry, rtol: float = 1e-12) -> dict[str, float]:
@@ -181,7 +184,27 @@ def mean_geometry_metrics(geo: Geometry, riesz_s: float = 1.0) -> dict[str, floa
         "cdnv": pairs.cdnv,
         "gnc2_log": pairs.gnc2_log,
         "gnc2_riesz": pairs.gnc2_riesz,
+        "min_distance_means": pairs.min_unit_distance,
+        "etf_gap_floor": etf_gap_floor(*geo.centred.shape),
     }
+
+
+def etf_gap_floor(num_classes: int, feature_dim: int) -> float:
+    """The smallest ETF gap ``|| G / ||G||_F - E ||_F`` any K x K matrix of rank <= d can have:
+    ``sqrt(2 - 2 sqrt(d / (K - 1)))`` when K - 1 > d (no simplex ETF fits in R^d, docs/theory.md §8), else 0.
+    (``<G, E> / ||G||_F`` is at most the norm of E's best rank-d part, ``sqrt(d / (K - 1))``; the Gram of any
+    d orthonormal non-constant basis vectors attains it.)"""
+    k, d = num_classes, feature_dim
+    return math.sqrt(2 - 2 * math.sqrt(d / (k - 1))) if k - 1 > d else 0.0
+
+
+def etf_impossible_message(num_classes: int, feature_dim: int) -> str:
+    """What K > d + 1 means for the ETF keys (the once-said warning of the metrics)."""
+    return (f"K = {num_classes} classes in d = {feature_dim} dimensions (K > d + 1): no simplex ETF exists, so "
+            f"etf_gap_means, etf_gap_classifier and nc3_duality stay >= etf_gap_floor = "
+            f"{etf_gap_floor(num_classes, feature_dim):.4g}, cos_etf_* stay > 0 and kl_lyapunov is inf: not a "
+            "failure to collapse. The targets defined here are min_distance_means, gnc2_log, gnc2_riesz and the "
+            "normalized class-mean margin of LogitSpectrum (docs/theory.md §8)")
 
 
 def classifier_rows(weight: Tensor, geo: Geometry, num_classes: int) -> Tensor:
@@ -241,6 +264,7 @@ def class_mean_logit_kl(weight: Tensor, means: Tensor) -> float:
 COLLAPSE_KEYS = (
     "num_classes_seen", "nc1", "nc1_rank", "nc1_eig_ratio", "nc1_trace", "within_class_trace", "cdnv",
     "equinorm_means", "cos_std_means", "cos_etf_means", "etf_gap_means", "gnc2_log", "gnc2_riesz",
+    "min_distance_means", "etf_gap_floor",
     "equinorm_classifier", "cos_std_classifier", "cos_etf_classifier", "etf_gap_classifier",
     "nc3", "nc3_duality", "unc3", "kl_lyapunov",
 )

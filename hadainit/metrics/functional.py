@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..drift import InitialBasis
 from .formulas import collapse_metrics, per_class_metrics, unit_scale
-from .statistics import ClassStatistics, Float32Accumulator, Workspace, accumulate
+from .statistics import ClassStatistics, Float32Accumulator, Workspace, accumulate, choose_scale
 
 __all__ = ["PRECISIONS", "check_batch", "check_classifier", "class_statistics", "nearest_mean_disagreement",
            "neural_collapse", "per_class"]
@@ -130,6 +130,7 @@ def class_statistics(
         torch.zeros(num_classes, dtype=f64, device=device),
         torch.zeros(d, d, dtype=f64, device=device),
         reference.clone(),
+        choose_scale(features[chunks[0]], labels[chunks[0]], reference) if chunks else None,
     )
     if precision == "float32":
         fast, stats = Float32Accumulator(), Float32Accumulator.exact_reference(stats)

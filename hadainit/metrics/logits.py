@@ -26,7 +26,22 @@ is exactly diagonal:
   UFM margin of the spectrum, ``min_m (z(0) - z(m))`` for ``Q diag(0, lam) Q^T``: the margin of
   the diagonal part of ``Z_c``, what the reduced dynamics and their slowdown law speak of.
 
+* ``class_margin_normalized = class_margin_min / ||Z_c||_*`` (nuclear norm): the generalized collapse
+  target of docs/theory.md §8. In the spectral UFM ``||Z_c||_* = sum(lam)`` and the class margins are
+  the ``m_g``, so this is ``min_g m_g / sum(lam)``, which goes to ``t*(S)`` of the init's mode set (for
+  the ETF, all modes, ``t* = 1/(K-1)``). Given ``t_star``
+  (:meth:`LogitSpectrum.set_t_star`, e.g. from ``hadainit.modes.max_margin``), ``margin_to_t_star`` is
+  the ratio, which rises toward 1.
+
 On a real network V is a diagnostic, not a Lyapunov function: it can rise.
+
+Memory. The default state holds the K x K sums of logits. For large heads (K = 1000 on d = 512,
+K = 50,257 on d = 768) give ``feature_dim``: the state is then the K x d sums of the features, the
+classifier is given by :meth:`LogitSpectrum.set_classifier`, and ``Z_c = (P W)(P Mu^T)^T`` (rank <= d) is
+never formed: ``F``'s diagonal from one transform (fwht or FFT) of each factor, ``||Z_c||_F`` and the
+singular values from d x d products, the class margins over chunks of columns. Memory O(K d). Its
+``logit_leakage``/``logit_residual`` come from ``||F||_F^2 - ||diag F||^2``: their absolute accuracy is
+about ``sqrt(eps) ~ 1e-8`` (relative to ``||Z_c||_F``), not round-off as in the K x K form.
 The streaming :class:`LogitSpectrum` needs only the logits and labels (the
 classifier's own outputs, so every value belongs to the weights that produced
 them); :func:`logit_spectrum` computes the same from features and ``(W, c)``.
@@ -41,18 +56,27 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from .. import _checks
+from .base import check_state_size
+from .functional import check_batch, check_classifier
 from ..bases import mode_pairs, resolve_basis, softmax_basis
+from ..hadamard import fwht
+from .formulas import unit_scale
+from .pairwise import chunk_rows, threads
 from ..ufm.lyapunov import etf_angle, kl_to_uniform
 from ..ufm.forecast import spectral_margin
 
-__all__ = ["LOGIT_KEYS", "LogitSpectrum", "logit_spectrum", "spectrum_of_class_mean_logits"]
+__all__ = ["LOGIT_KEYS", "LogitSpectrum", "OPTIONAL_LOGIT_KEYS", "factored_spectrum", "logit_spectrum",
+           "mode_coefficients", "spectrum_of_class_mean_logits"]
 
 #: The scalar keys of :class:`LogitSpectrum` (``lam``, the full spectrum, comes besides them).
 LOGIT_KEYS = (
     "logit_leakage", "logit_residual", "lam_min", "lam_mean", "lam_max", "modes_nonpositive", "etf_angle", "kl_lyapunov_modes",
     "kl_lyapunov", "spectral_margin", "margin_mean", "margin_min", "margin_positive", "class_margin_mean", "class_margin_min",
-    "logit_norm",
+    "class_margin_normalized", "logit_norm",
 )
+#: Keys present only when their input is known: ``margin_to_t_star`` after :meth:`LogitSpectrum.set_t_star`.
+OPTIONAL_LOGIT_KEYS = ("margin_to_t_star",)
+DENSE_LIMIT = 2048  # factored state: K x K matrices are formed up to this K (the same values, exact off-diagonals)
 
 
 def _check_logits(logits: Tensor, labels: Tensor, num_classes: int) -> None:
@@ -66,6 +90,10 @@ def _check_logits(logits: Tensor, labels: Tensor, num_classes: int) -> None:
         raise ValueError(f"labels must be 1-D with one label per row ({logits.shape[0]}), got shape {tuple(labels.shape)}")
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+    if labels.numel():
+        low, high = labels.aminmax()
+        if low < 0 or high >= num_classes:
+            raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{low.item()}, {high.item()}]")
 
 
 def _sample_margins(z: Tensor, labels: Tensor) -> Tensor:
@@ -108,6 +136,7 @@ def spectrum_of_class_mean_logits(z: Tensor, basis: str = "auto") -> dict:
     full_rank = bool(sigma[-1] > sigma[0] * k * torch.finfo(sigma.dtype).eps)
     nonpositive = int((unit <= 0).sum())
     class_margin = torch.diagonal(z) - (z - torch.diag(torch.full((k,), math.inf, dtype=z.dtype, device=z.device))).max(0).values
+    nuclear = sigma.sum() * top
     return {
         "logit_leakage": leakage.item(),
         "logit_residual": residual.item(),
@@ -121,8 +150,102 @@ def spectrum_of_class_mean_logits(z: Tensor, basis: str = "auto") -> dict:
         "spectral_margin": spectral_margin(lam, kind).item(),
         "class_margin_mean": class_margin.mean().item(),
         "class_margin_min": class_margin.min().item(),
+        "class_margin_normalized": (class_margin.min() / nuclear).item(),
         "lam": lam.tolist(),
         "zc_singular_values": (sigma * top).tolist(),
+    }
+
+
+def mode_coefficients(a: Tensor, kind: str) -> Tensor:
+    """``Q^T a`` for a K x d matrix ``a`` and the softmax basis ``Q`` of ``kind`` (walsh or fourier), without
+    forming ``Q``: one fwht (walsh) or real FFT (fourier) along the class axis, O(K d log K)."""
+    k = a.shape[0]
+    if kind == "walsh":
+        return fwht(a, dim=0) / math.sqrt(k)
+    spectrum = torch.fft.rfft(a, dim=0)  # X_f = sum_j a_j exp(-2 pi i f j / K)
+    out = torch.empty_like(a)
+    out[0] = spectrum[0].real / math.sqrt(k)
+    pairs = (k - 1) // 2
+    if pairs:
+        out[1 : 2 * pairs + 1 : 2] = math.sqrt(2.0 / k) * spectrum[1 : pairs + 1].real  # cos modes
+        out[2 : 2 * pairs + 1 : 2] = -math.sqrt(2.0 / k) * spectrum[1 : pairs + 1].imag  # sin modes
+    if k % 2 == 0:
+        out[k - 1] = spectrum[k // 2].real / math.sqrt(k)
+    return out
+
+
+def _class_margins(weight: Tensor, means: Tensor, bias: Tensor | None) -> Tensor:
+    """``Z[k, k] - max_{j != k} Z[j, k]`` for ``Z = W Mu^T + c 1^T``, over chunks of columns (no K x K)."""
+    k, d = weight.shape
+    out = torch.empty(k, dtype=weight.dtype, device=weight.device)
+    chunk = chunk_rows(k, d)
+    with threads(1):
+        for start in range(0, k, chunk):
+            cols = slice(start, min(start + chunk, k))
+            with threads(torch.get_num_threads()):
+                z = weight @ means[cols].T  # K x chunk
+            if bias is not None:
+                z.add_(bias.unsqueeze(1))
+            own = z.diagonal(offset=-start).clone()
+            z.diagonal(offset=-start).fill_(-math.inf)
+            out[cols] = own - z.max(0).values
+    return out
+
+
+def factored_spectrum(weight: Tensor, means: Tensor, bias: Tensor | None = None, basis: str = "auto") -> dict:
+    """The keys of :func:`spectrum_of_class_mean_logits` for ``Z = W Mu^T + c 1^T`` given by its factors:
+    ``weight`` and ``means`` (K x d, row k the mean feature of class k), ``bias`` (K,); memory O(K d).
+
+    Up to :data:`DENSE_LIMIT` classes ``Z`` is formed (exact off-diagonal norms); beyond, the module
+    docstring's factored form. ``zc_singular_values`` then holds the min(d, K - 1) leading ones.
+    """
+    k, d = weight.shape
+    w, mu = weight.to(torch.float64), means.to(device=weight.device, dtype=torch.float64)
+    c = None if bias is None else bias.to(w)
+    if k <= DENSE_LIMIT:
+        z = (w @ mu.T) if c is None else (w @ mu.T + c.unsqueeze(1))
+        return spectrum_of_class_mean_logits(z, basis)
+    kind = resolve_basis(k, basis)
+    a, b = w - w.mean(0), mu - mu.mean(0)  # Z_c = P W Mu^T P = a b^T
+    sa, sb = unit_scale(a), unit_scale(b)
+    a, b = a * sa, b * sb
+    norm2 = ((a.T @ a) * (b.T @ b)).sum()
+    if not norm2 > 0:
+        raise ValueError("the centred class-mean logits are zero (all classes have the same mean logits)")
+    fa, fb = mode_coefficients(a, kind), mode_coefficients(b, kind)
+    diag = (fa * fb).sum(1)  # diag(Q^T Z_c Q), scaled by sa sb
+    paired = diag.clone()
+    pairs = mode_pairs(k, kind).to(diag.device)
+    if pairs.numel():
+        mean = (diag[pairs[:, 0]] + diag[pairs[:, 1]]) / 2
+        paired[pairs[:, 0]], paired[pairs[:, 1]] = mean, mean
+    norm = norm2.sqrt()
+    leakage = (norm2 - diag.pow(2).sum()).clamp_min(0).sqrt() / norm
+    residual = (norm2 - diag.pow(2).sum() + (diag - paired).pow(2).sum()).clamp_min(0).sqrt() / norm
+    unit = paired[1:] / paired[1:].abs().max()
+    lam = paired[1:] / (sa * sb)
+    ra, rb = torch.linalg.qr(a, mode="r")[1], torch.linalg.qr(b, mode="r")[1]
+    sigma = torch.linalg.svdvals(ra @ rb.T)[: min(d, k - 1)]
+    full_rank = k - 1 <= d and bool(sigma[-1] > sigma[0] * k * torch.finfo(sigma.dtype).eps)
+    nonpositive = int((unit <= 0).sum())
+    class_margin = _class_margins(w, mu, c)
+    nuclear = sigma.sum() / (sa * sb)
+    return {
+        "logit_leakage": leakage.item(),
+        "logit_residual": residual.item(),
+        "lam_min": lam.min().item(),
+        "lam_mean": lam.mean().item(),
+        "lam_max": lam.max().item(),
+        "modes_nonpositive": float(nonpositive),
+        "etf_angle": etf_angle(torch.cat((unit.new_zeros(1), unit))).item(),
+        "kl_lyapunov_modes": kl_to_uniform(unit).item() if nonpositive == 0 else math.inf,
+        "kl_lyapunov": kl_to_uniform(sigma).item() if full_rank else math.inf,
+        "spectral_margin": spectral_margin(lam, kind).item(),
+        "class_margin_mean": class_margin.mean().item(),
+        "class_margin_min": class_margin.min().item(),
+        "class_margin_normalized": (class_margin.min() / nuclear).item(),
+        "lam": lam.tolist(),
+        "zc_singular_values": (sigma / (sa * sb)).tolist(),
     }
 
 
@@ -135,6 +258,9 @@ class LogitSpectrum(Metric):
     Args:
         num_classes: K >= 3 (K - 1 >= 2 non-constant modes).
         basis: ``"auto"`` (walsh for powers of two, else fourier), ``"walsh"`` or ``"fourier"``.
+        feature_dim: d, for the factored state (module docstring, "Memory"): ``update`` then also takes the
+            features, and :meth:`set_classifier` gives ``(W, c)`` before ``compute()``. Memory O(K d).
+        t_star: the max-margin value t*(S) of the init's mode set, when known (:meth:`set_t_star`).
 
     >>> metric = LogitSpectrum(4)
     >>> metric.update(torch.eye(4) * 3.0, torch.arange(4))
@@ -146,29 +272,70 @@ class LogitSpectrum(Metric):
     is_differentiable = False
     higher_is_better = None
 
-    def __init__(self, num_classes: int, *, basis: str = "auto", **kwargs) -> None:
+    def __init__(self, num_classes: int, *, basis: str = "auto", feature_dim: int | None = None,
+                 t_star: float | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.num_classes = _checks.positive_int(num_classes, "num_classes", minimum=3)
+        self.feature_dim = None if feature_dim is None else _checks.positive_int(feature_dim, "feature_dim")
+        self._weight: Tensor | None = None
+        self._bias: Tensor | None = None
+        self.t_star: float | None = None
+        self.set_t_star(t_star)
         self.basis = resolve_basis(num_classes, basis)
         if self.basis == "hadamard":
             raise ValueError("the logit spectrum needs a softmax-diagonalizing basis ('walsh' or 'fourier')")
         k, f64 = num_classes, torch.float64
         self.add_state("counts", torch.zeros(k, dtype=f64), dist_reduce_fx="sum")
-        self.add_state("logit_sums", torch.zeros(k, k, dtype=f64), dist_reduce_fx="sum")
+        if self.feature_dim is None:
+            check_state_size("LogitSpectrum", 8 * k * (k + 1), f"num_classes={k}: a K x K float64 sum of logits; "
+                             "give feature_dim for the O(K d) factored state")
+            self.add_state("logit_sums", torch.zeros(k, k, dtype=f64), dist_reduce_fx="sum")
+        else:
+            d = self.feature_dim
+            check_state_size("LogitSpectrum", 8 * k * (d + 1), f"num_classes={k} x feature_dim={d} float64 sums")
+            self.add_state("feature_sums", torch.zeros(k, d, dtype=f64), dist_reduce_fx="sum")
         self.add_state("margin_sum", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
         self.add_state("margin_positive", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
         self.add_state("norm_sum", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
         self.add_state("margin_min", torch.full((), math.inf, dtype=f64), dist_reduce_fx="min")
 
-    def update(self, logits: Tensor, labels: Tensor) -> None:  # type: ignore[override]
-        """Add a batch of logits (B, K) and integer labels (B,) in [0, K)."""
+    def set_t_star(self, t_star: float | None) -> None:
+        """The max-margin value t*(S) > 0 of the init's mode set (docs/theory.md §8; e.g. from
+        ``hadainit.modes.max_margin``), for ``margin_to_t_star``; None drops it."""
+        if t_star is None:
+            self.t_star = None
+            return
+        value = _checks.positive_float(t_star, "t_star")
+        self.t_star = value
+
+    def set_classifier(self, weight: Tensor, bias: Tensor | None = None) -> None:
+        """The classifier ``(W, c)`` (K x d, K) whose logits were fed: needed by the factored state."""
+        if self.feature_dim is None:
+            raise ValueError("set_classifier is for the factored state: construct LogitSpectrum(..., feature_dim=d)")
+        weight, bias = check_classifier(weight, bias, self.num_classes, self.feature_dim)
+        if not torch.isfinite(weight).all():
+            raise ValueError("the classifier weight contains NaN or Inf")
+        self._weight, self._bias = weight, bias
+        self._computed = None
+
+    def update(self, logits: Tensor, labels: Tensor, features: Tensor | None = None) -> None:  # type: ignore[override]
+        """Add a batch of logits (B, K) and integer labels (B,) in [0, K); with the factored state also the
+        classifier's input features (B, d) that produced the logits."""
         _check_logits(logits, labels, self.num_classes)
+        if self.feature_dim is not None:
+            check_batch(features, labels, self.num_classes, self.feature_dim, values=False) if isinstance(
+                features, Tensor) else _no_features()
+        elif features is not None:
+            raise ValueError("features are for the factored state: construct LogitSpectrum(..., feature_dim=d)")
         z = logits.detach().to(device=self.counts.device, dtype=torch.float64)
         labels = labels.to(device=z.device, dtype=torch.int64)
         if z.shape[0] == 0:
             return
         self.counts += torch.bincount(labels, minlength=self.num_classes)
-        self.logit_sums.index_add_(0, labels, z)
+        if self.feature_dim is None:
+            self.logit_sums.index_add_(0, labels, z)
+        else:
+            self.feature_sums.index_add_(0, labels, features.detach().to(z))
         margin = _sample_margins(z, labels)
         self.margin_sum += margin.sum()
         self.margin_positive += (margin > 0).sum()
@@ -180,13 +347,31 @@ class LogitSpectrum(Metric):
         if not (self.counts > 0).all():
             missing = (self.counts == 0).nonzero().flatten().tolist()
             raise ValueError(f"classes {missing} have no sample: the class-mean logit spectrum needs every class")
+        if self.feature_dim is not None:
+            raise ValueError("the factored state never forms Z (K x K): see class_mean_features()")
         return (self.logit_sums / self.counts.unsqueeze(1)).T
 
+    def class_mean_features(self) -> Tensor:
+        """The class means of the features (K x d) of the factored state; raises if a class has no sample."""
+        if not (self.counts > 0).all():
+            missing = (self.counts == 0).nonzero().flatten().tolist()
+            raise ValueError(f"classes {missing} have no sample: the class-mean logit spectrum needs every class")
+        return self.feature_sums / self.counts.unsqueeze(1)
+
     def compute(self) -> dict:
-        if not torch.isfinite(self.logit_sums).all() or not torch.isfinite(self.norm_sum):
+        sums = self.logit_sums if self.feature_dim is None else self.feature_sums
+        if not torch.isfinite(sums).all() or not torch.isfinite(self.norm_sum):
             raise ValueError("non-finite logits were accumulated (NaN or Inf in the metric state)")
         total = self.counts.sum()
-        out = spectrum_of_class_mean_logits(self.class_mean_logits(), self.basis)
+        if self.feature_dim is None:
+            out = spectrum_of_class_mean_logits(self.class_mean_logits(), self.basis)
+        else:
+            if self._weight is None:
+                raise ValueError("the factored LogitSpectrum needs the classifier: call set_classifier(W, c) first")
+            out = factored_spectrum(self._weight.to(self.counts.device), self.class_mean_features(),
+                                    None if self._bias is None else self._bias.to(self.counts.device), self.basis)
+        if self.t_star is not None:
+            out["margin_to_t_star"] = out["class_margin_normalized"] / self.t_star
         out.update(
             margin_mean=(self.margin_sum / total).item(),
             margin_min=self.margin_min.item(),
@@ -194,6 +379,10 @@ class LogitSpectrum(Metric):
             logit_norm=(self.norm_sum / total).item(),
         )
         return out
+
+
+def _no_features():
+    raise ValueError("the factored LogitSpectrum (feature_dim given) needs the features: update(logits, labels, features)")
 
 
 def logit_spectrum(
@@ -212,8 +401,13 @@ def logit_spectrum(
     c = None if bias is None else bias.detach().to(w)
     if not torch.isfinite(w).all() or (c is not None and not torch.isfinite(c).all()):
         raise ValueError("the classifier weight or bias contains NaN or Inf")
-    metric = LogitSpectrum(k, basis=basis, sync_on_compute=False).to(features.device)  # local
+    factored = k > DENSE_LIMIT  # no K x K state for large heads
+    metric = LogitSpectrum(k, basis=basis, feature_dim=d if factored else None, sync_on_compute=False)
+    metric = metric.to(features.device)  # local
+    if factored:
+        metric.set_classifier(w, c)
     for i in range(0, features.shape[0], batch_size):
-        z = features[i : i + batch_size].detach().to(torch.float64) @ w.T
-        metric.update(z if c is None else z + c, labels[i : i + batch_size])
+        x = features[i : i + batch_size].detach().to(torch.float64)
+        z = x @ w.T
+        metric.update(z if c is None else z + c, labels[i : i + batch_size], *((x,) if factored else ()))
     return metric.compute()

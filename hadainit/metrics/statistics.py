@@ -5,11 +5,14 @@ about a *reference* point ``c_k`` (close to the class mean, so that nothing
 cancels when the features carry a large common offset)::
 
     counts[k]   = n_k
-    sums[k]     = sum_{i in k} (h_i - c_k)
-    sq_norms[k] = sum_{i in k} ||h_i - c_k||^2
-    second      = sum_i (h_i - c_{y_i}) (h_i - c_{y_i})^T            (d x d)
+    sums[k]     = s   sum_{i in k} (h_i - c_k)
+    sq_norms[k] = s^2 sum_{i in k} ||h_i - c_k||^2
+    second      = s^2 sum_i (h_i - c_{y_i}) (h_i - c_{y_i})^T          (d x d)
 
-All four are float64 sums. Sums about one reference move exactly (to
+All four are float64 sums. ``s`` (``scale``, a power of two, 1 for ordinary data) is chosen on
+the first batch of a pass (:func:`choose_scale`) when the shifted features lie outside
+[2^-200, 2^200]: squares of features below ~1e-154 would underflow and above ~1e154 overflow
+in float64, so without it the scale-free values would be NaN at such scales. Sums about one reference move exactly (to
 round-off) to another with :meth:`ClassStatistics.rebased`, which is what makes
 ``merge_state`` and the DDP sync exact when the two sides picked different
 references.
@@ -31,9 +34,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["ClassStatistics", "Float32Accumulator", "GROUP", "Workspace", "accumulate", "pick_references"]
+__all__ = ["ClassStatistics", "Float32Accumulator", "GROUP", "Workspace", "accumulate", "choose_scale",
+           "pick_references"]
 
 F64 = torch.float64
+SCALE_BAND = 200  # shifted features within [2^-200, 2^200] are summed unscaled (their squares stay normal)
 GROUP = 32  # batches summed in float32 before they go into the float64 sums (each flush is a d x d pass)
 
 
@@ -55,10 +60,24 @@ class ClassStatistics:
     sq_norms: Tensor
     second: Tensor
     reference: Tensor
+    scale: Tensor | None = None  # s of the module docstring (0-dim float64); None means 1
+
+    def __post_init__(self) -> None:
+        if self.scale is None:
+            self.scale = torch.ones((), dtype=F64, device=self.counts.device)
 
     def means(self) -> Tensor:
         """Class means (K x d); rows of unseen classes are the reference."""
-        return self.reference + self.sums / self.counts.clamp_min(1).unsqueeze(1)
+        return self.reference + self.sums / (self.counts.clamp_min(1) * self.scale).unsqueeze(1)
+
+    def with_scale(self, scale: Tensor) -> ClassStatistics:
+        """The same statistics with the power of two ``scale`` (exact: only exponents change)."""
+        scale = scale.to(self.scale)
+        if torch.equal(scale, self.scale):
+            return self
+        factor = scale / self.scale
+        return ClassStatistics(self.counts.clone(), self.sums * factor, self.sq_norms * factor * factor,
+                               self.second * factor * factor, self.reference.clone(), scale.clone())
 
     def rebased(self, reference: Tensor) -> ClassStatistics:
         """The same data summed about ``reference`` (K x d): with ``e_k = c_k - c'_k``,
@@ -66,7 +85,7 @@ class ClassStatistics:
         ``S^T E + E^T S + E^T diag(n) E``. Rows of classes without samples just take the new point."""
         reference = reference.to(self.reference)
         seen = (self.counts > 0).unsqueeze(1)
-        e = torch.where(seen, self.reference - reference, torch.zeros_like(reference))
+        e = torch.where(seen, self.reference - reference, torch.zeros_like(reference)) * self.scale
         ne = self.counts.unsqueeze(1) * e
         cross = self.sums.T @ e
         return ClassStatistics(
@@ -75,6 +94,7 @@ class ClassStatistics:
             sq_norms=self.sq_norms + 2 * (self.sums * e).sum(1) + (ne * e).sum(1),
             second=self.second + cross + cross.T + ne.T @ e,
             reference=reference.clone(),
+            scale=self.scale.clone(),
         )
 
     def merged(self, other: ClassStatistics) -> ClassStatistics:
@@ -83,9 +103,10 @@ class ClassStatistics:
             raise ValueError(f"cannot merge statistics of shape {tuple(other.sums.shape)} "
                              f"into {tuple(self.sums.shape)}")
         target = torch.where((self.counts > 0).unsqueeze(1), self.reference, other.reference.to(self.reference))
-        a, b = self.rebased(target), other.rebased(target)
+        common = self.scale if bool(self.counts.sum() > 0) or not bool(other.counts.sum() > 0) else other.scale
+        a, b = self.with_scale(common).rebased(target), other.with_scale(common).rebased(target)
         return ClassStatistics(a.counts + b.counts, a.sums + b.sums, a.sq_norms + b.sq_norms,
-                               a.second + b.second, target)
+                               a.second + b.second, target, common.to(self.scale).clone())
 
     def symmetric_second(self) -> Tensor:
         """``second`` made exactly symmetric (a float32 product need not be)."""
@@ -132,6 +153,20 @@ def pick_references(
         mirror.index_copy_(0, labels, rows.to(mirror.dtype))  # float32 samples: the same values
 
 
+def choose_scale(features: Tensor, labels: Tensor, reference: Tensor) -> Tensor:
+    """The power of two ``s`` (0-dim float64, on the reference's device) for a pass whose first batch is
+    ``features``: 1 while ``max |h - c_y|`` (or ``max |h|`` if that is 0) lies in [2^-200, 2^200]; else the
+    power that brings it to about 1. No host synchronization."""
+    x = features.detach().to(device=reference.device, dtype=F64)
+    if x.numel() == 0:
+        return torch.ones((), dtype=F64, device=reference.device)
+    top = (x - reference.index_select(0, labels)).abs().max()
+    top = torch.where(top > 0, top, x.abs().max())
+    inside = (top == 0) | ~torch.isfinite(top) | ((top >= 2.0**-SCALE_BAND) & (top <= 2.0**SCALE_BAND))
+    power = torch.exp2(-torch.frexp(top).exponent.to(F64))
+    return torch.where(inside, torch.ones_like(power), power)
+
+
 def accumulate(stats: ClassStatistics, features: Tensor, labels: Tensor, workspace: Workspace | None = None) -> None:
     """Add a batch (features B x d, int64 labels on the statistics' device) to ``stats`` in place, in float64."""
     b, d = features.shape
@@ -139,6 +174,7 @@ def accumulate(stats: ClassStatistics, features: Tensor, labels: Tensor, workspa
     shifted = ws.get("shifted64", (b, d), F64, stats.second.device)
     torch.index_select(stats.reference, 0, labels, out=shifted)
     torch.sub(features.to(F64), shifted, out=shifted)
+    shifted.mul_(stats.scale)  # exact: a power of two
     stats.counts.index_add_(0, labels, torch.ones(b, dtype=F64, device=shifted.device))
     stats.sums.index_add_(0, labels, shifted)
     stats.sq_norms.index_add_(0, labels, torch.linalg.vecdot(shifted, shifted))
@@ -238,15 +274,11 @@ class Float32Accumulator:
         for i, rows in enumerate(blocks):
             for cols in blocks[i + 1 :]:
                 second[cols, rows] = second[rows, cols].T
-        if self._scale is None:
-            stats.sums.add_(p["sums"])
-            stats.sq_norms.add_(p["sq_norms"])
-            stats.second.add_(second)
-        else:
-            inverse = self._scale.to(F64).reciprocal()
-            stats.sums.add_(p["sums"].to(F64) * inverse)
-            stats.sq_norms.add_(p["sq_norms"].to(F64) * inverse**2)
-            stats.second.add_(second.to(F64) * inverse**2)
+        # the group's own power of two undone and the metric's applied (both exact)
+        factor = stats.scale if self._scale is None else self._scale.to(F64).reciprocal() * stats.scale
+        stats.sums.add_(p["sums"].to(F64) * factor)
+        stats.sq_norms.add_(p["sq_norms"].to(F64) * factor**2)
+        stats.second.add_(second.to(F64) * factor**2)
         self.discard()
 
     def discard(self) -> None:

@@ -292,6 +292,29 @@ class _Initial:
     nfev: int = 0
 
 
+def _event_value(value, number: int, shape: torch.Size) -> float:
+    """An event's return value as one finite float, or a one-line ValueError saying what came back instead.
+
+    An event sees the whole batch (a and b of shape (..., K)) and must reduce it to one number: the
+    solver locates one sign change at a time (e.g. ``margins(a * b).min()`` for "any trajectory").
+    """
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(
+                f"event {number} returned a tensor of shape {tuple(value.shape)}; an event must return one number. "
+                f"The flow's a and b have shape {tuple(shape)}: reduce over the batch (e.g. .min()), or solve "
+                "each trajectory separately for one event time each"
+            )
+        value = value.item()
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"event {number} returned {type(value).__name__} {value!r}; it must return a real number") from None
+    if math.isnan(out):
+        raise ValueError(f"event {number} returned NaN; it must return a real number whose sign change is the event")
+    return out
+
+
 def spectral_flow(
     a0,
     b0,
@@ -358,10 +381,13 @@ def spectral_flow(
 
     event_list = [] if events is None else [events] if callable(events) else list(events)
     wrapped = []
-    for ev in event_list:
-        def fn(tau, y, ev=ev):
+    for number, ev in enumerate(event_list):
+        if not callable(ev):
+            raise TypeError(f"events must be callables event(t, a, b) -> float, got {type(ev).__name__} (event {number})")
+
+        def fn(tau, y, ev=ev, number=number):
             a, b = unpack(y)
-            return float(ev(math.expm1(tau), a, b))
+            return _event_value(ev(math.expm1(tau), a, b), number, shape)
 
         fn.terminal = getattr(ev, "terminal", False)
         fn.direction = getattr(ev, "direction", 0)
@@ -406,9 +432,10 @@ def time_to_margin(
     num_classes: int,
     *,
     basis: str = "auto",
+    modes=None,
     rtol: float = 1e-10,
 ) -> Tensor:
-    """Gradient-flow time for the symmetric balanced trajectory (``lam_i = lam0``, n = 1) to reach margin ``gamma``.
+    """Gradient-flow time for the balanced trajectory from ``lam_i = lam0`` (n = 1) to reach margin ``gamma``.
 
     Computed from the reduced dynamics by event detection on the smallest
     margin, not from the symmetric-manifold approximation
@@ -417,6 +444,19 @@ def time_to_margin(
     finite ``lam0`` works (the flow is solved with a tolerance scaled to it);
     a margin whose time exceeds float64's range (``exp(gamma) / (2 gamma)`` beyond
     1e308, i.e. gamma above about 700) raises ``ValueError``.
+
+    Args:
+        gamma: target margins.
+        lam0: the initial value of every mode in play.
+        num_classes: K.
+        basis: ``"walsh"``, ``"fourier"`` or ``"auto"``.
+        modes: a mode set S (K > d, docs/theory.md §8): ``lam_i = lam0`` on S and 0 elsewhere
+            (the modes off S stay 0). It must separate the classes
+            (:func:`hadainit.modes.check_modes`), else no margin is ever reached. None: all modes.
+            With a mode set the trajectory leaves the symmetric manifold (it heads for the
+            max-margin LP's solution) and "already reached" compares ``gamma`` with the
+            initial minimum margin.
+        rtol: the solver's relative tolerance.
 
     Returns a float64 tensor with the shape of ``gamma``.
     """
@@ -427,23 +467,28 @@ def time_to_margin(
     targets = _checks.real_tensor(gamma, "gamma", dtype=torch.float64).cpu()
     if not torch.isfinite(targets).all():
         raise ValueError("gamma must be finite")
+    a0 = torch.full((k,), math.sqrt(lam0), dtype=torch.float64)
+    a0[0] = 0.0  # the constant mode never matters
+    start = lam0
+    if modes is not None:
+        from ..modes import check_modes  # lazy: hadainit.modes imports this package
+
+        on = check_modes(modes, k, kind)
+        a0 = torch.zeros(k, dtype=torch.float64)
+        a0[on] = math.sqrt(lam0)
+        start = float(margins(a0 * a0, kind).min())
     flat = targets.flatten()
-    pending = sorted({float(g) for g in flat if g > lam0})
+    pending = sorted({float(g) for g in flat if g > start})
     result = torch.zeros_like(flat)
     if pending:
         g = pending[-1]  # t(g) >= int_{g - 1}^{g} e^l / (2 l) dl >= (e^g - e^(g - 1)) / (2 g): beyond float64?
-        if g + math.log(-math.expm1(-min(1.0, g - lam0))) - math.log(2 * g) > math.log(torch.finfo(torch.float64).max):
-            raise ValueError(
-                f"margin {g:g} is reached only after t ~ exp(gamma) / (2 gamma) = 10^{(g - math.log(2 * g)) / math.log(10):.0f}, "
-                f"beyond float64's range; margins up to about 700 can be timed"
-            )
-        a0 = torch.full((k,), math.sqrt(lam0), dtype=torch.float64)
-        a0[0] = 0.0  # the constant mode never matters
+        if g + math.log(-math.expm1(-min(1.0, g - start))) - math.log(2 * g) > math.log(torch.finfo(torch.float64).max):
+            raise ValueError(_beyond_range(g))
         g_max = pending[-1]
-        # horizon: 10x the symmetric-manifold bound t(g) <= (e^g + K - 1) log(g / lam0) / 2, in logs (no overflow)
+        # horizon: 10x the symmetric-manifold bound t(g) <= (e^g + K - 1) log(g / lam0) / 2, in logs (no overflow);
+        # a mode set's slower start gets up to three more decades-of-four before giving up
         log_h = math.log(5.0) + float(torch.logaddexp(torch.tensor(g_max), torch.tensor(math.log(k - 1.0))))
-        log_h += math.log(max(math.log(g_max / lam0), 1e-300))
-        horizon = math.exp(min(log_h, math.log(_T_MAX)))
+        log_h += math.log(max(math.log(g_max / min(lam0, start)), 1e-300))
         events = []
         for g in pending:
             def ev(t, a, b, g=g):
@@ -452,15 +497,21 @@ def time_to_margin(
             ev.direction = 1
             ev.terminal = g == g_max
             events.append(ev)
-        atol = 1e-14 * min(1.0, a0[1].item())  # linear at small scale: the tolerance scales with the start
-        sol = spectral_flow(a0, a0, [horizon], basis=kind, rtol=rtol, atol=atol, events=events)
+        atol = 1e-14 * min(1.0, math.sqrt(lam0))  # linear at small scale: the tolerance scales with the start
+        for attempt in range(1 if modes is None else 4):
+            horizon = math.exp(min(log_h + attempt * 4 * math.log(10.0), math.log(_T_MAX)))
+            sol = spectral_flow(a0, a0, [horizon], basis=kind, rtol=rtol, atol=atol, events=events)
+            if sol.t_events[-1].numel() or horizon >= _T_MAX:
+                break
         for g, te in zip(pending, sol.t_events):
             if te.numel() == 0:
                 if horizon >= _T_MAX:
-                    raise ValueError(
-                        f"margin {g:g} is reached only after t ~ exp(gamma) / (2 gamma) = 10^{(g - math.log(2 * g)) / math.log(10):.0f}, "
-                        f"beyond float64's range; margins up to about 700 can be timed"
-                    )
+                    raise ValueError(_beyond_range(g))
                 raise RuntimeError(f"margin {g} was not reached before t = {horizon:.3g} ({sol.message})")
             result[flat == g] = te[0]
     return result.reshape(targets.shape)
+
+
+def _beyond_range(g: float) -> str:
+    return (f"margin {g:g} is reached only after t ~ exp(gamma) / (2 gamma) = "
+            f"10^{(g - math.log(2 * g)) / math.log(10):.0f}, beyond float64's range; margins up to about 700 can be timed")

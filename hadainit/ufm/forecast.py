@@ -21,11 +21,13 @@ where the test with dense GD at a known step size (``t = lr * steps``) pins ``s`
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from .. import _checks
 from ..bases import resolve_basis
 from .lyapunov import kl_lyapunov
 from .spectral import margins
@@ -39,20 +41,48 @@ def _full(lam: Tensor) -> Tensor:
     return torch.cat((lam.new_zeros(*lam.shape[:-1], 1), lam), dim=-1)
 
 
+def _finite(t: Tensor, name: str) -> Tensor:
+    bad = ~torch.isfinite(t)
+    if bad.any():
+        raise ValueError(f"{name} must be finite, got {t[bad].flatten()[0].item()} at index "
+                         f"{tuple(bad.nonzero()[0].tolist())}")
+    return t
+
+
+def _epochs(epochs, name: str = "epochs") -> Tensor:
+    """A 0-d or 1-D series of finite epochs as a float64 1-D tensor (bool and complex: TypeError)."""
+    e = _checks.real_tensor(epochs, name, dtype=torch.float64)
+    if e.dim() > 1:
+        raise ValueError(f"{name} must be a number or a 1-D sequence, got shape {tuple(e.shape)}")
+    return _finite(e.flatten(), name)
+
+
 def spectral_margin(lam: Tensor, basis: str = "auto") -> Tensor:
-    """The UFM margin of spectra ``lam`` (..., K-1): ``min_m (z(0) - z(m))`` for ``Q diag(0, lam) Q^T``."""
-    lam = torch.as_tensor(lam, dtype=torch.float64)
-    return margins(_full(lam), basis).min(-1).values
+    """The UFM margin of spectra ``lam`` (..., K-1): ``min_m (z(0) - z(m))`` for ``Q diag(0, lam) Q^T``.
+
+    Computed in float64 (integer values too, by the core's dtype rule; bool and complex
+    raise ``TypeError``); ``lam`` must be finite (``ValueError``), so is the margin.
+
+    >>> spectral_margin(torch.tensor([1.0, 1.0, 1.0]))  # K = 4 at collapse: z = (3, -1, -1, -1) / 4
+    tensor(1., dtype=torch.float64)
+    """
+    lam = _checks.real_tensor(lam, "lam", dtype=torch.float64)
+    if lam.dim() == 0 or lam.shape[-1] == 0:
+        raise ValueError(f"lam must have shape (..., K-1) with K-1 >= 1 modes, got shape {tuple(lam.shape)}")
+    _finite(lam, "lam")
+    out = margins(_full(lam), basis).min(-1).values
+    if not torch.isfinite(out).all():
+        raise ValueError(f"the margin of lam overflows float64 (largest |lam| {lam.abs().max().item():.3g})")
+    return out
 
 
 def _as_series(epochs, lam) -> tuple[Tensor, Tensor]:
-    e = torch.as_tensor(epochs, dtype=torch.float64).flatten()
-    spectra = torch.as_tensor(lam, dtype=torch.float64)
+    e = _epochs(epochs)
+    spectra = _checks.real_tensor(lam, "lam", dtype=torch.float64)
     if spectra.dim() != 2 or spectra.shape[0] != e.shape[0] or spectra.shape[1] < 2:
         raise ValueError(f"lam must be (epochs, K-1) with K-1 >= 2 and one row per epoch, got {tuple(spectra.shape)} "
                          f"for {e.shape[0]} epochs")
-    if not (torch.isfinite(e).all() and torch.isfinite(spectra).all()):
-        raise ValueError("epochs and lam must be finite")
+    _finite(spectra, "lam")
     if (e.diff() <= 0).any():
         raise ValueError("epochs must be strictly increasing")
     return e, spectra
@@ -67,6 +97,7 @@ class SpectrumForecast:
     lam0: Tensor  # (K-1,)
     time_scale: float
     fit_error: float  # mean relative spectrum error over the fit epochs after epoch0
+    range_edge: str | None = None  # "lower"/"upper" if the fit stopped at an end of time_scale_range (warned)
 
     def _flow(self, times: Tensor):
         from .dynamics import spectral_flow
@@ -75,11 +106,15 @@ class SpectrumForecast:
         return spectral_flow(a0, a0, times, basis=self.basis)
 
     def predict(self, epochs) -> dict[str, Tensor]:
-        """``lam`` (E, K-1), ``margin`` (E,) and ``kl_lyapunov`` (E,) at ``epochs`` (all >= epoch0)."""
-        e = torch.as_tensor(epochs, dtype=torch.float64).flatten()
+        """``lam`` (E, K-1), ``margin`` (E,) and ``kl_lyapunov`` (E,) at ``epochs`` (finite, all >= epoch0)."""
+        e = _epochs(epochs)
         if (e < self.epoch0).any():
-            raise ValueError(f"the forecast starts at epoch {self.epoch0}; got epochs before it")
+            raise ValueError(f"the forecast starts at epoch {self.epoch0}; got epochs before it "
+                             f"(smallest {e.min().item()})")
         t = self.time_scale * (e - self.epoch0)
+        if not torch.isfinite(t).all():
+            raise ValueError(f"epoch {e.max().item():.3g} is beyond the flow's range: time_scale {self.time_scale:.3g} "
+                             "times it overflows float64")
         unique, inverse = torch.unique(t, return_inverse=True)  # sorted
         states = self.lam0.unsqueeze(0).expand(unique.shape[0], -1).clone()  # t = 0: the start itself
         later = unique > 0
@@ -92,12 +127,25 @@ class SpectrumForecast:
         return {"lam": lam, "margin": spectral_margin(lam, self.basis), "kl_lyapunov": kl_lyapunov(_full(lam))}
 
     def epochs_to_margin(self, gamma: float, *, horizon_epochs: float = 1e12) -> float:
-        """The epoch at which the forecast margin reaches ``gamma`` (``inf`` if not within the horizon)."""
+        """The epoch at which the forecast margin reaches ``gamma`` (``inf`` if not within the horizon).
+
+        ``gamma`` a real number (``-inf`` is reached at ``epoch0``, ``+inf`` never); NaN
+        raises ``ValueError``. ``horizon_epochs`` positive and finite.
+        """
         from .dynamics import spectral_flow
 
+        gamma = _checks.real_number(gamma, "gamma")
+        if math.isnan(gamma):
+            raise ValueError("gamma must be a real number, got nan")
+        horizon_epochs = _checks.positive_float(horizon_epochs, "horizon_epochs")
+        if not math.isfinite(self.time_scale * horizon_epochs):
+            raise ValueError(f"horizon_epochs={horizon_epochs:.3g} times the time scale {self.time_scale:.3g} "
+                             "overflows float64")
         now = float(spectral_margin(self.lam0, self.basis))
         if gamma <= now:
             return self.epoch0
+        if gamma == math.inf:
+            return math.inf
 
         def event(t, a, b):
             return float(margins(a * b, self.basis).min()) - gamma
@@ -110,7 +158,29 @@ class SpectrumForecast:
 
 
 def _relative_errors(pred: Tensor, true: Tensor) -> Tensor:
-    return torch.linalg.vector_norm(pred - true, dim=-1) / torch.linalg.vector_norm(true, dim=-1)
+    """``||pred - true|| / ||true||`` per row, scaled by ``max |true|`` first: no square under- or overflows."""
+    scale = true.abs().amax(-1, keepdim=True)
+    return torch.linalg.vector_norm((pred - true) / scale, dim=-1) / torch.linalg.vector_norm(true / scale, dim=-1)
+
+
+def _time_scale_range(value) -> tuple[float, float]:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"time_scale_range must be a pair (low, high) of positive numbers, got {value!r}")
+    lo, hi = (_checks.real_number(v, "time_scale_range") for v in value)
+    if not (0 < lo < hi < math.inf):
+        raise ValueError(f"time_scale_range must be an increasing pair of positive finite numbers, got {value!r}")
+    return lo, hi
+
+
+#: relative spectrum errors in the fit's loss are capped here: a prediction 1e100 times off is as bad as any
+_CAP = 1e100
+_LOG_CAP = math.log(_CAP)
+
+
+def _undetermined(e0: float, lam0: Tensor, kind: str, time_scale_range) -> str:
+    return (f"the time scale is undetermined: the reduced flow from lam(epoch {e0:g}) (margin "
+            f"{float(spectral_margin(lam0, kind)):.3g}) fits the later epochs equally at every time scale in "
+            f"time_scale_range={tuple(time_scale_range)} (a saturated softmax, or epochs too close for the range)")
 
 
 def fit_forecast(epochs, lam, *, basis: str = "auto", start: int | None = None,
@@ -136,35 +206,61 @@ def fit_forecast(epochs, lam, *, basis: str = "auto", start: int | None = None,
         if positive.numel() == 0:
             raise ValueError("the forecast needs an epoch with every mode positive")
         start = int(positive[0])
+    start = _checks.integer(start, "start")
     if not 0 <= start < e.shape[0] or not bool((spectra[start] > 0).all()):
         raise ValueError(f"the forecast starts at an epoch whose modes are all positive; epoch index {start} is not")
     if e.shape[0] - start < 3:
         raise ValueError("the forecast needs at least two epochs after its start to fit the time scale")
-    lo, hi = (math.log(v) for v in time_scale_range)
-    if not lo < hi:
-        raise ValueError(f"time_scale_range must be an increasing pair of positive numbers, got {time_scale_range}")
+    low, high = _time_scale_range(time_scale_range)
+    lo, hi = math.log(low), math.log(high)
     e0, lam0 = e[start].item(), spectra[start]
     later, target = e[start + 1 :] - e0, spectra[start + 1 :]
+    zero = (target == 0).all(-1)
+    if zero.any():
+        raise ValueError(f"lam is zero at epoch {e[start + 1 :][zero][0].item():g}: its relative error is undefined")
+    t_max = high * later.max().item()
+    if not math.isfinite(t_max):
+        raise ValueError(f"the epochs span {later.max().item():.3g} after the start; times the largest time scale "
+                         f"{high:.3g} that overflows float64: pass a time_scale_range in the epochs' units")
     a0 = _full(lam0).sqrt()
-    tau_max = math.log1p(math.exp(hi) * later.max().item())
-    taus = torch.linspace(0.0, tau_max, 1200, dtype=torch.float64)
+    taus = torch.linspace(0.0, math.log1p(t_max), 1200, dtype=torch.float64)
     flow = spectral_flow(a0, a0, torch.expm1(taus[1:]), basis=kind)
     if not flow.success or flow.t.shape[0] != taus.shape[0] - 1:
         raise RuntimeError(f"the reduced flow failed: {flow.message}")
-    path = CubicSpline(taus.numpy(), torch.cat((lam0.unsqueeze(0), flow.lam[:, 1:])).numpy(), axis=0)
-    target_np, norms = target.numpy(), torch.linalg.vector_norm(target, dim=-1).numpy()
+    states = torch.cat((lam0.unsqueeze(0), flow.lam[:, 1:]))
+    # a flow that moves by round-off only within the range (saturated softmax, epochs too close): no time scale
+    if ((states - lam0).abs() <= 64 * torch.finfo(torch.float64).eps * lam0).all():
+        raise ValueError(_undetermined(e0, lam0, kind, time_scale_range))
+    # the balanced flow from positive modes keeps them positive (they only grow): interpolating log(lam)
+    # keeps every digit at any scale of the spectrum (1e-200 or 1e300 alike)
+    logs = bool((states > 0).all())
+    path = CubicSpline(taus.numpy(), (states.log() if logs else states).numpy(), axis=0)
+    scale = target.abs().amax(-1, keepdim=True)
+    target_np = (target / scale).numpy()
+    norms = torch.linalg.vector_norm(target / scale, dim=-1).numpy()
+
+    log_scale = scale.log()
 
     def loss(log_s: float) -> float:
-        pred = path(torch.log1p(math.exp(log_s) * later).numpy())
-        return float((((pred - target_np) ** 2).sum(-1) / norms**2).mean())
+        pred = torch.from_numpy(path(torch.log1p(math.exp(log_s) * later).numpy()))
+        # relative to the measured scale, capped at 1e100 (hopeless either way): finite at any scale
+        pred = (pred - log_scale).clamp(max=_LOG_CAP).exp() if logs else (pred / scale).clamp(-_CAP, _CAP)
+        return float((((pred.numpy() - target_np) ** 2).sum(-1) / norms**2).mean())
 
-    grid = torch.linspace(lo, hi, 400).tolist()
+    grid = torch.linspace(lo, hi, 400, dtype=torch.float64).tolist()
     values = [loss(g) for g in grid]
     best = min(range(len(grid)), key=values.__getitem__)
+    if max(values) - values[best] <= 1e-12 * max(values):
+        raise ValueError(_undetermined(e0, lam0, kind, time_scale_range))
     step = grid[1] - grid[0]
-    res = minimize_scalar(loss, bounds=(grid[best] - step, grid[best] + step), method="bounded", options={"xatol": 1e-9})
-    log_s = res.x if res.fun <= values[best] else grid[best]
-    fitted = SpectrumForecast(kind, e0, lam0, math.exp(log_s), math.nan)
+    bounds = (max(lo, grid[best] - step), min(hi, grid[best] + step))
+    res = minimize_scalar(loss, bounds=bounds, method="bounded", options={"xatol": 1e-9})
+    log_s = min(max(res.x, lo), hi) if res.fun <= values[best] else grid[best]
+    edge = "lower" if log_s - lo < 1e-6 else "upper" if hi - log_s < 1e-6 else None
+    fitted = SpectrumForecast(kind, e0, lam0, math.exp(log_s), math.nan, edge)
+    if edge is not None:
+        warnings.warn(f"the fitted time scale {fitted.time_scale:.3g} is at the {edge} end of time_scale_range="
+                      f"{tuple(time_scale_range)}: the best fit may lie outside it", UserWarning, stacklevel=2)
     fitted.fit_error = _relative_errors(fitted.predict(e[start + 1 :])["lam"], target).mean().item()
     return fitted
 
@@ -172,11 +268,17 @@ def fit_forecast(epochs, lam, *, basis: str = "auto", start: int | None = None,
 def log_epoch_slope(epochs, values) -> tuple[float, float]:
     """Least-squares ``values ~ slope * log(epoch) + intercept`` over epochs > 0; returns (slope, intercept).
 
+    Epochs must be finite (``ValueError``); epochs <= 0 and non-finite values are left out.
+
     The UFM's slowdown law ``t(gamma) ~ e^gamma / (2 gamma)`` makes the margin grow like
     ``log t + log(2 gamma)``: slope 1 per e-fold of time (``gamma / (gamma - 1)``, tending to 1).
     """
-    e = torch.as_tensor(epochs, dtype=torch.float64).flatten()
-    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    e = _epochs(epochs)
+    v = _checks.real_tensor(values, "values", dtype=torch.float64)
+    if v.dim() > 1 or v.flatten().shape != e.shape:
+        raise ValueError(f"values must be a 1-D sequence with one value per epoch, got shape {tuple(v.shape)} for "
+                         f"{e.shape[0]} epochs")
+    v = v.flatten()
     keep = (e > 0) & torch.isfinite(v)
     if int(keep.sum()) < 2 or torch.unique(e[keep]).numel() < 2:
         raise ValueError("the log-epoch slope needs at least two distinct epochs > 0 with finite values")
@@ -196,7 +298,10 @@ class BaselineForecast:
     intercept: float
 
     def predict(self, epochs) -> dict[str, Tensor]:
-        e = torch.as_tensor(epochs, dtype=torch.float64).flatten()
+        """``lam``, ``margin`` and ``kl_lyapunov`` at ``epochs`` (finite and > 0: the margin is linear in log(epoch))."""
+        e = _epochs(epochs)
+        if (e <= 0).any():
+            raise ValueError(f"the baseline is linear in log(epoch): epochs must be > 0, got {e[e <= 0][0].item()}")
         margin = self.slope * e.log() + self.intercept
         lam = self.shape * (margin / self.margin_last).unsqueeze(1)
         v = kl_lyapunov(_full(self.shape)) if (self.shape > 0).all() else torch.tensor(math.inf, dtype=torch.float64)
@@ -224,9 +329,14 @@ def evaluate_forecast(epochs, lam, fit_until: float, *, basis: str = "auto") -> 
     """
     e, spectra = _as_series(epochs, lam)
     kind = resolve_basis(spectra.shape[1] + 1, basis)
+    fit_until = _checks.real_number(fit_until, "fit_until")
+    if math.isnan(fit_until):
+        raise ValueError("fit_until must be a real number, got nan")
     fit, held = e <= fit_until, e > fit_until
     if not held.any():
         raise ValueError(f"no held-out epoch after fit_until={fit_until}")
+    if not fit.any():
+        raise ValueError(f"no epoch to fit at or before fit_until={fit_until} (the first epoch is {e[0].item():g})")
     model = fit_forecast(e[fit], spectra[fit], basis=kind)
     window = fit & (e >= model.epoch0) & (e > 0)
     base = baseline_forecast(e[window], spectra[window], basis=kind)

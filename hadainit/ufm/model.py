@@ -49,9 +49,10 @@ class UFM(nn.Module):
         weight: initial W.
         features: initial H; its column count must be ``K * samples_per_class``.
         samples_per_class: n.
-        left, right: the tracked basis (K x K and d x K, orthonormal columns,
-            checked) in which the spectrum and leakage are measured;
-            ``from_spectrum`` sets the spectral one, ``random`` the SVD basis of W(0).
+        left, right: the tracked basis (K x r and d x r, orthonormal columns,
+            checked; r = K, or the size of a mode set for K > d, docs/theory.md §8) in
+            which the spectrum and leakage are measured; ``from_spectrum`` sets the
+            spectral one, ``random`` the SVD basis of W(0).
 
     W and H follow the core's dtype rule: integer tensors become float64, a
     floating W keeps its dtype and H takes it.
@@ -90,8 +91,12 @@ class UFM(nn.Module):
         if left is not None:
             if not (isinstance(left, Tensor) and isinstance(right, Tensor)):
                 raise TypeError(f"left and right must be tensors, got {type(left).__name__} and {type(right).__name__}")
-            if left.shape != (k, k) or right.shape != (weight.shape[1], k):
-                raise ValueError(f"need left ({k}, {k}) and right ({weight.shape[1]}, {k})")
+            r = left.shape[1] if left.dim() == 2 else -1
+            if left.dim() != 2 or left.shape[0] != k or not 1 <= r <= min(k, weight.shape[1]) or right.shape != (
+                weight.shape[1], r
+            ):
+                raise ValueError(f"need left (K, r) = ({k}, r) and right (d, r) = ({weight.shape[1]}, r) with "
+                                 f"r <= min(K, d); got {tuple(left.shape)} and {tuple(right.shape)}")
             # a basis that is not orthonormal makes the spectrum and leakage meaningless (leakage above 1)
             left = _checks.orthonormal_columns(left, "left").to(weight)
             right = _checks.orthonormal_columns(right, "right").to(weight)
@@ -109,15 +114,21 @@ class UFM(nn.Module):
         b=None,
         *,
         basis: str | Tensor = "auto",
+        modes=None,
         samples_per_class: int = 1,
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
     ) -> "UFM":
-        """The spectral initialization of SPEC section 2 (see :func:`~hadainit.init.spectral_init`)."""
+        """The spectral initialization of docs/theory.md §2 (see :func:`~hadainit.init.spectral_init`).
+
+        For K > d (or with ``modes``) a mode set S: the tracked basis is ``(Q_S, V_r)`` and
+        :meth:`spectrum` returns the r values on S, in increasing mode order.
+        """
         dtype = _checks.floating_dtype(dtype)
-        _, q, a, b, v = _spectral_factors(
-            num_classes, feature_dim, a, b, basis=basis, samples_per_class=samples_per_class, generator=generator
+        _, q, a, b, v, _ = _spectral_factors(
+            num_classes, feature_dim, a, b, basis=basis, modes=modes, samples_per_class=samples_per_class,
+            generator=generator,
         )
         w, h = _compose_spectral(q, a, b, v, samples_per_class)
         w, h = _checks.fit_dtype(w, dtype, "W"), _checks.fit_dtype(h, dtype, "H")

@@ -117,13 +117,17 @@ def leakage_over_relabellings(z: Tensor, count: int = 200, seed: int = 0, basis:
 
 # ---------------------------------------------------- run health: flags
 DIVERGENCE_FACTOR = 10.0  # training loss up this much over its running minimum
-ACC_DROP = 0.1  # or training accuracy down this much below its running maximum
+ACC_DROP = 0.1  # or training accuracy down this much below its running maximum ...
+ACC_ARMED = 0.9  # ... once that running maximum has reached this (not in the noisy early phase)
 
 
 def divergence(table: list[dict], loss_key: str = "train/loss", acc_key: str = "train/acc",
-               factor: float = DIVERGENCE_FACTOR, acc_drop: float = ACC_DROP) -> dict | None:
+               factor: float = DIVERGENCE_FACTOR, acc_drop: float = ACC_DROP,
+               acc_armed: float = ACC_ARMED) -> dict | None:
     """The first epoch at which a run diverged, or None: the loss rose above ``factor`` times its running
-    minimum, the accuracy fell ``acc_drop`` below its running maximum, or a loss is not finite.
+    minimum, the accuracy fell ``acc_drop`` below its running maximum once that maximum has reached
+    ``acc_armed`` (the noisy early phase, where the accuracy swings while the network learns, is not a
+    divergence), or a loss is not finite.
 
     >>> divergence([{"epochs_done": 1.0, "train/loss": 1.0}, {"epochs_done": 2.0, "train/loss": 11.0}])["epoch"]
     2.0
@@ -139,7 +143,7 @@ def divergence(table: list[dict], loss_key: str = "train/loss", acc_key: str = "
                         f"minimum {low:.3g}"}
             low = min(low, loss)
         if acc is not None:
-            if acc < high - acc_drop:
+            if high >= acc_armed and acc < high - acc_drop:
                 return {"epoch": row["epochs_done"], "reason": f"{acc_key} {acc:.3g} fell more than {acc_drop:g} "
                         f"below its running maximum {high:.3g}"}
             high = max(high, acc)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import platform
 import statistics
 from pathlib import Path
 
@@ -255,6 +256,7 @@ def paired_comparisons(runs: list[dict]) -> list[dict]:
     healthy runs of both, per endpoint; Holm-adjusted over the whole list. Log-loss endpoints are differences
     of logs (``exp(d) - 1`` is the relative change)."""
     by = {(r["setup"], r["weight_decay"], r["init"], r["seed"]): r for r in runs if r["healthy"]}
+    all_seeds = {r["seed"] for r in runs}  # the study's seeds (every setup runs all of them)
     out = []
     for setup, wd in sorted({(r["setup"], r["weight_decay"]) for r in runs}):
         arms = sorted({r["init"] for r in runs if r["setup"] == setup and r["weight_decay"] == wd} - {"default"})
@@ -267,12 +269,31 @@ def paired_comparisons(runs: list[dict]) -> list[dict]:
             for key in pairs[0][0]["values"]["endpoints"]:
                 a = [p[0]["values"]["endpoints"].get(key) for p in pairs]
                 b = [p[1]["values"]["endpoints"].get(key) for p in pairs]
+                diff = paired_difference(a, b, ALPHA, POWER)
+                # complete: both arms present, healthy and measured at every seed of the study
+                complete = diff["n"] == len(all_seeds)
                 out.append({"setup": setup, "weight_decay": wd, "arm": arm, "reference": "default", "endpoint": key,
-                            **paired_difference(a, b, ALPHA, POWER)})
+                            **diff, "complete": complete})
     for c, p in zip(out, holm([c["p"] for c in out])):
         c["p_holm"] = p
         c["significant"] = None if p is None else p < ALPHA
     return out
+
+
+def mde_range(paired: list[dict], endpoint_prefix: str) -> tuple[dict, dict] | None:
+    """The comparisons with the smallest and the largest minimal detectable effect among the *complete* ones
+    (both arms healthy at every seed: a comparison that lost a seed has a larger MDE that is not the design's)
+    whose endpoint starts with ``endpoint_prefix``; None if there is none.
+
+    >>> c = lambda mde, complete: {"endpoint": "x", "mde": mde, "complete": complete}
+    >>> [d["mde"] for d in mde_range([c(0.1, True), c(0.3, True), c(9.0, False)], "x")]
+    [0.1, 0.3]
+    """
+    pool = [c for c in paired if c["endpoint"].startswith(endpoint_prefix) and c.get("complete")
+            and c.get("mde") is not None and math.isfinite(c["mde"])]
+    if not pool:
+        return None
+    return min(pool, key=lambda c: c["mde"]), max(pool, key=lambda c: c["mde"])
 
 
 def _median(xs):
@@ -304,6 +325,20 @@ def load_extra(out: Path, extra: list[dict]) -> dict:
     return found
 
 
+def rerun_identity(first: Path, second: Path) -> dict:
+    """Compare two ``metrics.csv`` of the same run (the study's determinism check): the values measured, how
+    many differ at all (bit for bit, as printed by Lightning's CSV logger) and the largest relative difference.
+    Timing columns are not values of the run and are skipped."""
+    a, b = read_metrics(first), read_metrics(second)
+    va = {(r["epochs_done"], k): v for r in a for k, v in r.items() if "time" not in k}
+    vb = {(r["epochs_done"], k): v for r in b for k, v in r.items() if "time" not in k}
+    keys = sorted(set(va) | set(vb), key=str)
+    differ = [k for k in keys if k not in va or k not in vb or not (va[k] == vb[k] or (va[k] != va[k] and vb[k] != vb[k]))]
+    rel = max((abs(va[k] - vb[k]) / max(abs(va[k]), abs(vb[k]), 1e-300) for k in differ if k in va and k in vb
+               and math.isfinite(va[k]) and math.isfinite(vb[k])), default=0.0)
+    return {"values": len(keys), "differ": len(differ), "max_relative": rel}
+
+
 def analyze(out: Path, specs: list[dict], *, quick: bool, seconds: float, command: str = "validate",
             extra: list[dict] | None = None, jobs: int | None = None, finished: bool = True) -> dict:
     """Read every run back, flag and exclude the unhealthy ones (short of their planned epochs, diverged, or
@@ -331,12 +366,19 @@ def analyze(out: Path, specs: list[dict], *, quick: bool, seconds: float, comman
                   for key, members in groups.items()}
     comparisons = paired_comparisons(runs)
     results = load_extra(out, extra or [])
+    rerun = next((res for res in results.values() if res.get("kind") == "rerun"), None)
+    determinism = None
+    if rerun is not None:
+        first, second = (root / "runs" / rerun["run"] / "metrics.csv" for root in (out, out / "rerun"))
+        if first.is_file() and second.is_file():
+            determinism = {"run": rerun["run"], **rerun_identity(first, second)}
     v_runs = [r["values"] for r in healthy]
     fc = [r["values"]["forecast"] for r in healthy if "forecast" in r["values"]["forecast"]]
     report = {
         "config": {"command": command, "quick": quick, "runs": len(runs), "epochs": runs[0]["epochs"], "finished": finished,
                    "seeds": len({r["seed"] for r in runs}), "nc1_threshold": NC1_THRESHOLD,
                    "torch": torch.__version__, "threads_per_run": 1, "jobs": jobs,
+                   "cpu_capability": torch.backends.cpu.get_cpu_capability(), "machine": platform.machine(),
                    "measured_epochs": len({r["epochs_done"] for r in healthy[0]["table"] if r["epochs_done"] > 0
                                            and SP + "drift" in r})},
         "seconds": seconds,
@@ -345,6 +387,7 @@ def analyze(out: Path, specs: list[dict], *, quick: bool, seconds: float, comman
         "excluded": excluded,
         "groups": aggregated,
         "paired": comparisons,
+        "determinism": determinism,
         "margins": margin_table(runs),
         "V": {"runs": len(v_runs), "runs_with_a_rise": sum(v["V_rises"]["count"] > 0 for v in v_runs),
               "runs_with_a_terminal_rise": sum(v["V_terminal"]["count"] > 0 for v in v_runs),

@@ -219,7 +219,7 @@ def plan(quick: bool) -> list[dict]:
     in-span / out-of-span / both spreads; the data-dependent head on trained penultimate features."""
     from hadainit.ufm.examples import ETF_ANGLE_RISE_K8
 
-    steps = 2_000 if quick else 10_000
+    steps = 300 if quick else 10_000
     alphas = (1.0,) if quick else (0.3, 1.0)
     out = []
     for k, basis, lam0 in ((8, "walsh", ETF_ANGLE_RISE_K8.tolist()), (10, "fourier", list(FOURIER10_LAM))):

@@ -85,6 +85,21 @@ def test_divergence_on_synthetic_curves():
     assert m.divergence(drop)["epoch"] == 3.0 and "train/acc" in m.divergence(drop)["reason"]
 
 
+def test_a_noisy_early_phase_is_not_a_divergence_a_late_spike_is():
+    """Issue 25 (false positives): accuracy swinging by 0.3 while still below 0.9 (the loss falling, with
+    bumps under 10x) is learning, not divergence; the same drop after the accuracy reached 0.9 is."""
+    early_acc = [0.1, 0.45, 0.15, 0.6, 0.3, 0.8, 0.55, 0.85, 0.89, 0.6]
+    early_loss = [2.3, 1.5, 2.0, 1.1, 1.6, 0.7, 1.0, 0.5, 0.4, 0.9]
+    noisy = _curve(early_loss + [0.3, 0.2, 0.1], early_acc + [0.92, 0.95, 0.97])
+    assert m.divergence(noisy) is None
+    late = _curve(early_loss + [0.3, 0.2, 0.1, 0.15], early_acc + [0.92, 0.95, 0.97, 0.7])
+    got = m.divergence(late)
+    assert got["epoch"] == 14.0 and "train/acc" in got["reason"]
+    # the loss criterion is unchanged, armed or not: 10x over the running minimum in the early phase
+    loss_spike = _curve([2.3, 1.0, 0.5, 6.0], [0.1, 0.3, 0.5, 0.1])
+    assert m.divergence(loss_spike)["epoch"] == 4.0 and "running minimum" in m.divergence(loss_spike)["reason"]
+
+
 def test_truncation_flags_runs_short_of_their_plan():
     table = _curve([1.0] * 20)
     assert m.truncation(table, 20) is None
@@ -162,3 +177,27 @@ def test_efold_slopes_of_a_log_law_and_a_power_law():
     assert all(b["slope"] > a["slope"] * 1.4 for a, b in zip(power, power[1:]))
     with pytest.raises(ValueError):
         m.efold_slopes(t, t, start=0.0)
+
+
+def test_the_mde_range_uses_only_complete_comparisons():
+    """Issue 25: a comparison that lost a seed (an excluded run) has a larger MDE that is not the design's; the
+    stated range covers the comparisons with both arms healthy at every seed."""
+    from hadainit.experiments.study import paired_comparisons, mde_range
+
+    def run(init, seed, loss, healthy=True):
+        return {"setup": "s", "weight_decay": 0.0, "init": init, "seed": seed, "healthy": healthy,
+                "values": {"endpoints": {"log_loss@10": loss}}}
+
+    gen = np.random.default_rng(0)
+    runs = []
+    for seed in range(4):
+        base = gen.normal()
+        runs += [run("default", seed, base), run("etf", seed, base + 0.1 * gen.normal()),
+                 run("orthogonal", seed, base + 0.1 * gen.normal(), healthy=seed != 3)]
+    paired = paired_comparisons(runs)
+    by_arm = {c["arm"]: c for c in paired}
+    assert by_arm["etf"]["complete"] and by_arm["etf"]["n"] == 4
+    assert not by_arm["orthogonal"]["complete"] and by_arm["orthogonal"]["n"] == 3
+    lo, hi = mde_range(paired, "log_loss@10")
+    assert lo is hi is by_arm["etf"]
+    assert mde_range([by_arm["orthogonal"]], "log_loss@10") is None

@@ -35,12 +35,41 @@ def save(fig, path: Path, title: str | None = None, dpi: int = 110) -> str:
     return Path(path).name
 
 
-def log_ticks(axis) -> None:
-    """Major ticks at 1, 2, 5 x 10^k labelled plainly (``%g``), no minor labels: short labels that do not collide
-    on narrow panels, also when the range is under a decade."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+def log_tick_subs(decades: float) -> tuple[float, ...]:
+    """The mantissas of the labelled ticks for a log axis spanning ``decades``: 1, 2, 5 x 10^k within 1.5
+    decades, 1, 3 x 10^k within 3, powers of ten beyond (labels like ``50100200500`` collide otherwise).
 
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=12))
+    >>> log_tick_subs(1.0), log_tick_subs(2.3), log_tick_subs(4.1)
+    ((1.0, 2.0, 5.0), (1.0, 3.0), (1.0,))
+    """
+    if decades <= 1.5:
+        return (1.0, 2.0, 5.0)
+    if decades <= 3.0:
+        return (1.0, 3.0)
+    return (1.0,)
+
+
+def _sparse_log_locator():
+    import numpy as np
+    from matplotlib.ticker import LogLocator
+
+    class SparseLogLocator(LogLocator):
+        """:class:`LogLocator` whose mantissas follow the axis' span at draw time (:func:`log_tick_subs`)."""
+
+        def tick_values(self, vmin, vmax):
+            if vmin > 0 and vmax > 0 and math.isfinite(vmin) and math.isfinite(vmax):
+                self._subs = np.array(log_tick_subs(abs(math.log10(vmax / vmin))))  # set_params resets numticks
+            return super().tick_values(vmin, vmax)
+
+    return SparseLogLocator(base=10, subs=(1.0, 2.0, 5.0), numticks=12)
+
+
+def log_ticks(axis) -> None:
+    """Labelled major ticks at 1, 2, 5 x 10^k (a short range), 1, 3 x 10^k or powers of ten (a long one), as
+    plain numbers (``%g``), no minor labels: short labels that do not collide on narrow panels."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    axis.set_major_locator(_sparse_log_locator())
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
 

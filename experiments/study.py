@@ -340,7 +340,8 @@ def rerun_identity(first: Path, second: Path) -> dict:
 
 
 def analyze(out: Path, specs: list[dict], *, quick: bool, seconds: float, command: str = "validate",
-            extra: list[dict] | None = None, jobs: int | None = None, finished: bool = True) -> dict:
+            extra: list[dict] | None = None, jobs: int | None = None, finished: bool = True,
+            figures: bool = True) -> dict:
     """Read every run back, flag and exclude the unhealthy ones (short of their planned epochs, diverged, or
     without a ``metrics.csv``), aggregate, compare, write report and figures."""
     if not specs:
@@ -431,7 +432,7 @@ def analyze(out: Path, specs: list[dict], *, quick: bool, seconds: float, comman
         "runs": [{k: v for k, v in r.items() if k != "table"} for r in runs],
     }
     report["config"]["seeds"] = len({r["seed"] for r in healthy})
-    report["figures"] = _figures(out, runs, results)
+    report["figures"] = _figures(out, runs, results) if figures else []  # figures=False: the report only
     write_atomic(out / "report.json", json.dumps(report, indent=2, default=lambda x: None))
     from .study_report import markdown
 
@@ -484,21 +485,39 @@ def _band(ax, runs: list[dict], key: str) -> int:
     return seeds
 
 
+def _init_legend(fig, axes) -> None:
+    """One legend for the whole grid, below the panels (no panel's curves hidden): every init drawn in any
+    panel, in :data:`COLOURS` order (the narrow head's mode sets ``auto`` / ``first`` included)."""
+    handles = {}
+    for ax in axes:
+        for h, name in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(name, h)
+    names = [n for n in COLOURS if n in handles]
+    if names:
+        fig.legend([handles[n] for n in names], [_INIT_LABEL.get(n, n) for n in names], loc="outside lower center",
+                   ncol=len(names) if fig.get_size_inches()[0] >= 1.8 * len(names) else math.ceil(len(names) / 2),
+                   fontsize=8, frameon=False)
+
+
+_INIT_LABEL = {"auto": "auto (narrow head)", "first": "first (narrow head)"}
+
+
 def _grid(out: Path, runs: list[dict], rows: list[tuple[str, str, bool]], name: str, title: str, wd: float) -> str:
     setups = sorted({r["setup"] for r in runs})
-    fig, axes = new_figure(len(setups), 3.6, 2.6, nrows=len(rows))
+    fig, axes = new_figure(len(setups), 2.7, 2.2, nrows=len(rows))
     seeds = 0
     for j, setup in enumerate(setups):
         members = [r for r in runs if r["setup"] == setup and r["weight_decay"] == wd]
         for i, (key, ylabel, logy) in enumerate(rows):
             ax = axes[i * len(setups) + j]
             seeds = max(seeds, _band(ax, members, key))
-            log_epoch_axis(ax)
-            label(ax, ax.get_xlabel(), ylabel, logy=logy, legend=i == 0 and j == 0)
+            log_epoch_axis(ax, "epochs (log scale)")
+            label(ax, ax.get_xlabel(), ylabel, logy=logy, legend=False)
             if logy:
                 log_ticks(ax.yaxis)
             if i == 0:
                 ax.set_title(setup, fontsize=9)
+    _init_legend(fig, axes)
     what = "mean over seeds, band: min-max over seeds" if seeds > 1 else "one seed per init"
     return save(fig, out / name, f"{title} (weight decay {wd:g}; {what}; healthy runs)")
 
@@ -537,7 +556,7 @@ def _slowdown_figure(out: Path, res: dict) -> str:
     from .fullbatch import MARGINS
 
     rows = res["rows"]
-    fig, axes = new_figure(2, 4.2, 3.2)
+    fig, axes = new_figure(1, 3.4, 2.4, nrows=2)  # one printed column, the panels stacked
     names = {"neg_log_loss": "-log(train loss)", "margin_min": "smallest sample margin",
              "margin_softmin": "soft-min sample margin", "spectral_margin": "spectral margin"}
     for key, colour in zip(MARGINS, ("tab:blue", "tab:green", "tab:orange", "tab:red")):
@@ -556,12 +575,15 @@ def _slowdown_figure(out: Path, res: dict) -> str:
             axes[1].plot([math.sqrt(w["from"] * w["to"]) for w in ws], [w["slope"] for w in ws], "o-", color=colour,
                          label=names[key])
         axes[1].axhline(1.0, color="k", ls="--", lw=1)
-    for ax, ylabel in zip(axes, ("margin", "slope per e-fold (one-e-fold windows)")):
+    if not any(res["summary"]["slopes"].get(k) for k in MARGINS):
+        axes[1].text(0.5, 0.5, "no whole e-fold of terminal phase", ha="center", va="center",
+                     transform=axes[1].transAxes, fontsize=8)
+    for ax, ylabel in zip(axes, ("margin", "slope per e-fold")):
         log_epoch_axis(ax, "time = lr x steps (log scale)")
-        label(ax, ax.get_xlabel(), ylabel, legend=ax is axes[0])
-    axes[0].legend(fontsize=6)
-    return save(fig, out / "slowdown.png", f"Full-batch GD on the digits MLP ({res['steps']} steps, lr {res['lr']:g}): "
-                "margins against log(time); grey line: 100% training accuracy")
+        label(ax, ax.get_xlabel(), ylabel, legend=False)
+    axes[0].legend(fontsize=6, loc="upper left")
+    return save(fig, out / "slowdown.png", f"Full-batch GD, digits MLP ({res['steps']} steps, lr {res['lr']:g}); grey: "
+                "100% train accuracy; below: slope in one-e-fold windows")
 
 
 def _twolayer_figure(out: Path, results: list[dict]) -> str:

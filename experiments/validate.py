@@ -227,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hadainit validate", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("out/validate"), help="the study folder")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    parser.add_argument("--no-figures", action="store_true",
+                        help="with --analyze-only: recompute report.md / report.json, leave the figures as they are")
     parser.add_argument("--quick", action="store_true", help="a small subset (what the tests run)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per configuration (default 4; quick 2)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default 200; quick 40)")
@@ -246,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             saved = json.loads((out / "runs.json").read_text())
             report = analyze(out, saved["runs"], quick=saved["quick"], seconds=saved["wall_seconds"],
                              command=saved.get("command", "validate"), extra=saved.get("extra", []),
-                             jobs=saved.get("jobs"), finished=saved.get("finished", True))
+                             jobs=saved.get("jobs"), finished=saved.get("finished", True),
+                             figures=not args.no_figures)
         else:
             out = prepare_out(args.out, overwrite=args.overwrite)
             specs = plan(args.quick, args.seeds, args.epochs)

@@ -92,7 +92,7 @@ def test_forecast_scores_are_counted_from_the_runs(study):
 
 def test_analyze_only_and_refusals(study, tmp_path, capsys):
     out, report = study
-    assert validate.main(["--out", str(out), "--analyze-only"]) == 0
+    assert validate.main(["--out", str(out), "--analyze-only", "--no-figures"]) == 0
     again = json.loads((out / "report.json").read_text())
     assert again["groups"] == report["groups"]
     assert validate.main(["--quick", "--out", str(out)]) == 2
@@ -100,7 +100,7 @@ def test_analyze_only_and_refusals(study, tmp_path, capsys):
     assert validate.main(["--quick", "--out", str(tmp_path / "x"), "--seeds", "1"]) == 2
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "runs.json").write_text("[{")
-    assert validate.main(["--out", str(tmp_path / "bad"), "--analyze-only"]) == 2
+    assert validate.main(["--out", str(tmp_path / "bad"), "--analyze-only", "--no-figures"]) == 2
 
 
 def test_a_forecast_score_recomputed_from_the_csv(study):
@@ -222,7 +222,7 @@ def test_analyze_only_excludes_a_truncated_run(study, tmp_path):
     copy = _copy(out, tmp_path)
     name = "digits-mlp/default-wd0.0005-s1"
     _rewrite_csv(copy / "runs" / name / "metrics.csv", keep=lambda r: float(r["epoch"] or 0) < validate.QUICK_EPOCHS // 2)
-    assert validate.main(["--out", str(copy), "--analyze-only"]) == 0
+    assert validate.main(["--out", str(copy), "--analyze-only", "--no-figures"]) == 0
     again = json.loads((copy / "report.json").read_text())
     assert [e["name"] for e in again["excluded"]] == [name]
     assert again["excluded"][0]["truncated"]["planned"] == validate.QUICK_EPOCHS
@@ -244,7 +244,7 @@ def test_a_diverged_run_is_flagged_and_excluded(study, tmp_path):
         return r
 
     _rewrite_csv(copy / "runs" / name / "metrics.csv", change=spike)
-    assert validate.main(["--out", str(copy), "--analyze-only"]) == 0
+    assert validate.main(["--out", str(copy), "--analyze-only", "--no-figures"]) == 0
     again = json.loads((copy / "report.json").read_text())
     assert [e["name"] for e in again["excluded"]] == [name]
     assert again["excluded"][0]["diverged"]["epoch"] == 9.0  # Lightning's epoch 8 closes 9 epochs
@@ -263,7 +263,7 @@ def test_a_study_stopped_early_is_analyzed_with_its_unfinished_runs_named(study,
     last.update(seconds=0.0, not_finished=True)
     saved["finished"] = False
     (copy / "runs.json").write_text(json.dumps(saved))
-    assert validate.main(["--out", str(copy), "--analyze-only"]) == 0
+    assert validate.main(["--out", str(copy), "--analyze-only", "--no-figures"]) == 0
     text = (copy / "report.md").read_text()
     assert "**Partial" in text and f"{last['name']}: no epoch logged" in text
 
@@ -347,6 +347,7 @@ def test_every_epoch_axis_of_the_grids_is_log(study, tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- issue 22.2
+@pytest.mark.slow  # ~10 s: a second (real) study with its figures; the study's paths are covered by the fixture
 def test_real_prints_progress_and_a_short_summary(tmp_path, capsys):
     from hadainit.experiments import real
 
@@ -355,3 +356,73 @@ def test_real_prints_progress_and_a_short_summary(tmp_path, capsys):
     assert "hadainit real: [1/2]" in text and "hadainit real: [2/2]" in text
     assert "orthogonal" in text and "default" in text and f"wrote {tmp_path / 'real'}/report.md" in text
     assert "## 2." not in text  # the report is in the file, not dumped on the terminal
+
+
+# ---------------------------------------------------------------- issue 25: figures
+def _overlaps(labels, renderer):
+    boxes = [t.get_window_extent(renderer) for t in labels if t.get_visible() and t.get_text()]
+    return [(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1:] if a.overlaps(b)]
+
+
+def test_slowdown_figure_tick_labels_do_not_collide(tmp_path):
+    """Four decades of time on a one-column (3.4 in) panel: the labelled ticks (drawn at the saved size) do not
+    overlap (1, 2, 5 x 10^k over four decades did: '50100200500')."""
+    from hadainit.experiments.study import _slowdown_figure
+
+    times = [0.5 * 1.2 ** i for i in range(60)]  # 0.5 .. ~24000
+    rows = [{"time": t, "neg_log_loss": math.log1p(t), "margin_min": math.log1p(t) - 1, "margin_softmin": math.log1p(t),
+             "spectral_margin": 2 * math.log1p(t)} for t in times]
+    slopes = [{"from": 200.0 * math.e ** k, "to": 200.0 * math.e ** (k + 1), "slope": 1.0} for k in range(3)]
+    res = {"rows": rows, "steps": 12000, "lr": 0.5,
+           "summary": {"terminal_from": 200.0, "slopes": {k: slopes for k in ("neg_log_loss", "margin_min",
+                                                                               "margin_softmin", "spectral_margin")}}}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from hadainit.experiments import study as st
+
+    captured = {}
+    real_save = st.save
+
+    def keep(fig, path, title=None):
+        captured["fig"] = fig
+        return real_save(fig, path, title)
+
+    st.save = keep
+    try:
+        _slowdown_figure(tmp_path, res)
+    finally:
+        st.save = real_save
+    fig = captured["fig"]
+    assert fig.get_size_inches()[0] <= 3.5  # one printed column
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    for ax in fig.axes:
+        labels = ax.get_xticklabels()
+        assert sum(bool(t.get_text()) for t in labels) >= 2
+        assert not _overlaps(labels, renderer)
+
+
+def test_grid_legend_names_every_init_outside_the_panels(study, tmp_path, monkeypatch):
+    """drift.png: one figure legend with every init drawn (the narrow head's mode sets too), no legend inside a
+    panel (it hid curves)."""
+    from hadainit.experiments import study as st
+
+    out, report = study
+    figs = []
+    real_save = st.save
+    monkeypatch.setattr(st, "save", lambda fig, path, title=None: figs.append(fig) or real_save(fig, path, title))
+    from hadainit.experiments.runs import read_metrics
+
+    full = []
+    for r in json.loads((out / "runs.json").read_text())["runs"]:
+        table = read_metrics(out / "runs" / r["name"] / "metrics.csv")
+        full.append({**r, "table": table, "healthy": True})
+    st._grid(tmp_path, full, [(st.SP + "drift", "drift of W", False)], "drift.png", "t", 5e-4)
+    fig = figs[-1]
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    names = {t.get_text() for leg in fig.legends for t in leg.get_texts()}
+    drawn = {r["init"] for r in full if any(st.SP + "drift" in row for row in r["table"])}
+    assert names == {st._INIT_LABEL.get(n, n) for n in drawn}

@@ -330,8 +330,12 @@ def rerun_identity(first: Path, second: Path) -> dict:
     many differ at all (bit for bit, as printed by Lightning's CSV logger) and the largest relative difference.
     Timing columns are not values of the run and are skipped."""
     a, b = read_metrics(first), read_metrics(second)
-    va = {(r["epochs_done"], k): v for r in a for k, v in r.items() if "time" not in k}
-    vb = {(r["epochs_done"], k): v for r in b for k, v in r.items() if "time" not in k}
+    skip = ("epoch", "epochs_done")  # the row keys, not values
+
+    def values(table):
+        return {(r["epochs_done"], k): v for r in table for k, v in r.items() if "time" not in k and k not in skip}
+
+    va, vb = values(a), values(b)
     keys = sorted(set(va) | set(vb), key=str)
     differ = [k for k in keys if k not in va or k not in vb or not (va[k] == vb[k] or (va[k] != va[k] and vb[k] != vb[k]))]
     rel = max((abs(va[k] - vb[k]) / max(abs(va[k]), abs(vb[k]), 1e-300) for k in differ if k in va and k in vb

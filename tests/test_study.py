@@ -426,3 +426,27 @@ def test_grid_legend_names_every_init_outside_the_panels(study, tmp_path, monkey
     names = {t.get_text() for leg in fig.legends for t in leg.get_texts()}
     drawn = {r["init"] for r in full if any(st.SP + "drift" in row for row in r["table"])}
     assert names == {st._INIT_LABEL.get(n, n) for n in drawn}
+
+
+# ---------------------------------------------------------------- issue 25 item 6: determinism
+def test_the_rerun_reproduces_the_run_bit_for_bit_and_the_report_says_so(study):
+    """The study trains its first run twice (same machine, one thread, same torch): every logged value equal."""
+    out, report = study
+    d = report["determinism"]
+    first = validate.plan(True, seeds=1, narrow=False)[0].name
+    assert d["run"] == first and d["values"] > 0 and d["differ"] == 0
+    assert (out / "rerun" / "runs" / first / "metrics.csv").is_file()
+    assert f"reproduced all {d['values']} logged values bit for bit" in (out / "report.md").read_text()
+
+
+def test_rerun_identity_counts_a_changed_value(tmp_path):
+    from hadainit.experiments.study import rerun_identity
+
+    header = "epoch,step,train/loss,train/acc\n"
+    (tmp_path / "a.csv").write_text(header + "0,10,0.5,0.8\n1,20,0.25,0.9\n")
+    (tmp_path / "b.csv").write_text(header + "0,10,0.5,0.8\n1,20,0.2500001,0.9\n")
+    same = rerun_identity(tmp_path / "a.csv", tmp_path / "a.csv")
+    assert same == {"values": 4, "differ": 0, "max_relative": 0.0}
+    got = rerun_identity(tmp_path / "a.csv", tmp_path / "b.csv")
+    assert got["values"] == 4 and got["differ"] == 1
+    assert math.isclose(got["max_relative"], 1e-7 / 0.2500001, rel_tol=1e-6)

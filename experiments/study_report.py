@@ -250,9 +250,10 @@ def markdown(r: dict) -> str:
         "## 1. Runs excluded from the summaries",
         "",
         ("None: every run reached its planned epochs without a divergence (training loss above 10x its running minimum "
-         "or training accuracy 0.1 below its running maximum)." if not r["excluded"] else
+         "or training accuracy 0.1 below its running maximum once that maximum reached 0.9)." if not r["excluded"] else
          "A divergence is the training loss above 10x its running minimum, a non-finite loss, or the training accuracy "
-         "0.1 below its running maximum; a truncated run stopped before its planned epochs.\n\n"
+         "0.1 below its running maximum once that maximum reached 0.9 (not in the noisy early phase); a truncated run "
+         "stopped before its planned epochs.\n\n"
          + "\n".join(f"- {_excluded(e)}" for e in r["excluded"])),
         "",
         "## 2. Paired init effects",

@@ -62,10 +62,12 @@ def slowdown(table: list[dict], key: str | None = None, min_epoch: float | None 
     total = sum((y - mean) ** 2 for y in ys)
     residual = sum((y - slope * math.log(e) - intercept) ** 2 for e, y in kept)
     last = kept[-1][1]
+    # R^2 of a line through two points is 1 by construction: undefined, not a measure of fit
+    r2 = (1.0 - residual / total if total > 0 else 1.0) if len(kept) >= 3 else None
     return {
         "key": key, "min_epoch": min_epoch, "epochs": [e for e, _ in kept], "values": ys,
         "all_epochs": epochs, "all_values": values,
-        "slope_per_efold": slope, "intercept": intercept, "r2": 1.0 - residual / total if total > 0 else 1.0,
+        "slope_per_efold": slope, "intercept": intercept, "r2": r2, "points": len(kept),
         "ufm_slope_per_efold": last / (last - 1.0) if last > 1.0 else None,
         "ratio_to_ufm": slope / (last / (last - 1.0)) if last > 1.0 else None,
     }
@@ -74,7 +76,7 @@ def slowdown(table: list[dict], key: str | None = None, min_epoch: float | None 
 def plot(result: dict, path: Path) -> None:
     import math
 
-    from hadainit.callbacks.plotting import label, new_figure, save
+    from .figures import label, new_figure, save
 
     fig, (ax,) = new_figure()
     pts = [(e, v) for e, v in zip(result["all_epochs"], result["all_values"]) if e > 0]
@@ -83,11 +85,12 @@ def plot(result: dict, path: Path) -> None:
     ax.plot(e, v, "o", ms=3, color="tab:blue", label=f"{result['key']} (epochs >= {result['min_epoch']:g})")
     fit = [result["slope_per_efold"] * math.log(x) + result["intercept"] for x in e]
     ax.plot(e, fit, "-", color="tab:blue",
-            label=f"fit: {result['slope_per_efold']:.3g} per e-fold (R^2 {result['r2']:.3f})")
+            label=f"fit: {result['slope_per_efold']:.3g} per e-fold"
+            + (f" (R^2 {result['r2']:.3f})" if result["r2"] is not None else " (2 points: no R^2)"))
     ufm = result["ufm_slope_per_efold"] or 1.0
     ax.plot(e, [v[-1] + ufm * math.log(x / e[-1]) for x in e], "k--",
             label=f"UFM law: {ufm:.3g} per e-fold (through the last point)")
-    label(ax, "epochs completed", result["key"], logx=True)
+    label(ax, "epochs completed (log scale)", result["key"], logx=True)
     save(fig, path, "Margin growth against log(epoch)")
 
 
@@ -110,9 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     (out / "slowdown.json").write_text(json.dumps(result, indent=2))
     plot(result, out / "slowdown.png")
     ufm = result["ufm_slope_per_efold"]
-    print(f"{result['key']}: slope {result['slope_per_efold']:.4g} per e-fold of epochs over epochs >= "
-          f"{result['min_epoch']:g} (R^2 {result['r2']:.3f})" + (f"; UFM law: {ufm:.4g}" if ufm else ""))
-    if result["r2"] < 0.9:
+    fit = f"R^2 {result['r2']:.3f}" if result["r2"] is not None else "2 points: no R^2"
+    print(f"{result['key']}: slope {result['slope_per_efold']:.4g} per e-fold of epochs over {result['points']} epochs >= "
+          f"{result['min_epoch']:g} ({fit})" + (f"; UFM law: {ufm:.4g}" if ufm else ""))
+    if result["r2"] is None:
+        print(f"hadainit slowdown: only 2 epochs in the window: the slope is the line through them and says nothing "
+              "about how well a log law fits (R^2 is 1 by construction, so it is not reported); widen the window with "
+              "--min-epoch or measure more epochs", file=sys.stderr)
+    elif result["r2"] < 0.9:
         print(f"hadainit slowdown: R^2 {result['r2']:.2f}: the margin is not linear in log(epoch) over this window, "
               "so one slope summarizes it poorly (see slowdown.png; --min-epoch moves the window)", file=sys.stderr)
     return 0

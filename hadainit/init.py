@@ -219,7 +219,8 @@ def _mode_set_init(tensor: Tensor, gain: float, basis, modes, zero_mean: bool, g
     s = torch.full((r,), gain * math.sqrt(k / r), dtype=torch.float64)  # ||W||_F^2 = K gain^2
     # the product in the weight's precision (float32 for float32/16 weights: half the time of float64)
     work = torch.float64 if tensor.dtype == torch.float64 else torch.float32
-    w = (left * s).to(work) @ v.T.to(work)
+    # s is one value for every mode: scale the d x r factor, not the K x r one (no K x r float64 temporary)
+    w = left.to(work) @ (v.T * s[0]).to(work)
     _checks.fit_dtype(w[: min(k, 256)], tensor.dtype, f"gain {gain:g}")  # the range check, on a sample of rows
     with torch.no_grad():
         tensor.copy_(w)

@@ -3,6 +3,6 @@
 from .base import MonitorBase
 from .capture import log_spaced_epochs
 from .neural_collapse import NC_KEYS, NeuralCollapseMonitor
-from .spectral import FORECAST_KEYS, SPECTRAL_KEYS, SpectralMonitor
+from .spectral import FORECAST_KEYS, MODE_SET_KEYS, SPECTRAL_KEYS, SpectralMonitor
 
-__all__ = ["MonitorBase", "log_spaced_epochs", "NC_KEYS", "NeuralCollapseMonitor", "FORECAST_KEYS", "SPECTRAL_KEYS", "SpectralMonitor"]
+__all__ = ["MonitorBase", "log_spaced_epochs", "NC_KEYS", "NeuralCollapseMonitor", "FORECAST_KEYS", "MODE_SET_KEYS", "SPECTRAL_KEYS", "SpectralMonitor"]

@@ -29,7 +29,9 @@ FORECAST_KEYS = ("forecast_time_scale", "forecast_fit_error", "forecast_final_ma
 #: above this size of K x K float64 logit sums, the spectrum uses the factored state in every mode
 FACTORED_ABOVE_BYTES = 256 * 2**20
 
-SPECTRAL_KEYS = DRIFT_KEYS + SV_KEYS + LOGIT_KEYS + OPTIONAL_LOGIT_KEYS + FORECAST_KEYS + ("num_samples", "num_ignored")
+SPECTRAL_KEYS = DRIFT_KEYS + SV_KEYS + LOGIT_KEYS + FORECAST_KEYS + ("num_samples", "num_ignored")
+#: Logged only for a classifier initialized on a K > d mode set (docs/theory.md §8): the margin over t*(S).
+MODE_SET_KEYS = OPTIONAL_LOGIT_KEYS
 
 InitBasis = Literal["auto", "walsh", "fourier", "hadamard", "svd"]
 
@@ -71,12 +73,12 @@ class SpectralMonitor(MonitorBase):
         forecast: refit the reduced flow after each measurement (see above).
         forecast_window: the measurements each fit uses (>= 3).
         forecast_target_margin: the margin ``forecast_epochs_to_margin`` waits for (None: not logged).
-        metrics: the keys to log (default all of :data:`SPECTRAL_KEYS`).
+        metrics: the keys to log (default all of :data:`SPECTRAL_KEYS`, and :data:`MODE_SET_KEYS` on a K > d mode set).
         The options shared with :class:`NeuralCollapseMonitor` follow (:data:`~hadainit.callbacks.base.SHARED_ARGS`).
     """
 
     PREFIX = "spectral"
-    KEYS = SPECTRAL_KEYS
+    KEYS = SPECTRAL_KEYS + MODE_SET_KEYS
     PLOT_NAME = "spectral"
     TITLE = "Classifier drift and logit spectrum"
     needs_basis = True

@@ -9,7 +9,7 @@ from .bases import basis_matrix, mode_pairs, paired_spectrum, softmax_basis
 from .drift import InitialBasis, drift, initial_basis, leakage
 from .hadamard import constructible_orders, fwht, fwht_kernel_status, hadamard_matrix, is_constructible
 from .init import DEFAULT_GAIN, hadamard_, spectral_init, spectral_record
-from .modes import MaxMargin, auto_modes, check_modes, max_margin, random_modes, truncation_modes
+from .modes import MaxMargin, auto_modes, basis_columns, check_modes, first_modes, max_margin, random_modes, truncation_modes
 
 __version__ = "0.1.0"
 
@@ -18,10 +18,12 @@ __all__ = [
     "InitialBasis",
     "MaxMargin",
     "auto_modes",
+    "basis_columns",
     "basis_matrix",
     "check_modes",
     "constructible_orders",
     "drift",
+    "first_modes",
     "fwht",
     "fwht_kernel_status",
     "hadamard_",

@@ -16,7 +16,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from hadainit.callbacks import FORECAST_KEYS, NC_KEYS, SPECTRAL_KEYS, MonitorBase, NeuralCollapseMonitor, SpectralMonitor
 from hadainit.callbacks.plotting import plot_history
-from hadainit.metrics.logits import OPTIONAL_LOGIT_KEYS
 from hadainit.drift import initial_basis
 from hadainit.metrics.functional import neural_collapse
 from tests.lightning_helpers import K, TinyModule, assert_same_history, dataset, loader, trainer
@@ -151,8 +150,8 @@ def test_one_set_of_drift_keys_for_every_init():
         t = trainer([SpectralMonitor(**kwargs)], max_epochs=1)
         t.fit(module, loader())
         keys.append({k for k in t.callback_metrics if k.startswith("spectral/")})
-    # margin_to_t_star only with a K > d mode set (its t*): not for these d >= K heads
-    expected = {f"spectral/{k}" for k in SPECTRAL_KEYS if k not in FORECAST_KEYS + OPTIONAL_LOGIT_KEYS}
+    # margin_to_t_star (MODE_SET_KEYS) only with a K > d mode set: not for these d >= K heads
+    expected = {f"spectral/{k}" for k in SPECTRAL_KEYS if k not in FORECAST_KEYS}
     assert keys[0] == keys[1] == keys[2] == expected
     with pytest.warns(UserWarning, match="initial basis is not known"):
         trainer([SpectralMonitor()], max_epochs=1).fit(copy.deepcopy(TinyModule()), loader())

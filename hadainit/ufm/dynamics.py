@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .. import _checks
-from ..bases import SOFTMAX_DIAGONALIZING, _tie_pairs, check_spectrum, resolve_basis
+from ..bases import SOFTMAX_DIAGONALIZING, _tie_pairs, check_spectrum, mode_pairs, resolve_basis
 from ._fused_step import FusedRHS, fused_dtypes
 from .spectral import margins, softmax_spectrum
 
@@ -99,6 +99,20 @@ def _validate(a, b, basis: str, samples_per_class: int, weight_decay, loss: str)
         raise ValueError(f"a and b must have the same shape, got {tuple(a_t.shape)} and {tuple(b_t.shape)}")
     n = _checks.positive_int(samples_per_class, "samples_per_class")
     return a_t, b_t, kind, n, _checks.weight_decay(weight_decay), _checks.loss_kind(loss)
+
+
+def _mode_rates(rates, k: int, kind: str) -> Tensor:
+    """K positive finite per-mode rates as float64 (fourier: a pair's two rates equal), or ValueError/TypeError."""
+    r = _checks.real_tensor(rates, "mode_rates", dtype=torch.float64).cpu()
+    if r.shape != (k,):
+        raise ValueError(f"mode_rates must have one rate per mode, shape ({k},), got {tuple(r.shape)}")
+    if not (torch.isfinite(r).all() and (r > 0).all()):
+        raise ValueError(f"mode_rates must be positive and finite, got {r.tolist()}")
+    pairs = mode_pairs(k, kind)
+    if pairs.numel() and not torch.equal(r[pairs[:, 0]], r[pairs[:, 1]]):
+        raise ValueError("in the fourier basis a cos/sin pair of modes (1, 2), (3, 4), ... must share its rate; "
+                         f"got mode_rates {r.tolist()}")
+    return r
 
 
 def spectral_rhs(
@@ -328,6 +342,7 @@ def spectral_flow(
     atol: float | None = None,
     events: Sequence[EventFn] | EventFn | None = None,
     method: str = "auto",
+    mode_rates=None,
 ) -> SpectralFlowResult:
     """Solve the reduced gradient-flow ODE from ``(a0, b0)`` at the times ``t``.
 
@@ -350,8 +365,15 @@ def spectral_flow(
         method: a solve_ivp method, or ``"auto"``: DOP853 for CE without weight
             decay (non-stiff in log-time), LSODA otherwise (the flow then
             converges exponentially, which is stiff in log-time).
+        mode_rates: ``None`` (every mode at rate 1), or K positive finite rates ``r``: mode m
+            moves at ``r_m`` times its gradient (``da_m/dt = r_m f_m``, the same for b). This is
+            the exact reduced form of dense gradient flow preconditioned by ``Q diag(r) Q^T`` on
+            the left of W and the right of H (docs/theory.md §7: a body that feeds each mode at
+            its own rate); the frozen vectors are kept. In the fourier basis a cos/sin pair of
+            modes must share its rate, or the flow would leave the basis (``ValueError``).
     """
     a0, b0, kind, n, wd, loss = _validate(a0, b0, basis, samples_per_class, weight_decay, loss)
+    rates = None if mode_rates is None else _mode_rates(mode_rates, a0.shape[-1], kind)
     from scipy.integrate import solve_ivp  # lazy: see the imports
 
     times = _checks.real_tensor(t, "t", dtype=torch.float64).flatten().cpu()
@@ -377,6 +399,8 @@ def spectral_flow(
         a, b = unpack(y)
         out = torch.empty(2 * size, dtype=torch.float64)  # fresh: the solver keeps the arrays it is given
         rhs.evaluate(a, b, out[:size].view(shape), out[size:].view(shape))
+        if rates is not None:
+            out.view(2, *shape).mul_(rates)
         return out.mul_(math.exp(tau)).numpy()
 
     event_list = [] if events is None else [events] if callable(events) else list(events)

@@ -8,6 +8,13 @@ number, ``t = s (e - e0)``: the time scale ``s`` is the only parameter, chosen t
 fit the spectra of the epochs in the fit window. It then predicts, for later
 epochs, the spectrum, the margin, V and the epoch a margin is reached.
 
+Two extensions make the map from epochs to flow time less rigid (``fit_forecast``'s
+``time_map`` and ``rates``): a power-law time map ``t = s e0 ((e / e0)^p - 1) / p``
+(``p = 1`` is the linear map, ``p = 0`` the logarithmic one; a real run's effective step
+size drifts as its weights grow or its schedule decays), and one rate per mode
+(``mode_rates`` of :func:`hadainit.ufm.spectral_flow`: a body that feeds each mode at
+its own speed, still an exact spectral flow). Both are fitted on the same window.
+
 The naive baseline it is always judged against holds the spectrum's shape and
 extrapolates the margin linearly in log(epoch) over the same window (the UFM's
 own slowdown law makes the margin grow like log t).
@@ -28,11 +35,11 @@ import torch
 from torch import Tensor
 
 from .. import _checks
-from ..bases import resolve_basis
+from ..bases import mode_pairs, resolve_basis
 from .lyapunov import kl_lyapunov
 from .spectral import margins
 
-__all__ = ["SpectrumForecast", "fit_forecast", "baseline_forecast", "evaluate_forecast", "log_epoch_slope",
+__all__ = ["RATES", "TIME_MAPS", "SpectrumForecast", "fit_forecast", "baseline_forecast", "evaluate_forecast", "log_epoch_slope",
            "spectral_margin"]
 
 
@@ -98,12 +105,34 @@ class SpectrumForecast:
     time_scale: float
     fit_error: float  # mean relative spectrum error over the fit epochs after epoch0
     range_edge: str | None = None  # "lower"/"upper" if the fit stopped at an end of time_scale_range (warned)
+    power: float = 1.0  # the time map's exponent p: t = s e0 ((e / e0)^p - 1) / p (p = 1: s (e - e0))
+    rates: Tensor | None = None  # (K-1,) per-mode rates, geometric mean 1; None: every mode at rate 1
 
-    def _flow(self, times: Tensor):
+    def flow_time(self, epochs) -> Tensor:
+        """Flow time at ``epochs`` (all >= epoch0): ``s (e - e0)`` for p = 1, else ``s e0 ((e/e0)^p - 1) / p``
+        (``s e0 log(e / e0)`` at p = 0)."""
+        return _flow_time(_epochs(epochs), self.epoch0, self.time_scale, self.power)
+
+    def epoch_at(self, time: float) -> float:
+        """The epoch at flow time ``time`` >= 0: the inverse of :meth:`flow_time` (``inf`` where a
+        map with p < 0 never gets there: its flow time is bounded by ``s e0 / -p``)."""
+        s, e0, p = self.time_scale, self.epoch0, self.power
+        if p == 1.0:
+            return e0 + time / s
+        x = time / (s * e0)
+        if p == 0.0:
+            return e0 * math.exp(x) if x < 700 else math.inf
+        base = 1.0 + p * x
+        return e0 * base ** (1.0 / p) if base > 0 and math.isfinite(base ** (1.0 / p)) else math.inf
+
+    def _full_rates(self) -> Tensor | None:
+        return None if self.rates is None else torch.cat((self.rates.new_ones(1), self.rates))
+
+    def _flow(self, times: Tensor, **kwargs):
         from .dynamics import spectral_flow
 
         a0 = _full(self.lam0).sqrt()
-        return spectral_flow(a0, a0, times, basis=self.basis)
+        return spectral_flow(a0, a0, times, basis=self.basis, mode_rates=self._full_rates(), **kwargs)
 
     def predict(self, epochs) -> dict[str, Tensor]:
         """``lam`` (E, K-1), ``margin`` (E,) and ``kl_lyapunov`` (E,) at ``epochs`` (finite, all >= epoch0)."""
@@ -111,7 +140,7 @@ class SpectrumForecast:
         if (e < self.epoch0).any():
             raise ValueError(f"the forecast starts at epoch {self.epoch0}; got epochs before it "
                              f"(smallest {e.min().item()})")
-        t = self.time_scale * (e - self.epoch0)
+        t = _flow_time(e, self.epoch0, self.time_scale, self.power)
         if not torch.isfinite(t).all():
             raise ValueError(f"epoch {e.max().item():.3g} is beyond the flow's range: time_scale {self.time_scale:.3g} "
                              "times it overflows float64")
@@ -132,13 +161,13 @@ class SpectrumForecast:
         ``gamma`` a real number (``-inf`` is reached at ``epoch0``, ``+inf`` never); NaN
         raises ``ValueError``. ``horizon_epochs`` positive and finite.
         """
-        from .dynamics import spectral_flow
-
         gamma = _checks.real_number(gamma, "gamma")
         if math.isnan(gamma):
             raise ValueError("gamma must be a real number, got nan")
         horizon_epochs = _checks.positive_float(horizon_epochs, "horizon_epochs")
-        if not math.isfinite(self.time_scale * horizon_epochs):
+        horizon = _flow_time(torch.tensor([self.epoch0 + horizon_epochs], dtype=torch.float64), self.epoch0,
+                             self.time_scale, self.power).item()
+        if not math.isfinite(horizon):
             raise ValueError(f"horizon_epochs={horizon_epochs:.3g} times the time scale {self.time_scale:.3g} "
                              "overflows float64")
         now = float(spectral_margin(self.lam0, self.basis))
@@ -151,10 +180,16 @@ class SpectrumForecast:
             return float(margins(a * b, self.basis).min()) - gamma
 
         event.terminal, event.direction = True, 1
-        a0 = _full(self.lam0).sqrt()
-        flow = spectral_flow(a0, a0, [self.time_scale * horizon_epochs], basis=self.basis, events=[event])
+        flow = self._flow([horizon], events=[event])
         hits = flow.t_events[0]
-        return self.epoch0 + hits[0].item() / self.time_scale if hits.numel() else math.inf
+        return self.epoch_at(hits[0].item()) if hits.numel() else math.inf
+
+
+def _flow_time(e: Tensor, e0: float, s: float, p: float) -> Tensor:
+    if p == 1.0:
+        return s * (e - e0)
+    log_u = (e / e0).log()
+    return s * e0 * (log_u if p == 0.0 else torch.expm1(p * log_u) / p)
 
 
 def _relative_errors(pred: Tensor, true: Tensor) -> Tensor:
@@ -183,24 +218,66 @@ def _undetermined(e0: float, lam0: Tensor, kind: str, time_scale_range) -> str:
             f"time_scale_range={tuple(time_scale_range)} (a saturated softmax, or epochs too close for the range)")
 
 
+TIME_MAPS = ("linear", "power")
+RATES = ("shared", "per_mode")
+
+
+def _choice(value, name: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def _power_range(value) -> tuple[float, float]:
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"power_range must be a pair (low, high) of finite numbers, got {value!r}")
+    lo, hi = (_checks.real_number(v, "power_range") for v in value)
+    if not (-math.inf < lo < hi < math.inf) or lo < -8 or hi > 8:
+        raise ValueError(f"power_range must be an increasing pair of numbers within [-8, 8], got {value!r}")
+    return lo, hi
+
+
+def _mode_groups(k: int, kind: str) -> Tensor:
+    """For modes 1..K-1, the index of the rate each uses (fourier: a cos/sin pair shares one)."""
+    group = torch.arange(1, k)
+    pairs = mode_pairs(k, kind)
+    group[pairs[:, 1] - 1] = pairs[:, 0]
+    return torch.unique(group, return_inverse=True)[1]
+
+
 def fit_forecast(epochs, lam, *, basis: str = "auto", start: int | None = None,
-                 time_scale_range: tuple[float, float] = (1e-6, 1e9)) -> SpectrumForecast:
-    """Fit the time scale on a measured series: ``epochs`` (E,) and ``lam`` (E, K-1), K = lam.shape[1] + 1.
+                 time_scale_range: tuple[float, float] = (1e-6, 1e9), time_map: str = "linear",
+                 power_range: tuple[float, float] = (-1.0, 2.0), rates: str = "shared") -> SpectrumForecast:
+    """Fit the flow's map from epochs to time on a measured series: ``epochs`` (E,), ``lam`` (E, K-1).
 
     The flow starts at epoch index ``start`` (default: the first epoch whose modes are all
     positive; the balanced start needs ``a = b = sqrt(lam)``), and at least two epochs must
-    follow it. The time scale minimizes the mean squared relative spectrum error over those
-    epochs. One flow solve serves every candidate: the trajectory from ``lam(e0)`` is solved
-    once up to the largest time the range allows, interpolated (cubic, in log(1 + t)) for a
-    fine grid in log s and a bounded refinement; the fit error is then recomputed exactly.
+    follow it. The parameters minimize the mean squared relative spectrum error over those
+    epochs:
+
+    * ``time_map="linear"``: the time scale ``s`` of ``t = s (e - e0)`` alone.
+    * ``time_map="power"``: ``s`` and the exponent ``p`` (within ``power_range``) of
+      ``t = s e0 ((e / e0)^p - 1) / p``; needs ``e0 > 0``.
+    * ``rates="per_mode"``: then one rate per mode (a fourier pair shares one), started from
+      1 and fitted by least squares with the time map's exponent; normalized to geometric
+      mean 1 (their common scale is the time scale's). K - 1 more parameters: use a window of
+      several epochs, or the fit follows noise.
+
+    For the time map, one flow solve serves every candidate: the trajectory from ``lam(e0)``
+    is solved once up to the largest time the ranges allow and interpolated (cubic, in
+    log(1 + t)) over a grid and a bounded refinement; the fit error is then recomputed
+    exactly. Per-mode rates need a flow solve per evaluation (``scipy.optimize.least_squares``).
     """
     from scipy.interpolate import CubicSpline
-    from scipy.optimize import minimize_scalar
+    from scipy.optimize import minimize, minimize_scalar
 
     from .dynamics import spectral_flow
 
     e, spectra = _as_series(epochs, lam)
     kind = resolve_basis(spectra.shape[1] + 1, basis)
+    time_map = _choice(time_map, "time_map", TIME_MAPS)
+    rates = _choice(rates, "rates", RATES)
+    p_lo, p_hi = _power_range(power_range) if time_map == "power" else (1.0, 1.0)
     positive = (spectra > 0).all(-1).nonzero().flatten()
     if start is None:
         if positive.numel() == 0:
@@ -214,14 +291,20 @@ def fit_forecast(epochs, lam, *, basis: str = "auto", start: int | None = None,
     low, high = _time_scale_range(time_scale_range)
     lo, hi = math.log(low), math.log(high)
     e0, lam0 = e[start].item(), spectra[start]
-    later, target = e[start + 1 :] - e0, spectra[start + 1 :]
+    if time_map == "power" and not e0 > 0:
+        raise ValueError(f"the power-law time map needs a start epoch > 0, got {e0:g}")
+    fit_epochs, target = e[start + 1 :], spectra[start + 1 :]
     zero = (target == 0).all(-1)
     if zero.any():
-        raise ValueError(f"lam is zero at epoch {e[start + 1 :][zero][0].item():g}: its relative error is undefined")
-    t_max = high * later.max().item()
+        raise ValueError(f"lam is zero at epoch {fit_epochs[zero][0].item():g}: its relative error is undefined")
+
+    def unit_times(power: float) -> Tensor:  # flow time at s = 1
+        return _flow_time(fit_epochs, e0, 1.0, power)
+
+    t_max = high * unit_times(p_hi).max().item()
     if not math.isfinite(t_max):
-        raise ValueError(f"the epochs span {later.max().item():.3g} after the start; times the largest time scale "
-                         f"{high:.3g} that overflows float64: pass a time_scale_range in the epochs' units")
+        raise ValueError(f"the epochs span {(fit_epochs[-1] - e0).item():.3g} after the start; times the largest time "
+                         f"scale {high:.3g} that overflows float64: pass a time_scale_range in the epochs' units")
     a0 = _full(lam0).sqrt()
     taus = torch.linspace(0.0, math.log1p(t_max), 1200, dtype=torch.float64)
     flow = spectral_flow(a0, a0, torch.expm1(taus[1:]), basis=kind)
@@ -238,31 +321,99 @@ def fit_forecast(epochs, lam, *, basis: str = "auto", start: int | None = None,
     scale = target.abs().amax(-1, keepdim=True)
     target_np = (target / scale).numpy()
     norms = torch.linalg.vector_norm(target / scale, dim=-1).numpy()
-
     log_scale = scale.log()
+    units = {p_hi: unit_times(p_hi)}
 
-    def loss(log_s: float) -> float:
-        pred = torch.from_numpy(path(torch.log1p(math.exp(log_s) * later).numpy()))
+    def loss(log_s: float, power: float = 1.0) -> float:
+        unit = units[power] if power in units else unit_times(power)
+        pred = torch.from_numpy(path(torch.log1p(math.exp(log_s) * unit).numpy()))
         # relative to the measured scale, capped at 1e100 (hopeless either way): finite at any scale
         pred = (pred - log_scale).clamp(max=_LOG_CAP).exp() if logs else (pred / scale).clamp(-_CAP, _CAP)
         return float((((pred.numpy() - target_np) ** 2).sum(-1) / norms**2).mean())
 
-    grid = torch.linspace(lo, hi, 400, dtype=torch.float64).tolist()
-    values = [loss(g) for g in grid]
-    best = min(range(len(grid)), key=values.__getitem__)
-    if max(values) - values[best] <= 1e-12 * max(values):
+    powers = [1.0] if time_map == "linear" else torch.linspace(p_lo, p_hi, 25, dtype=torch.float64).tolist()
+    for power in powers:
+        units[power] = unit_times(power)
+    grid = torch.linspace(lo, hi, 400 if time_map == "linear" else 200, dtype=torch.float64).tolist()
+    values = {(g, power): loss(g, power) for power in powers for g in grid}
+    (g_best, p_best), v_best = min(values.items(), key=lambda item: item[1])
+    if max(values.values()) - v_best <= 1e-12 * max(values.values()):
         raise ValueError(_undetermined(e0, lam0, kind, time_scale_range))
     step = grid[1] - grid[0]
-    bounds = (max(lo, grid[best] - step), min(hi, grid[best] + step))
-    res = minimize_scalar(loss, bounds=bounds, method="bounded", options={"xatol": 1e-9})
-    log_s = min(max(res.x, lo), hi) if res.fun <= values[best] else grid[best]
+    if time_map == "linear":
+        bounds = (max(lo, g_best - step), min(hi, g_best + step))
+        res = minimize_scalar(loss, bounds=bounds, method="bounded", options={"xatol": 1e-9})
+        log_s, power = (min(max(res.x, lo), hi), 1.0) if res.fun <= v_best else (g_best, 1.0)
+    else:
+        box = [(max(lo, g_best - step), min(hi, g_best + step)), (p_lo, p_hi)]
+        res = minimize(lambda x: loss(x[0], x[1]), [g_best, p_best], method="Powell", bounds=box,
+                       options={"xtol": 1e-9, "ftol": 1e-14})
+        log_s, power = (float(res.x[0]), float(res.x[1])) if res.fun <= v_best else (g_best, p_best)
     edge = "lower" if log_s - lo < 1e-6 else "upper" if hi - log_s < 1e-6 else None
-    fitted = SpectrumForecast(kind, e0, lam0, math.exp(log_s), math.nan, edge)
+    fitted = SpectrumForecast(kind, e0, lam0, math.exp(log_s), math.nan, edge, power=power)
     if edge is not None:
         warnings.warn(f"the fitted time scale {fitted.time_scale:.3g} is at the {edge} end of time_scale_range="
                       f"{tuple(time_scale_range)}: the best fit may lie outside it", UserWarning, stacklevel=2)
-    fitted.fit_error = _relative_errors(fitted.predict(e[start + 1 :])["lam"], target).mean().item()
+    if rates == "per_mode" or time_map == "power":
+        _refine(fitted, fit_epochs, target, (p_lo, p_hi) if time_map == "power" else None, rates == "per_mode")
+    fitted.fit_error = _relative_errors(fitted.predict(fit_epochs)["lam"], target).mean().item()
     return fitted
+
+
+def _refine(fitted: SpectrumForecast, fit_epochs: Tensor, target: Tensor, power_bounds, per_mode: bool) -> None:
+    """Least squares on the exact flow's relative spectrum errors, from the interpolated fit: the time
+    scale (or, with ``per_mode``, one rate per mode, which then carry the scale) and the exponent if
+    ``power_bounds``. Per-mode rates end normalized to geometric mean 1 (their scale into s). Kept only
+    if no worse than the start."""
+    from scipy.optimize import least_squares
+
+    groups = _mode_groups(target.shape[1] + 1, fitted.basis)
+    n = int(groups.max()) + 1 if per_mode else 0
+    scale = target.abs().amax(-1, keepdim=True)
+    rows = target / scale
+    norms = torch.linalg.vector_norm(rows, dim=-1, keepdim=True)
+    base = SpectrumForecast(fitted.basis, fitted.epoch0, fitted.lam0, fitted.time_scale, math.nan, power=fitted.power)
+    penalty = 1e3 * torch.ones(target.numel(), dtype=torch.float64).numpy()
+    log_s0 = math.log(fitted.time_scale)
+
+    def trial(x) -> SpectrumForecast:
+        x = torch.as_tensor(x, dtype=torch.float64)
+        if per_mode:
+            base.rates = x[:n].exp()[groups]
+        else:
+            base.time_scale = math.exp(float(x[0]))
+        if power_bounds is not None:
+            base.power = float(x[-1])
+        return base
+
+    def residuals(x):
+        try:
+            pred = trial(x).predict(fit_epochs)["lam"]
+        except (RuntimeError, ValueError):  # a flow the solver cannot follow: as bad as can be
+            return penalty
+        r = ((pred / scale - rows) / norms).flatten()
+        return r.clamp(-_CAP, _CAP).numpy() if torch.isfinite(r).all() else penalty
+
+    x0 = [0.0] * n if per_mode else [log_s0]
+    low = [-20.0] * n if per_mode else [log_s0 - 5.0]
+    high = [20.0] * n if per_mode else [log_s0 + 5.0]
+    if power_bounds is not None:
+        x0, low, high = x0 + [fitted.power], low + [power_bounds[0]], high + [power_bounds[1]]
+    x0 = [min(max(v, lo), hi) for v, lo, hi in zip(x0, low, high)]
+    start_cost = 0.5 * float((residuals(x0) ** 2).sum())
+    res = least_squares(residuals, x0, bounds=(low, high), max_nfev=60 * (len(x0) + 1), xtol=1e-12, ftol=1e-14)
+    if not res.cost <= start_cost:  # never worse than the interpolated fit it started from
+        trial(x0)
+    else:
+        trial(res.x)
+    fitted.power = base.power
+    if per_mode:
+        log_r = base.rates.log()
+        gm = log_r.mean().item()  # geometric mean over the K - 1 modes: its scale goes into the time scale
+        fitted.rates = (log_r - gm).exp()
+        fitted.time_scale = base.time_scale * math.exp(gm)
+    else:
+        fitted.time_scale = base.time_scale
 
 
 def log_epoch_slope(epochs, values) -> tuple[float, float]:
@@ -320,12 +471,14 @@ def baseline_forecast(epochs, lam, *, basis: str = "auto") -> BaselineForecast:
     return BaselineForecast(kind, spectra[-1], last, slope, intercept)
 
 
-def evaluate_forecast(epochs, lam, fit_until: float, *, basis: str = "auto") -> dict:
+def evaluate_forecast(epochs, lam, fit_until: float, *, basis: str = "auto", time_map: str = "linear",
+                      rates: str = "shared") -> dict:
     """Fit both forecasts on epochs <= ``fit_until``, score them on the later (held-out) epochs.
 
     Errors, averaged over the held-out epochs: ``spectrum`` (relative, ||pred - lam|| / ||lam||),
     ``margin`` (absolute, on the spectral margin), ``kl_lyapunov`` (absolute; over epochs whose
-    measured modes are all positive).
+    measured modes are all positive). ``time_map`` and ``rates`` as in :func:`fit_forecast`;
+    the fitted exponent and rates are in ``power`` and ``rates`` (None for shared rates).
     """
     e, spectra = _as_series(epochs, lam)
     kind = resolve_basis(spectra.shape[1] + 1, basis)
@@ -337,13 +490,14 @@ def evaluate_forecast(epochs, lam, fit_until: float, *, basis: str = "auto") -> 
         raise ValueError(f"no held-out epoch after fit_until={fit_until}")
     if not fit.any():
         raise ValueError(f"no epoch to fit at or before fit_until={fit_until} (the first epoch is {e[0].item():g})")
-    model = fit_forecast(e[fit], spectra[fit], basis=kind)
+    model = fit_forecast(e[fit], spectra[fit], basis=kind, time_map=time_map, rates=rates)
     window = fit & (e >= model.epoch0) & (e > 0)
     base = baseline_forecast(e[window], spectra[window], basis=kind)
     truth_margin = spectral_margin(spectra[held], kind)
     positive = (spectra[held] > 0).all(-1)
     truth_v = kl_lyapunov(_full(spectra[held][positive])) if positive.any() else None
     out = {"time_scale": model.time_scale, "epoch0": model.epoch0, "fit_error": model.fit_error,
+           "power": model.power, "rates": None if model.rates is None else model.rates.tolist(),
            "fit_epochs": e[fit].tolist(), "heldout_epochs": e[held].tolist()}
     for name, forecast in (("forecast", model), ("baseline", base)):
         pred = forecast.predict(e[held])

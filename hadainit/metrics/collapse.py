@@ -37,7 +37,7 @@ from torchmetrics.utilities.exceptions import TorchMetricsUserError
 
 from .. import _checks
 from ..drift import InitialBasis
-from .base import Float64Metric, check_finite_state, check_state_size, distributed
+from .base import Float64Metric, as_tensors, check_finite_state, check_state_size, distributed
 from .formulas import GLOBAL_MEAN_KINDS, check_rtol, collapse_metrics, etf_impossible_message, per_class_metrics
 from .functional import check_batch, check_classifier, check_precision, neural_collapse
 from .statistics import ClassStatistics, Float32Accumulator, Workspace, accumulate, choose_scale, pick_references
@@ -71,8 +71,8 @@ class NeuralCollapse(Float64Metric):
 
     >>> metric = NeuralCollapse(num_classes=3, feature_dim=8)
     >>> metric.update(torch.randn(30, 8), torch.arange(30) % 3)
-    >>> round(metric.compute()["num_classes_seen"])
-    3
+    >>> metric.compute()["num_classes_seen"]
+    tensor(3., dtype=torch.float64)
     """
 
     full_state_update = False
@@ -240,7 +240,9 @@ class NeuralCollapse(Float64Metric):
         self.reference, self.scale = stats.reference, stats.scale
         self._fast.discard()  # a new reference: the float32 copy is rebuilt by the next update
 
-    def compute(self) -> dict[str, float]:
+    def compute(self) -> dict[str, Tensor]:
+        """The scalar values of the (synced) pass as 0-d float64 tensors, keyed as
+        :func:`hadainit.metrics.functional.neural_collapse` (per-class values: :meth:`per_class`)."""
         stats = self.statistics()
         check_finite_state(stats.sums, stats.second)
         self.class_means, self.seen = stats.means().clone(), stats.counts > 0
@@ -248,8 +250,24 @@ class NeuralCollapse(Float64Metric):
         if seen - 1 > self.feature_dim and not self._warned_etf:
             self._warned_etf = True
             warnings.warn(f"NeuralCollapse: {etf_impossible_message(seen, self.feature_dim)} (said once)", stacklevel=2)
-        return collapse_metrics(stats, self._weight, global_mean=self.global_mean, basis=self._basis,
-                                rtol=self.rtol, riesz_s=self.riesz_s)
+        return as_tensors(collapse_metrics(stats, self._weight, global_mean=self.global_mean, basis=self._basis,
+                                           rtol=self.rtol, riesz_s=self.riesz_s), self.counts.device)
+
+    def plot(self, val=None, ax=None, *, keys=None):
+        """torchmetrics' ``plot()``: ``val`` (default ``compute()``) or a list of such dicts (one line per key over
+        the steps), one panel per group of keys (NC1, the means' and the classifier's geometry, duality, GNC2,
+        drift); ``keys`` selects keys. Returns ``(fig, axes)``; see :func:`hadainit.metrics.plotting.plot_values`.
+
+        >>> import matplotlib; matplotlib.use("Agg")
+        >>> metric = NeuralCollapse(3, 4)
+        >>> metric.update(torch.randn(30, 4), torch.arange(30) % 3)
+        >>> fig, axes = metric.plot(keys=["nc1", "cdnv"])
+        >>> [a.get_title() for a in axes]
+        ['NC1: within-class variability']
+        """
+        from .plotting import plot_values
+
+        return plot_values(self, val, ax, keys=keys)
 
     def per_class(self) -> dict[str, Tensor]:
         """Per-class CDNV and (after :meth:`set_classifier`) duality distances of the synced state:
@@ -267,7 +285,7 @@ class NeuralCollapse(Float64Metric):
         self._pinned = False
         self._open_scale = True
 
-    def forward(self, features: Tensor, labels: Tensor) -> dict[str, float]:  # type: ignore[override]
+    def forward(self, features: Tensor, labels: Tensor) -> dict[str, Tensor]:  # type: ignore[override]
         """Add the batch to the accumulated state and return the metrics of this batch alone.
 
         A batch whose values are undefined (one class, coinciding means, ...) returns ``{}`` with a
@@ -287,6 +305,7 @@ class NeuralCollapse(Float64Metric):
             warnings.warn(f"NeuralCollapse: no values for this batch ({err}); the batch was still accumulated",
                           stacklevel=2)
             value = {}
+        value = as_tensors(value, self.counts.device)
         self._forward_cache = value
         return value
 

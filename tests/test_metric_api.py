@@ -222,3 +222,52 @@ def test_logit_spectrum_plot(agg):
     fig, axes = spectrum.plot()
     assert [a.get_title() for a in axes] == list(LOGIT_GROUPS)[: len(axes)]
     assert sorted(line.get_label() for a in axes for line in a.get_lines()) == sorted(LOGIT_KEYS)
+
+
+# ----------------------------------------------------- item 4: the torchmetrics privates, in one adapter
+ALLOWED = {"__init__", "update", "compute", "reset", "forward", "merge_state", "sync", "plot", "_load_from_state_dict"}
+
+
+def test_neural_collapse_overrides_only_what_torchmetrics_expects():
+    from torchmetrics import Metric
+
+    overridden = {name for name in vars(NeuralCollapse) if callable(getattr(Metric, name, None))}
+    assert overridden <= ALLOWED, overridden - ALLOWED  # no state_dict, metric_state, __setattr__, _apply
+
+
+def test_float32_path_leaves_complete_states_between_updates():
+    x, y = _blobs(n=40, seed=7)
+    fast, exact = NeuralCollapse(4, 6, precision="float32"), NeuralCollapse(4, 6)
+    fast.update(x, y)
+    exact.update(x, y)
+    # the raw states, read as torchmetrics reads them (no flush hook): already hold the batch
+    assert torch.equal(fast.metric_state["counts"], exact.metric_state["counts"])
+    scale = exact.sums.abs().max()
+    assert (fast.sums - exact.sums).abs().max() <= 64 * torch.finfo(torch.float32).eps * scale
+
+
+def test_adapter_against_the_pinned_torchmetrics():
+    from hadainit.metrics import _torchmetrics as tm
+
+    x, y = _blobs()
+    nc = NeuralCollapse(4, 6)
+    nc.update(x, y)
+    first = nc.compute()
+    assert nc._computed is not None  # torchmetrics caches compute(): the private drop_cached clears
+    tm.drop_cached(nc)
+    assert nc._computed is None
+    nc.set_classifier(torch.randn(4, 6, generator=torch.Generator().manual_seed(1)))
+    assert "nc3" in nc.compute() and "nc3" not in first  # recomputed, not the cached dict
+    count = nc.update_count
+    tm.add_update_count(nc, 3)
+    assert nc.update_count == count + 3
+    assert tm.is_synced(nc) is False
+    with tm.synced(nc):  # no process group: the local states, and the flags exist
+        assert torch.equal(nc.counts, torch.bincount(y, minlength=4).to(F64))
+    tm.set_forward_cache(nc, {"a": 1})
+    assert nc._forward_cache == {"a": 1}
+    spectrum = LogitSpectrum(4)
+    spectrum.update(torch.randn(8, 4), torch.arange(8) % 4)
+    spectrum.compute()
+    tm.drop_cached(spectrum)
+    assert spectrum._computed is None

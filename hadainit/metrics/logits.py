@@ -56,6 +56,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from .. import _checks
+from ._torchmetrics import drop_cached
 from .base import as_tensors, check_state_size
 from .functional import check_batch, check_classifier
 from ..bases import mode_pairs, resolve_basis, softmax_basis
@@ -329,7 +330,7 @@ class LogitSpectrum(Metric):
         if not torch.isfinite(weight).all():
             raise ValueError("the classifier weight contains NaN or Inf")
         self._weight, self._bias = weight, bias
-        self._computed = None
+        drop_cached(self)
 
     def update(self, logits: Tensor, labels: Tensor, features: Tensor | None = None) -> None:  # type: ignore[override]
         """Add a batch of logits (B, K) and integer labels (B,) in [0, K); with the factored state also the

@@ -271,3 +271,22 @@ def test_adapter_against_the_pinned_torchmetrics():
     spectrum.compute()
     tm.drop_cached(spectrum)
     assert spectrum._computed is None
+
+
+def test_kl_keys_say_what_they_compute():
+    # kl_lyapunov_modes is hadainit.ufm.kl_lyapunov of the measured modes; kl_lyapunov is the KL of the
+    # singular values of Z_c (the same only when Z_c is diagonal in the basis, as in the spectral UFM)
+    from hadainit.ufm import kl_lyapunov
+    from hadainit.ufm.lyapunov import kl_to_uniform
+
+    k = 8
+    z = torch.randn(k, k, generator=torch.Generator().manual_seed(0), dtype=F64) + 3 * torch.eye(k, dtype=F64)
+    metric = LogitSpectrum(k)
+    metric.update(z.T, torch.arange(k))
+    out, spectra = metric.compute(), metric.spectra()
+    modes = kl_lyapunov(torch.cat((torch.zeros(1, dtype=F64), spectra["lam"])))
+    assert math.isclose(float(out["kl_lyapunov_modes"]), float(modes), rel_tol=1e-12)
+    zc = z - z.mean(0) - z.mean(1, keepdim=True) + z.mean()
+    sigma = torch.linalg.svdvals(zc)[: k - 1]
+    assert math.isclose(float(out["kl_lyapunov"]), float(kl_to_uniform(sigma)), rel_tol=1e-10)
+    assert float(out["kl_lyapunov"]) > 2 * float(out["kl_lyapunov_modes"])  # they differ on this matrix

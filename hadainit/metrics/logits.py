@@ -20,6 +20,9 @@ is exactly diagonal:
   The singular values of ``Z_c`` are in ``zc_singular_values``.
 * ``kl_lyapunov``: KL(u || sigma / sum sigma) of the top K-1 singular values of ``Z_c``
   (SPEC 6; ``inf`` when rank-deficient). In the spectral UFM both equal V(lam).
+  The name is historical: ``hadainit.ufm.kl_lyapunov`` of the measured modes ``(0, lam)`` is
+  ``kl_lyapunov_modes``; the two differ on a real network (e.g. 0.767 vs 0.097 for ``Z = 3 I + N(0, 1)``
+  at K = 8) and agree in the spectral UFM, where the singular values of ``Z_c`` are the modes.
 * margins: per sample ``z_y - max_{j != y} z_j`` (mean, min, fraction > 0); per class from
   ``Z`` (``Z[k, k] - max_{j != k} Z[j, k]``: mean, min); ``logit_norm`` the mean over samples
   of ``||z - mean(z) 1||``, the part of the logits softmax sees. ``spectral_margin`` is the

@@ -313,7 +313,7 @@ def _pass_accuracy(k: int, d: int, batch: int, device: torch.device) -> float:
             y = torch.randint(0, k, (batch,), generator=torch.Generator().manual_seed(i))
             x = means[y] + torch.randn(batch, d, generator=torch.Generator().manual_seed(100 + i))
             metric.update(x.to(device), y.to(device))
-        results.append(metric.compute())
+        results.append({key: float(value) for key, value in metric.compute().items()})
     return max(abs(results[0][key] - results[1][key]) / abs(results[1][key])
                for key in ("nc1", "cdnv", "within_class_trace"))
 

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 
-from hadainit.metrics import COLLAPSE_KEYS, NearestMeanMismatch, NeuralCollapse
+from hadainit.metrics import COLLAPSE_KEYS, NearestMeanDisagreement, NeuralCollapse
 
 from .base import SHARED_ARGS, Capture, Mode, MonitorBase
 from .capture import RunningMean, default_inputs, default_labels, quiet_compute
@@ -102,7 +102,7 @@ class NeuralCollapseMonitor(MonitorBase):
         # validate_args=False: no per-batch device sync; non-finite features still raise at compute()
         metrics = {
             "nc": NeuralCollapse(num_classes, feature_dim, global_mean=self.global_mean, validate_args=False),
-            "nc4": NearestMeanMismatch(num_classes, feature_dim, validate_args=False),
+            "nc4": NearestMeanDisagreement(num_classes, feature_dim, validate_args=False),
             "classifier": RunningMean((num_classes, feature_dim)),
         }
         if self._means is not None:
@@ -132,7 +132,7 @@ class NeuralCollapseMonitor(MonitorBase):
         values = nc.compute()  # synced across ranks: every rank gets the same values
         if self._means is not None:
             try:
-                values.update(self._metrics["nc4"].compute())  # synced; raises on every rank alike
+                values["nc4"] = self._metrics["nc4"].compute()  # synced; raises on every rank alike
             except ValueError as err:
                 self._warn_once(f"nc4:{err}", f"NeuralCollapseMonitor({self.name!r}): nc4 not logged: {err} (said once)")
         self._means, self._seen = nc.class_means.detach().clone(), nc.seen.clone()

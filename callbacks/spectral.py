@@ -184,7 +184,8 @@ class SpectralMonitor(MonitorBase):
                 spectrum.set_classifier(w, None if bias is None else bias.detach())
             spectrum.set_t_star(self._mode_set_t_star())  # margin_to_t_star, when the init's mode set is known
             try:
-                spec = spectrum.compute()  # synced across ranks
+                spec = {k: float(v) for k, v in spectrum.compute().items()}  # synced across ranks
+                spec.update({k: v.tolist() for k, v in spectrum.spectra().items()})  # lam, zc_singular_values
                 values.update(spec)
             except ValueError as err:  # e.g. a class never seen, or collapsed logits: the drift is still logged
                 self._warn_once(f"spectrum:{err}", f"SpectralMonitor({self.name!r}): logit spectrum not logged after "

@@ -29,7 +29,7 @@ def _dense_ufm_run(lr, steps_per_epoch, epochs=16, k=8):
             model.gradient_descent(lr, steps_per_epoch, record=())
         metric = LogitSpectrum(k)
         metric.update((model.W @ model.H).T, torch.arange(k))
-        spectra.append(metric.compute()["lam"])
+        spectra.append(metric.spectra()["lam"].tolist())
     return torch.arange(epochs + 1, dtype=torch.float64), torch.tensor(spectra, dtype=torch.float64)
 
 

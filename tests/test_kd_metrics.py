@@ -67,7 +67,7 @@ def test_class_margin_normalized_is_t_star_at_the_lp_solution(k, d, basis, modes
     metric.set_classifier(w)
     metric.set_t_star(mm.value)
     metric.update(w @ w.T, torch.arange(k), w)  # sample k = its class mean, logits W h
-    out = metric.compute()
+    out = {**metric.compute(), **metric.spectra()}
     tol = 1e3 * EPS * k
     assert out["class_margin_normalized"] == pytest.approx(dense.item(), rel=tol)
     assert out["margin_to_t_star"] == pytest.approx(1.0, rel=tol)
@@ -81,7 +81,7 @@ def test_factored_class_margin_beyond_the_dense_limit():
     out = factored_spectrum(w, w, None, "walsh")
     # nuclear norm of Q_S diag(lam) Q_S^T is sum(lam) = 1; the min class margin is t*(S)
     assert out["class_margin_normalized"] == pytest.approx(mm.value, rel=1e4 * EPS * k)
-    lam = torch.tensor(out["lam"], dtype=F64)
+    lam = torch.as_tensor(out["lam"], dtype=F64)
     assert torch.allclose(lam, mm.lam[1:], atol=1e3 * EPS * k)
 
 

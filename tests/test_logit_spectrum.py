@@ -28,9 +28,9 @@ def test_equals_the_spectral_ufm(k, kind, n):
     feats = model.H.T  # column k * n + j of H: sample j of class k
     labels = torch.arange(k).repeat_interleave(n)
     out = logit_spectrum(feats, labels, model.W)
-    assert torch.allclose(torch.tensor(out["lam"], dtype=torch.float64), lam[1:], rtol=1e-12, atol=1e-13)
+    assert torch.allclose(torch.as_tensor(out["lam"], dtype=torch.float64), lam[1:], rtol=1e-12, atol=1e-13)
     assert out["logit_leakage"] < 1e-13 and out["logit_residual"] < 1e-13
-    sigma = torch.tensor(out["zc_singular_values"], dtype=torch.float64)  # Z_c = Q diag(lam) Q^T: |lam| sorted
+    sigma = torch.as_tensor(out["zc_singular_values"], dtype=torch.float64)  # Z_c = Q diag(lam) Q^T: |lam| sorted
     assert torch.allclose(sigma, lam[1:].abs().sort(descending=True).values, rtol=1e-12)
     assert math.isclose(out["kl_lyapunov_modes"], kl_lyapunov(lam).item(), rel_tol=1e-10)
     assert math.isclose(out["kl_lyapunov"], kl_lyapunov(lam).item(), rel_tol=1e-10)
@@ -46,9 +46,9 @@ def test_simplex_etf_has_no_leakage_and_a_flat_spectrum():
     z = c * (torch.eye(k, dtype=torch.float64) - 1.0 / k)  # Z_c = c P: neural collapse
     out = LogitSpectrum(k)
     out.update(z.T, torch.arange(k))  # row i: the logits of a sample of class i
-    res = out.compute()
+    res = {**out.compute(), **out.spectra()}
     assert res["logit_leakage"] < 1e-15 and res["kl_lyapunov"] < 1e-15 and res["etf_angle"] < 1e-15
-    assert torch.allclose(torch.tensor(res["lam"], dtype=torch.float64), torch.full((k - 1,), c, dtype=torch.float64))
+    assert torch.allclose(torch.as_tensor(res["lam"], dtype=torch.float64), torch.full((k - 1,), c, dtype=torch.float64))
     assert math.isclose(res["margin_mean"], c, rel_tol=1e-14)
 
 
@@ -73,7 +73,7 @@ def _close(a, b):
 def _metric(logits, labels, k):
     metric = LogitSpectrum(k)
     metric.update(logits, labels)
-    return metric.compute()
+    return {**metric.compute(), **metric.spectra()}
 
 
 def test_invariant_to_shifts_softmax_ignores_and_to_a_bias():

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from hadainit.metrics import NearestMeanMismatch, NeuralCollapse
+from hadainit.metrics import NearestMeanDisagreement, NeuralCollapse
 
 CASES = {  # name: (offset, spread, dtype, precision, rel_tol against one process)
     "float32_features": (5.0, 0.3, torch.float32, "float64", 1e-12),
@@ -37,18 +37,18 @@ def _run(x, labels, w, batch, precision, rel_tol):
         metric.update(x[i : i + batch], labels[i : i + batch])
     metric.set_classifier(w)
     out = metric.compute()
-    nc4 = NearestMeanMismatch(7, 24)
+    nc4 = NearestMeanDisagreement(7, 24)
     nc4.set_means(metric.class_means, metric.seen)
     for i in range(0, len(x), batch):
         nc4.update(x[i : i + batch], x[i : i + batch].double() @ w.T)
-    out.update(nc4.compute())
+    out["nc4"] = nc4.compute()
     # after the sync the local sums are back, moved to the agreed reference: still this rank's own data
     local_means = metric.statistics().means()
     for c in labels.unique().tolist():
         exact = x[labels == c].double().mean(0)
         scale = x.double().abs().max().item()
         assert (local_means[c] - exact).abs().max().item() <= rel_tol * scale, (precision, c)
-    return out
+    return {key: float(value) for key, value in out.items()}  # floats: written as JSON by the ranks
 
 
 def _worker(rank, world, init_file, out_dir):

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from hadainit.metrics import NearestMeanMismatch, NeuralCollapse
+from hadainit.metrics import NearestMeanDisagreement, NeuralCollapse
 from hadainit.metrics.functional import neural_collapse
 from tests.metrics_reference import reference_metrics
 
@@ -215,7 +215,7 @@ def test_set_dtype_keeps_float64_sums():
 
 
 def test_nearest_mean_mismatch_checks_seen():
-    nc4 = NearestMeanMismatch(3, 4)
+    nc4 = NearestMeanDisagreement(3, 4)
     with pytest.raises(ValueError, match="seen"):
         nc4.set_means(torch.zeros(3, 4), torch.zeros(3, dtype=torch.bool))
     with pytest.raises(ValueError, match="seen"):

@@ -2,14 +2,16 @@
 
 from . import functional
 from .collapse import NeuralCollapse
-from .means import ClassMeans, NearestMeanMismatch
+from .logits import LogitSpectrum
+from .means import NearestMeanDisagreement, NearestMeanMismatch
 from .formulas import COLLAPSE_KEYS, class_mean_logit_kl, coefficient_of_variation, collapse_metrics, per_class_metrics
 from .statistics import ClassStatistics
 
 __all__ = [
     "COLLAPSE_KEYS",
-    "ClassMeans",
     "ClassStatistics",
+    "LogitSpectrum",
+    "NearestMeanDisagreement",
     "NearestMeanMismatch",
     "NeuralCollapse",
     "class_mean_logit_kl",

@@ -11,7 +11,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-__all__ = ["Float64Metric", "check_finite_state", "check_state_size", "distributed"]
+__all__ = ["Float64Metric", "as_tensors", "check_finite_state", "check_state_size", "distributed"]
 
 WARN_BYTES = 1 << 30  # states above 1 GiB are announced (with their size)
 
@@ -40,6 +40,12 @@ def check_finite_state(*states: Tensor) -> None:
     if not all(torch.isfinite(s).all() for s in states):
         raise ValueError("non-finite features were accumulated (NaN or Inf in the metric state): "
                          "the monitored features are not finite")
+
+
+def as_tensors(values: dict, device: torch.device | str | None = None) -> dict[str, Tensor]:
+    """A dict of numbers as 0-d float64 tensors on ``device`` (what every ``compute()`` returns, torchmetrics'
+    convention: ``self.log_dict(metric.compute())`` and ``MetricCollection`` take them as they are)."""
+    return {key: torch.as_tensor(value, dtype=torch.float64, device=device) for key, value in values.items()}
 
 
 def distributed(process_group) -> bool:

@@ -37,7 +37,8 @@ from torchmetrics.utilities.exceptions import TorchMetricsUserError
 
 from .. import _checks
 from ..drift import InitialBasis
-from .base import Float64Metric, check_finite_state, check_state_size, distributed
+from ._torchmetrics import add_update_count, drop_cached, is_synced, set_forward_cache, synced
+from .base import Float64Metric, as_tensors, check_finite_state, check_state_size, distributed
 from .formulas import GLOBAL_MEAN_KINDS, check_rtol, collapse_metrics, etf_impossible_message, per_class_metrics
 from .functional import check_batch, check_classifier, check_precision, neural_collapse
 from .statistics import ClassStatistics, Float32Accumulator, Workspace, accumulate, choose_scale, pick_references
@@ -71,8 +72,8 @@ class NeuralCollapse(Float64Metric):
 
     >>> metric = NeuralCollapse(num_classes=3, feature_dim=8)
     >>> metric.update(torch.randn(30, 8), torch.arange(30) % 3)
-    >>> round(metric.compute()["num_classes_seen"])
-    3
+    >>> metric.compute()["num_classes_seen"]
+    tensor(3., dtype=torch.float64)
     """
 
     full_state_update = False
@@ -115,7 +116,7 @@ class NeuralCollapse(Float64Metric):
         self._open_scale = True  # the next non-empty batch chooses ``scale`` (the first of a pass)
         self._pinned = False  # a reference given by set_reference: kept until reset()
         self._workspace = Workspace()
-        self._fast = Float32Accumulator()  # precision="float32": sums of the open group of batches
+        self._fast = Float32Accumulator()  # precision="float32": one batch's float32 sums, flushed by update()
         self._warned_matmul = False
         self._warned_etf = False
         self._weight: Tensor | None = None
@@ -140,6 +141,7 @@ class NeuralCollapse(Float64Metric):
             shape = tuple(reference.shape) if isinstance(reference, Tensor) else type(reference).__name__
             raise ValueError(f"reference must be a finite ({self.num_classes}, {self.feature_dim}) tensor, got {shape}")
         self.reference = reference.detach().to(device=self.counts.device, dtype=F64).clone()
+        self._fast.discard()  # the float32 copy of the old reference is stale
         self._pinned = True
 
     def set_classifier(
@@ -154,7 +156,7 @@ class NeuralCollapse(Float64Metric):
         if basis is not None and not isinstance(basis, InitialBasis):
             raise TypeError(f"basis must be an InitialBasis (hadainit.drift.initial_basis), got {type(basis).__name__}")
         self._weight, self._bias, self._basis = weight, bias, basis
-        self._computed = None  # torchmetrics caches compute(); it depends on the classifier too
+        drop_cached(self)  # torchmetrics caches compute(); it depends on the classifier too
 
     # ---------------------------------------------------------------- metric
     def update(self, features: Tensor, labels: Tensor) -> None:  # type: ignore[override]
@@ -176,7 +178,9 @@ class NeuralCollapse(Float64Metric):
             warnings.warn("NeuralCollapse(precision='float32') under torch.set_float32_matmul_precision("
                           f"{torch.get_float32_matmul_precision()!r}): the float32 products may run at reduced "
                           "precision (e.g. TF32); use 'highest' or precision='float64'", stacklevel=2)
-        if self._fast.mirror is None:  # a new group of batches: its float32 shifts need an exact float32 reference
+        if self._fast.mirror is not None and self._fast.mirror.device != self.reference.device:
+            self._fast.discard()  # the metric moved devices: the float32 copy is rebuilt there
+        if self._fast.mirror is None:  # the float32 shifts need a reference float32 holds exactly
             stats = Float32Accumulator.exact_reference(self._view())
             if stats.reference is not self.reference:
                 self._set_statistics(stats)
@@ -186,34 +190,22 @@ class NeuralCollapse(Float64Metric):
         if self._open_scale:
             self.scale, self._open_scale = choose_scale(x, labels, self.reference), False
         self._fast.add(self._view(), x, labels)
+        # the batch's float32 sums go into the float64 states now: between updates the states are complete,
+        # so torchmetrics may read, sync, save, move or reset them with no hook of ours (a flush is one d x d pass)
+        self._fast.flush(self._view(), keep_mirror=True)
 
     def _view(self) -> ClassStatistics:
         return ClassStatistics(self.counts, self.sums, self.sq_norms, self.second, self.reference, self.scale)
 
-    def _flush(self) -> None:
-        if "_fast" in self.__dict__ and self._fast.batches > 0:
-            self._fast.flush(self._view())
-
     def statistics(self) -> ClassStatistics:
         """The states as :class:`~.statistics.ClassStatistics` (the same tensors, not copies)."""
-        self._flush()
         return self._view()
-
-    # everything that reads or replaces the states sees the float32 group added first
-    @property
-    def metric_state(self) -> dict[str, Tensor]:
-        self._flush()
-        return super().metric_state
-
-    def state_dict(self, *args, **kwargs):  # type: ignore[override]
-        self._flush()
-        return super().state_dict(*args, **kwargs)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         """Load ``reference`` (and the states, if they were saved as persistent). A dict without the states
         (the default: torchmetrics states are not persistent) leaves the sums held here, moved exactly to
         the loaded reference: the sums are always about ``reference``, and loading does not change the values."""
-        self._flush()
+        self._fast.discard()  # the reference may change: the float32 copy is rebuilt by the next update
         held = self._view()
         held = ClassStatistics(held.counts, held.sums, held.sq_norms, held.second, held.reference.clone(), held.scale)
         with_states = all(prefix + name in state_dict for name in ("counts", "sums", "sq_norms", "second"))
@@ -224,23 +216,16 @@ class NeuralCollapse(Float64Metric):
         elif with_reference and bool(held.counts.sum() > 0) and not torch.equal(
                 held.reference, self.reference):
             self._set_statistics(held.rebased(self.reference.clone()))
-        self._computed = None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("counts", "sums", "sq_norms", "second", "reference", "scale"):
-            self._flush()
-        super().__setattr__(name, value)
-
-    def _apply(self, fn: Callable, exclude_state: Any = "") -> nn.Module:
-        self._flush()
-        return super()._apply(fn, exclude_state)
+        drop_cached(self)
 
     def _set_statistics(self, stats: ClassStatistics) -> None:
         self.counts, self.sums, self.sq_norms, self.second = stats.counts, stats.sums, stats.sq_norms, stats.second
         self.reference, self.scale = stats.reference, stats.scale
         self._fast.discard()  # a new reference: the float32 copy is rebuilt by the next update
 
-    def compute(self) -> dict[str, float]:
+    def compute(self) -> dict[str, Tensor]:
+        """The scalar values of the (synced) pass as 0-d float64 tensors, keyed as
+        :func:`hadainit.metrics.functional.neural_collapse` (per-class values: :meth:`per_class`)."""
         stats = self.statistics()
         check_finite_state(stats.sums, stats.second)
         self.class_means, self.seen = stats.means().clone(), stats.counts > 0
@@ -248,14 +233,29 @@ class NeuralCollapse(Float64Metric):
         if seen - 1 > self.feature_dim and not self._warned_etf:
             self._warned_etf = True
             warnings.warn(f"NeuralCollapse: {etf_impossible_message(seen, self.feature_dim)} (said once)", stacklevel=2)
-        return collapse_metrics(stats, self._weight, global_mean=self.global_mean, basis=self._basis,
-                                rtol=self.rtol, riesz_s=self.riesz_s)
+        return as_tensors(collapse_metrics(stats, self._weight, global_mean=self.global_mean, basis=self._basis,
+                                           rtol=self.rtol, riesz_s=self.riesz_s), self.counts.device)
+
+    def plot(self, val=None, ax=None, *, keys=None):
+        """torchmetrics' ``plot()``: ``val`` (default ``compute()``) or a list of such dicts (one line per key over
+        the steps), one panel per group of keys (NC1, the means' and the classifier's geometry, duality, GNC2,
+        drift); ``keys`` selects keys. Returns ``(fig, axes)``; see :func:`hadainit.metrics.plotting.plot_values`.
+
+        >>> import matplotlib; matplotlib.use("Agg")
+        >>> metric = NeuralCollapse(3, 4)
+        >>> metric.update(torch.randn(30, 4), torch.arange(30) % 3)
+        >>> fig, axes = metric.plot(keys=["nc1", "cdnv"])
+        >>> [a.get_title() for a in axes]
+        ['NC1: within-class variability']
+        """
+        from .plotting import plot_values
+
+        return plot_values(self, val, ax, keys=keys)
 
     def per_class(self) -> dict[str, Tensor]:
         """Per-class CDNV and (after :meth:`set_classifier`) duality distances of the synced state:
         see :func:`hadainit.metrics.formulas.per_class_metrics`."""
-        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync,
-                               should_unsync=self._should_unsync):
+        with synced(self):
             check_finite_state(self.sums, self.second)
             return {key: value.clone() for key, value in
                     per_class_metrics(self.statistics(), self._weight, global_mean=self.global_mean).items()}
@@ -267,14 +267,14 @@ class NeuralCollapse(Float64Metric):
         self._pinned = False
         self._open_scale = True
 
-    def forward(self, features: Tensor, labels: Tensor) -> dict[str, float]:  # type: ignore[override]
+    def forward(self, features: Tensor, labels: Tensor) -> dict[str, Tensor]:  # type: ignore[override]
         """Add the batch to the accumulated state and return the metrics of this batch alone.
 
         A batch whose values are undefined (one class, coinciding means, ...) returns ``{}`` with a
         warning, so ``self.log_dict(metric(x, y))`` works on every batch; invalid input raises before
         anything is added. The accumulated state is never replaced by the batch's.
         """
-        if self._is_synced:
+        if is_synced(self):
             raise TorchMetricsUserError("The Metric shouldn't be synced when performing ``forward``.")
         self.update(features, labels)
         try:
@@ -287,7 +287,8 @@ class NeuralCollapse(Float64Metric):
             warnings.warn(f"NeuralCollapse: no values for this batch ({err}); the batch was still accumulated",
                           stacklevel=2)
             value = {}
-        self._forward_cache = value
+        value = as_tensors(value, self.counts.device)
+        set_forward_cache(self, value)
         return value
 
     # ------------------------------------------------------- merge and sync
@@ -298,7 +299,7 @@ class NeuralCollapse(Float64Metric):
         """
         if isinstance(incoming_state, NeuralCollapse):
             other = incoming_state.statistics()
-            self._update_count += incoming_state.update_count
+            add_update_count(self, incoming_state.update_count)
         elif isinstance(incoming_state, dict):
             missing = {"counts", "sums", "sq_norms", "second", "reference"} - set(incoming_state)
             if missing:
@@ -311,7 +312,7 @@ class NeuralCollapse(Float64Metric):
             raise ValueError(f"Expected incoming state to be a dict or a NeuralCollapse, got {type(incoming_state)}")
         self._set_statistics(self.statistics().merged(other))
         self._open_scale = not bool(self.counts.sum() > 0)
-        self._computed = None
+        drop_cached(self)
 
     def sync(
         self,
@@ -323,8 +324,7 @@ class NeuralCollapse(Float64Metric):
         """Before torchmetrics sums the states over the ranks, move every rank's sums to one agreed reference."""
         available = distributed_available if distributed_available is not None else self.distributed_available_fn
         group = process_group or self.process_group
-        self._flush()
-        if should_sync and not self._is_synced and callable(available) and available() and distributed(group):
+        if should_sync and not is_synced(self) and callable(available) and available() and distributed(group):
             self._agree_on_reference(group)
         super().sync(dist_sync_fn, process_group, should_sync, distributed_available)
 

@@ -248,6 +248,10 @@ def class_mean_logit_kl(weight: Tensor, means: Tensor) -> float:
     ``weight`` and ``means`` are K x d (rows of the same classes). Double centring removes the
     bias and the global mean, so the means need not be centred. Infinite when rank-deficient
     (always when K - 1 > d). Scale-free: both are rescaled by powers of two first.
+
+    This is the ``kl_lyapunov`` key of :class:`~hadainit.metrics.NeuralCollapse`: the KL of singular values,
+    not :func:`hadainit.ufm.kl_lyapunov` of the modes ``diag(Q^T Z_c Q)`` (that is ``kl_lyapunov_modes`` of
+    :class:`~hadainit.metrics.LogitSpectrum`); they coincide in the spectral UFM only.
     """
     k, d = means.shape
     if k - 1 > d:

@@ -17,8 +17,8 @@ from ..drift import InitialBasis
 from .formulas import collapse_metrics, per_class_metrics, unit_scale
 from .statistics import ClassStatistics, Float32Accumulator, Workspace, accumulate, choose_scale
 
-__all__ = ["PRECISIONS", "check_batch", "check_classifier", "class_statistics", "nearest_mean_disagreement",
-           "neural_collapse", "per_class"]
+__all__ = ["PRECISIONS", "check_batch", "check_classifier", "class_statistics", "logit_spectrum",
+           "nearest_mean_disagreement", "nearest_mean_disagreements", "neural_collapse", "per_class"]
 
 PRECISIONS = ("float64", "float32")
 CHUNK_ROWS = 1024
@@ -165,7 +165,21 @@ def check_seen(seen: Tensor | None, num_classes: int) -> Tensor | None:
 
 
 def nearest_mean_disagreement(features: Tensor, means: Tensor, logits: Tensor, seen: Tensor | None = None) -> Tensor:
-    """Number of rows where the nearest class mean differs from ``argmax(logits)``.
+    """NC4: the fraction of rows whose nearest class mean differs from ``argmax(logits)``, a 0-d float64
+    tensor (the functional twin of :class:`~hadainit.metrics.NearestMeanDisagreement`; the count of such
+    rows: :func:`nearest_mean_disagreements`).
+
+    >>> means = torch.tensor([[0.0], [1.0]])
+    >>> nearest_mean_disagreement(torch.tensor([[0.1], [0.9]]), means, torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    tensor(0.5000, dtype=torch.float64)
+    """
+    if not isinstance(features, Tensor) or features.dim() != 2 or features.shape[0] == 0:
+        raise ValueError(f"features must be a non-empty (N, d) tensor, got {getattr(features, 'shape', type(features).__name__)}")
+    return nearest_mean_disagreements(features, means, logits, seen).to(torch.float64) / features.shape[0]
+
+
+def nearest_mean_disagreements(features: Tensor, means: Tensor, logits: Tensor, seen: Tensor | None = None) -> Tensor:
+    """Number of rows where the nearest class mean differs from ``argmax(logits)`` (0-d int64 tensor).
 
     ``means`` is K x d (float64 recommended); ``seen`` (bool, K) restricts the
     nearest-mean search to classes that have a mean.
@@ -194,7 +208,7 @@ def _nc4(features: Tensor, weight: Tensor, bias: Tensor | None, stats: ClassStat
     for start in range(0, features.shape[0], chunk_rows):
         x = features[start : start + chunk_rows].detach().to(torch.float64)
         logits = x @ w.T if b is None else torch.addmm(b, x, w.T)
-        mismatches += nearest_mean_disagreement(x, means, logits, seen)
+        mismatches += nearest_mean_disagreements(x, means, logits, seen)
     return mismatches.item() / features.shape[0]
 
 
@@ -276,3 +290,12 @@ def per_class(
     see :func:`hadainit.metrics.formulas.per_class_metrics`."""
     stats, weight, _ = _statistics("per_class", features, labels, weight, None, num_classes, precision)
     return per_class_metrics(stats, weight, global_mean=global_mean)
+
+
+def __getattr__(name: str):
+    # logit_spectrum lives in .logits (which imports this module); re-exported here lazily, no import cycle
+    if name == "logit_spectrum":
+        from .logits import logit_spectrum
+
+        return logit_spectrum
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,6 +20,9 @@ is exactly diagonal:
   The singular values of ``Z_c`` are in ``zc_singular_values``.
 * ``kl_lyapunov``: KL(u || sigma / sum sigma) of the top K-1 singular values of ``Z_c``
   (SPEC 6; ``inf`` when rank-deficient). In the spectral UFM both equal V(lam).
+  The name is historical: ``hadainit.ufm.kl_lyapunov`` of the measured modes ``(0, lam)`` is
+  ``kl_lyapunov_modes``; the two differ on a real network (e.g. 0.767 vs 0.097 for ``Z = 3 I + N(0, 1)``
+  at K = 8) and agree in the spectral UFM, where the singular values of ``Z_c`` are the modes.
 * margins: per sample ``z_y - max_{j != y} z_j`` (mean, min, fraction > 0); per class from
   ``Z`` (``Z[k, k] - max_{j != k} Z[j, k]``: mean, min); ``logit_norm`` the mean over samples
   of ``||z - mean(z) 1||``, the part of the logits softmax sees. ``spectral_margin`` is the
@@ -56,7 +59,8 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from .. import _checks
-from .base import check_state_size
+from ._torchmetrics import drop_cached
+from .base import as_tensors, check_state_size
 from .functional import check_batch, check_classifier
 from ..bases import mode_pairs, resolve_basis, softmax_basis
 from ..hadamard import fwht
@@ -66,7 +70,7 @@ from .pairwise import chunk_rows, threads
 from ..ufm.lyapunov import etf_angle, kl_to_uniform
 from ..ufm.forecast import spectral_margin
 
-__all__ = ["LOGIT_KEYS", "LogitSpectrum", "OPTIONAL_LOGIT_KEYS", "factored_spectrum", "logit_spectrum",
+__all__ = ["LOGIT_KEYS", "LogitSpectrum", "OPTIONAL_LOGIT_KEYS", "SPECTRUM_KEYS", "factored_spectrum", "logit_spectrum",
            "mode_coefficients", "spectrum_of_class_mean_logits"]
 
 #: The scalar keys of :class:`LogitSpectrum` (``lam``, the full spectrum, comes besides them).
@@ -77,6 +81,16 @@ LOGIT_KEYS = (
 )
 #: Keys present only when their input is known: ``margin_to_t_star`` after :meth:`LogitSpectrum.set_t_star`.
 OPTIONAL_LOGIT_KEYS = ("margin_to_t_star",)
+#: The list-valued outputs, from :meth:`LogitSpectrum.spectra` (not in ``compute()``).
+SPECTRUM_KEYS = ("lam", "zc_singular_values")
+#: The panels of :meth:`LogitSpectrum.plot`: keys of one scale together.
+LOGIT_GROUPS = {
+    "distance from the diagonal form": ("logit_leakage", "logit_residual"),
+    "modes": ("lam_min", "lam_mean", "lam_max", "spectral_margin"),
+    "KL values": ("kl_lyapunov", "kl_lyapunov_modes", "etf_angle"),
+    "margins": ("margin_mean", "margin_min", "class_margin_mean", "class_margin_min", "logit_norm"),
+    "fractions": ("margin_positive", "class_margin_normalized", "margin_to_t_star", "modes_nonpositive"),
+}
 DENSE_LIMIT = 2048  # factored state: K x K matrices are formed up to this K (the same values, exact off-diagonals)
 
 
@@ -267,8 +281,8 @@ class LogitSpectrum(Metric):
 
     >>> metric = LogitSpectrum(4)
     >>> metric.update(torch.eye(4) * 3.0, torch.arange(4))
-    >>> metric.compute()["lam"]  # the class-mean logits 3 I: a simplex ETF, every mode 3
-    [3.0, 3.0, 3.0]
+    >>> metric.spectra()["lam"]  # the class-mean logits 3 I: a simplex ETF, every mode 3
+    tensor([3., 3., 3.], dtype=torch.float64)
     """
 
     full_state_update = False
@@ -319,7 +333,7 @@ class LogitSpectrum(Metric):
         if not torch.isfinite(weight).all():
             raise ValueError("the classifier weight contains NaN or Inf")
         self._weight, self._bias = weight, bias
-        self._computed = None
+        drop_cached(self)
 
     def update(self, logits: Tensor, labels: Tensor, features: Tensor | None = None) -> None:  # type: ignore[override]
         """Add a batch of logits (B, K) and integer labels (B,) in [0, K); with the factored state also the
@@ -361,7 +375,21 @@ class LogitSpectrum(Metric):
             raise ValueError(f"classes {missing} have no sample: the class-mean logit spectrum needs every class")
         return self.feature_sums / self.counts.unsqueeze(1)
 
-    def compute(self) -> dict:
+    def compute(self) -> dict[str, Tensor]:
+        """The scalar keys (:data:`LOGIT_KEYS`, and :data:`OPTIONAL_LOGIT_KEYS` when known) as 0-d float64
+        tensors; the spectra (``lam``, ``zc_singular_values``) of the same pass: :meth:`spectra`."""
+        out = self._values()
+        self._spectra = {key: torch.tensor(out.pop(key), dtype=torch.float64, device=self.counts.device)
+                         for key in SPECTRUM_KEYS}
+        return as_tensors(out, self.counts.device)
+
+    def spectra(self) -> dict[str, Tensor]:
+        """``lam`` (the K - 1 non-constant modes, pairs averaged for fourier) and ``zc_singular_values``
+        of the synced pass, as 1-d float64 tensors: the list-valued outputs, apart from ``compute()``."""
+        self.compute()  # cached by torchmetrics until the next update: the spectra belong to that value
+        return dict(self._spectra)
+
+    def _values(self) -> dict:
         sums = self.logit_sums if self.feature_dim is None else self.feature_sums
         if not torch.isfinite(sums).all() or not torch.isfinite(self.norm_sum):
             raise ValueError("non-finite logits were accumulated (NaN or Inf in the metric state)")
@@ -383,6 +411,13 @@ class LogitSpectrum(Metric):
         )
         return out
 
+    def plot(self, val=None, ax=None, *, keys=None):
+        """torchmetrics' ``plot()``: ``val`` (default ``compute()``) or a list of such dicts, one panel per group
+        of keys of one scale (:data:`LOGIT_GROUPS`); ``keys`` selects keys. Returns ``(fig, axes)``."""
+        from .plotting import plot_values
+
+        return plot_values(self, val, ax, keys=keys, groups=LOGIT_GROUPS)
+
 
 def _no_features():
     raise ValueError("the factored LogitSpectrum (feature_dim given) needs the features: update(logits, labels, features)")
@@ -392,7 +427,9 @@ def logit_spectrum(
     features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor | None = None, *, basis: str = "auto",
     batch_size: int = 65536,
 ) -> dict:
-    """:class:`LogitSpectrum` of in-memory features ``(N, d)`` through the classifier ``(W, c)``, float64."""
+    """:class:`LogitSpectrum` of in-memory features ``(N, d)`` through the classifier ``(W, c)``, float64:
+    its ``compute()`` and its :meth:`~LogitSpectrum.spectra` in one dict, as Python floats and lists (as
+    :func:`~hadainit.metrics.functional.neural_collapse` returns floats)."""
     if not isinstance(weight, Tensor) or weight.dim() != 2:
         raise ValueError(f"weight must be a (K, d) tensor, got {getattr(weight, 'shape', type(weight).__name__)}")
     k, d = weight.shape
@@ -413,4 +450,5 @@ def logit_spectrum(
         x = features[i : i + batch_size].detach().to(torch.float64)
         z = x @ w.T
         metric.update(z if c is None else z + c, labels[i : i + batch_size], *((x,) if factored else ()))
-    return metric.compute()
+    return {**{key: value.item() for key, value in metric.compute().items()},
+            **{key: value.tolist() for key, value in metric.spectra().items()}}

@@ -264,8 +264,9 @@ class Float32Accumulator:
                 return None
         return torch.exp2(-torch.frexp(top).exponent.to(torch.float32))
 
-    def flush(self, stats: ClassStatistics) -> None:
-        """Add the open group to the float64 sums (in place) and close it."""
+    def flush(self, stats: ClassStatistics, *, keep_mirror: bool = False) -> None:
+        """Add the open group to the float64 sums (in place) and close it; ``keep_mirror``: the float32 copy
+        of the reference stays for the next group (the reference is unchanged), which starts at once."""
         if self.batches == 0:
             return
         p = self._pending
@@ -279,7 +280,12 @@ class Float32Accumulator:
         stats.sums.add_(p["sums"].to(F64) * factor)
         stats.sq_norms.add_(p["sq_norms"].to(F64) * factor**2)
         stats.second.add_(second.to(F64) * factor**2)
-        self.discard()
+        if keep_mirror:
+            self.batches, self._scale = 0, None
+            for pending in p.values():
+                pending.zero_()
+        else:
+            self.discard()
 
     def discard(self) -> None:
         """Drop the open group (its states were reset or replaced)."""

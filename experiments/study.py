@@ -20,13 +20,12 @@ import torch
 
 from hadainit.ufm.forecast import evaluate_forecast
 
+from .keys import NC_EVAL, PROBE, SPECTRAL_EVAL
 from .figures import label, log_epoch_axis, log_ticks, new_figure, positive, save
 from .measures import divergence, efold_slopes, holm, paired_difference, truncation
 from .runs import read_metrics, series, write_atomic
 
-NC = "nc_eval/"
-SP = "spectral_eval/"
-PR = "probe/"
+NC, SP, PR = NC_EVAL, SPECTRAL_EVAL, PROBE
 NC1_THRESHOLD = 1.0  # digits networks get below it within the runs; mnist1d ones do not
 RISE_TOL = 1e-9  # relative: rises smaller than round-off are not rises
 RISE_MIN = 0.01  # relative: an initial rise of a distance counts from 1% above its start

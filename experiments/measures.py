@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .keys import TRAIN_ACC, TRAIN_LOSS
 
-__all__ = ["sample_margins", "margin_summary", "label_free_distance", "leakage_over_relabellings", "divergence",
+__all__ = ["sample_margins", "margin_summary", "label_free_distance", "leakage_over_relabellings", "divergence", "mde_range",
            "truncation", "paired_difference", "holm", "efold_slopes", "class_mean_logits", "normalized_margin"]
 
 
@@ -227,3 +227,19 @@ def efold_slopes(times: list[float], values: list[float], start: float, width: f
                         "points": len(win), "slope": slope})
         k += 1
     return out
+
+
+def mde_range(paired: list[dict], endpoint_prefix: str) -> tuple[dict, dict] | None:
+    """The comparisons with the smallest and the largest minimal detectable effect among the *complete* ones
+    (both arms healthy at every seed: a comparison that lost a seed has a larger MDE that is not the design's)
+    whose endpoint starts with ``endpoint_prefix``; None if there is none.
+
+    >>> c = lambda mde, complete: {"endpoint": "x", "mde": mde, "complete": complete}
+    >>> [d["mde"] for d in mde_range([c(0.1, True), c(0.3, True), c(9.0, False)], "x")]
+    [0.1, 0.3]
+    """
+    pool = [c for c in paired if c["endpoint"].startswith(endpoint_prefix) and c.get("complete")
+            and c.get("mde") is not None and math.isfinite(c["mde"])]
+    if not pool:
+        return None
+    return min(pool, key=lambda c: c["mde"]), max(pool, key=lambda c: c["mde"])

@@ -22,7 +22,7 @@ from hadainit.ufm.forecast import evaluate_forecast
 
 from .keys import NC_EVAL, PROBE, SPECTRAL_EVAL
 from .figures import label, log_epoch_axis, log_ticks, new_figure, positive, save
-from .measures import divergence, efold_slopes, holm, paired_difference, truncation
+from .measures import divergence, efold_slopes, holm, mde_range, paired_difference, truncation
 from .runs import read_metrics, series, write_atomic
 
 NC, SP, PR = NC_EVAL, SPECTRAL_EVAL, PROBE
@@ -279,22 +279,6 @@ def paired_comparisons(runs: list[dict]) -> list[dict]:
     return out
 
 
-def mde_range(paired: list[dict], endpoint_prefix: str) -> tuple[dict, dict] | None:
-    """The comparisons with the smallest and the largest minimal detectable effect among the *complete* ones
-    (both arms healthy at every seed: a comparison that lost a seed has a larger MDE that is not the design's)
-    whose endpoint starts with ``endpoint_prefix``; None if there is none.
-
-    >>> c = lambda mde, complete: {"endpoint": "x", "mde": mde, "complete": complete}
-    >>> [d["mde"] for d in mde_range([c(0.1, True), c(0.3, True), c(9.0, False)], "x")]
-    [0.1, 0.3]
-    """
-    pool = [c for c in paired if c["endpoint"].startswith(endpoint_prefix) and c.get("complete")
-            and c.get("mde") is not None and math.isfinite(c["mde"])]
-    if not pool:
-        return None
-    return min(pool, key=lambda c: c["mde"]), max(pool, key=lambda c: c["mde"])
-
-
 def _median(xs):
     xs = [x for x in xs if x is not None and math.isfinite(x)]
     return statistics.median(xs) if xs else None
@@ -444,8 +428,7 @@ def analyze(out: Path, specs: list[dict], *, quick: bool, seconds: float, comman
 
 
 def _narrow(runs: list[dict]) -> dict:
-    from .narrow import kd_available
-    from .validate import NARROW
+    from .narrow import NARROW, kd_available
 
     members = [r for r in runs if r["setup"] == NARROW]
     out = {"available": kd_available(), "runs": len(members), "healthy": sum(r["healthy"] for r in members),
@@ -453,7 +436,7 @@ def _narrow(runs: list[dict]) -> dict:
     if out["available"]:
         from hadainit.modes import max_margin, resolve_modes
 
-        from .validate import NARROW_WIDTH
+        from .narrow import NARROW_WIDTH
 
         for choice in ("auto", "first"):  # the max-margin LP value of the mode set hadamard_ uses (K = 10 > d)
             try:

@@ -20,7 +20,7 @@ import torch
 
 from hadainit.ufm.forecast import evaluate_forecast
 
-from .keys import NC_EVAL, PROBE, SPECTRAL_EVAL
+from .keys import NC_EVAL, PROBE, SPECTRAL_EVAL, TRAIN_ACC, VAL_ACC
 from .figures import label, log_epoch_axis, log_ticks, new_figure, positive, save
 from .measures import divergence, efold_slopes, holm, mde_range, paired_difference, truncation
 from .runs import read_metrics, series, write_atomic
@@ -181,7 +181,7 @@ def endpoints(table: list[dict], epochs: int) -> dict:
         if name not in out:  # a short run: both targets at its last epoch
             out[name] = math.log(value) if value else None
     out["loss_area"] = loss_area(table)
-    out["test_acc"] = final(table, "val/acc")
+    out["test_acc"] = final(table, VAL_ACC)
     return out
 
 
@@ -190,9 +190,9 @@ def run_values(table: list[dict], epochs: int) -> dict:
     init = table[0] if table and table[0]["epoch"] == -1 else {}
     start = terminal_start(table, epochs)
     return {
-        "train_acc": final(table, "train/acc"),
-        "val_acc": final(table, "val/acc"),
-        "epochs_to_train_acc_1": first_epoch(table, "train/acc", lambda v: v >= 1.0),
+        "train_acc": final(table, TRAIN_ACC),
+        "val_acc": final(table, VAL_ACC),
+        "epochs_to_train_acc_1": first_epoch(table, TRAIN_ACC, lambda v: v >= 1.0),
         "epochs_to_nc1": first_epoch(table, NC + "nc1", lambda v: v < NC1_THRESHOLD),
         "nc1": final(table, NC + "nc1"),
         "drift": final(table, SP + "drift"),
@@ -514,7 +514,7 @@ def _figures(out: Path, runs: list[dict], results: dict) -> list[str]:
         return []
     wd = max(r["weight_decay"] for r in runs)
     names = [
-        _grid(out, runs, [("train/acc", "train accuracy", False), ("val/acc", "test accuracy", False),
+        _grid(out, runs, [(TRAIN_ACC, "train accuracy", False), (VAL_ACC, "test accuracy", False),
                           (NC + "nc1", "NC1", True)], "accuracy_nc1.png", "Accuracy and NC1 by last-layer init", wd),
         _grid(out, runs, [(SP + "drift", "drift of W", False), (SP + "logit_leakage", "logit_leakage", False),
                           (PR + "label_free_distance", "label-free distance", False)], "drift.png",

@@ -14,10 +14,10 @@ import os
 import sys
 
 COMMANDS = {
-    "ufm": ("hadainit.experiments.ufm", "the UFM theory reproduced: figures, report.json, report.md (make demo)"),
+    "ufm": ("hadainit.experiments.ufm_demo", "the UFM theory reproduced: figures, report.json, report.md (make demo)"),
     "real": ("hadainit.experiments.real", "a quick Hadamard-vs-default comparison on real data (make demo)"),
     "train": ("hadainit.experiments.train", "train a classifier with the monitors on (LightningCLI)"),
-    "validate": ("hadainit.experiments.validate", "the real-data study of the paper's open questions (make validate)"),
+    "validate": ("hadainit.experiments.study_run", "the real-data study of the paper's open questions (make validate)"),
     "compare": ("hadainit.experiments.compare", "overlay runs and tabulate their final values"),
     "slowdown": ("hadainit.experiments.slowdown", "slope of the margin against log(epoch) in a run"),
     "demo": ("hadainit.experiments.demo", "the dense UFM from four initializations"),

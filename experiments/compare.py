@@ -18,10 +18,10 @@ from pathlib import Path
 from hadainit.callbacks.plotting import NOT_PLOTTED, epoch_axis, label, new_figure, save, spans_decade
 
 from .outdir import prepare
+from .keys import COMPARE_SUFFIXES
 from .runs import find_metrics_csv, read_metrics, series, write_atomic
 
-TABLE_SUFFIXES = ("val/acc", "train/acc", "/nc1", "/cdnv", "/etf_gap_means", "/nc3", "/nc4", "/kl_lyapunov",
-                  "/drift", "/drift_out_of_span", "/logit_leakage", "/spectral_margin")
+TABLE_SUFFIXES = COMPARE_SUFFIXES
 
 
 def labels_for(paths: list[Path]) -> list[str]:

@@ -16,9 +16,10 @@ import time
 import torch
 
 from .measures import class_mean_logits, efold_slopes, margin_summary
+from .keys import RUN_MARGINS, TRAIN_ACC, TRAIN_LOSS
 from .twolayer import record_steps
 
-MARGINS = ("neg_log_loss", "margin_min", "margin_softmin", "spectral_margin")
+MARGINS = RUN_MARGINS
 
 
 def run(steps: int = 12_000, lr: float = 0.5, init: str = "default", seed: int = 0, count: int = 80) -> dict:
@@ -47,9 +48,9 @@ def run(steps: int = 12_000, lr: float = 0.5, init: str = "default", seed: int =
         if t in record:
             with torch.no_grad():
                 z = logits.detach().double()
-                row = {"step": t, "time": lr * t, "train/acc": (z.argmax(1) == y).double().mean().item()}
+                row = {"step": t, "time": lr * t, TRAIN_ACC: (z.argmax(1) == y).double().mean().item()}
                 row.update(margin_summary(z, y))
-                row["train/loss"] = row["loss"]
+                row[TRAIN_LOSS] = row["loss"]
                 try:
                     spec = spectrum_of_class_mean_logits(class_mean_logits(z, y, 10))
                     row.update({k: spec[k] for k in ("spectral_margin", "etf_angle", "kl_lyapunov", "logit_leakage")})
@@ -72,7 +73,7 @@ def run(steps: int = 12_000, lr: float = 0.5, init: str = "default", seed: int =
 def summarize(rows: list[dict]) -> dict:
     """From the first step at 100% training accuracy: the terminal phase's length in e-folds of time and the
     slope of each margin per e-fold in successive one-e-fold windows."""
-    reached = next((r["time"] for r in rows if r["time"] > 0 and r.get("train/acc", 0) >= 1.0), None)
+    reached = next((r["time"] for r in rows if r["time"] > 0 and r.get(TRAIN_ACC, 0) >= 1.0), None)
     if reached is None:
         return {"terminal_from": None, "efolds": 0.0, "slopes": {}}
     end = rows[-1]["time"]

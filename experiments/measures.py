@@ -13,7 +13,9 @@ import statistics
 import torch
 from torch import Tensor
 
-__all__ = ["sample_margins", "margin_summary", "label_free_distance", "leakage_over_relabellings", "divergence",
+from .keys import TRAIN_ACC, TRAIN_LOSS
+
+__all__ = ["sample_margins", "margin_summary", "label_free_distance", "leakage_over_relabellings", "divergence", "mde_range",
            "truncation", "paired_difference", "holm", "efold_slopes", "class_mean_logits", "normalized_margin"]
 
 
@@ -121,7 +123,7 @@ ACC_DROP = 0.1  # or training accuracy down this much below its running maximum 
 ACC_ARMED = 0.9  # ... once that running maximum has reached this (not in the noisy early phase)
 
 
-def divergence(table: list[dict], loss_key: str = "train/loss", acc_key: str = "train/acc",
+def divergence(table: list[dict], loss_key: str = TRAIN_LOSS, acc_key: str = TRAIN_ACC,
                factor: float = DIVERGENCE_FACTOR, acc_drop: float = ACC_DROP,
                acc_armed: float = ACC_ARMED) -> dict | None:
     """The first epoch at which a run diverged, or None: the loss rose above ``factor`` times its running
@@ -150,7 +152,7 @@ def divergence(table: list[dict], loss_key: str = "train/loss", acc_key: str = "
     return None
 
 
-def truncation(table: list[dict], planned_epochs: int, key: str = "train/loss") -> dict | None:
+def truncation(table: list[dict], planned_epochs: int, key: str = TRAIN_LOSS) -> dict | None:
     """None if the run logged ``key`` through its planned last epoch; else the last epoch it reached (a killed or
     crashed run, whose final values are not the final values of the plan)."""
     done = [r["epochs_done"] for r in table if key in r]
@@ -225,3 +227,19 @@ def efold_slopes(times: list[float], values: list[float], start: float, width: f
                         "points": len(win), "slope": slope})
         k += 1
     return out
+
+
+def mde_range(paired: list[dict], endpoint_prefix: str) -> tuple[dict, dict] | None:
+    """The comparisons with the smallest and the largest minimal detectable effect among the *complete* ones
+    (both arms healthy at every seed: a comparison that lost a seed has a larger MDE that is not the design's)
+    whose endpoint starts with ``endpoint_prefix``; None if there is none.
+
+    >>> c = lambda mde, complete: {"endpoint": "x", "mde": mde, "complete": complete}
+    >>> [d["mde"] for d in mde_range([c(0.1, True), c(0.3, True), c(9.0, False)], "x")]
+    [0.1, 0.3]
+    """
+    pool = [c for c in paired if c["endpoint"].startswith(endpoint_prefix) and c.get("complete")
+            and c.get("mde") is not None and math.isfinite(c["mde"])]
+    if not pool:
+        return None
+    return min(pool, key=lambda c: c["mde"]), max(pool, key=lambda c: c["mde"])

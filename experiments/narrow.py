@@ -17,6 +17,9 @@ from .models import MLP
 from .module import ClassifierModule
 
 NARROW_INITS = ("auto", "first", "default")
+#: the study setup of a digits MLP with a 5-wide penultimate layer: K = 10 > d = 5
+NARROW = "digits-narrow"
+NARROW_WIDTH = 5
 
 
 def kd_available() -> bool:

@@ -13,8 +13,9 @@ import lightning as L
 import torch
 
 from .measures import class_mean_logits, label_free_distance, leakage_over_relabellings, margin_summary, normalized_margin
+from .keys import PROBE
 
-PREFIX = "probe/"
+PREFIX = PROBE
 
 
 class MarginProbe(L.Callback):

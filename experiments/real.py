@@ -1,7 +1,7 @@
 """``hadainit real``: a quick look at a real network, orthogonal (``hadamard_``) vs default last-layer init (``make demo``).
 
 An MLP on scikit-learn's digits, one seed per init, both monitors and the margin probe at log-spaced
-epochs (:func:`hadainit.experiments.validate.measured_epochs`): the same runs, analysis and figures as
+epochs (:func:`hadainit.experiments.study_run.measured_epochs`): the same runs, analysis and figures as
 ``hadainit validate`` (see there), small enough for a demo. Prints a line per finished run, then a
 short summary and the report's path.
 """
@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .runs import prepare_out
-from .validate import RunSpec, run_study
+from .study_run import RunSpec, run_study
 
 
 def plan(epochs: int) -> list[RunSpec]:

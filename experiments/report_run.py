@@ -10,8 +10,9 @@ from hadainit.callbacks import _lightning as lightning_internals
 from hadainit.callbacks.plotting import epoch_axis, label, new_figure, save
 
 from .runs import read_metrics, series, write_atomic
+from .keys import RUN_CURVES
 
-CURVES = (("train/acc", "val/acc"), ("train/loss", "val/loss"))
+CURVES = RUN_CURVES
 
 
 def plot_curves(table: list[dict], path: Path) -> None:

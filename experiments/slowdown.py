@@ -18,8 +18,9 @@ from pathlib import Path
 from hadainit.ufm.forecast import log_epoch_slope
 
 from .runs import read_metrics, series
+from .keys import MARGIN_DEFAULT_SUFFIXES, TRAIN_ACC
 
-DEFAULT_KEYS = ("spectral_margin", "margin_mean", "class_margin_mean")
+DEFAULT_KEYS = MARGIN_DEFAULT_SUFFIXES
 
 
 def pick_key(table: list[dict], key: str | None) -> str:
@@ -40,7 +41,7 @@ def terminal_start(table: list[dict], epochs: float | None = None) -> float:
     accuracy on, but at least a tenth of the run; the second half if it never reached 100%."""
     if epochs is None:
         epochs = max((r["epochs_done"] for r in table), default=0.0)
-    reached = next((r["epochs_done"] for r in table if r["epochs_done"] > 0 and r.get("train/acc", 0.0) >= 1.0), None)
+    reached = next((r["epochs_done"] for r in table if r["epochs_done"] > 0 and r.get(TRAIN_ACC, 0.0) >= 1.0), None)
     return max(reached, epochs / 10) if reached is not None else epochs / 2
 
 

@@ -20,13 +20,12 @@ import torch
 
 from hadainit.ufm.forecast import evaluate_forecast
 
+from .keys import NC_EVAL, PROBE, SPECTRAL_EVAL, TRAIN_ACC, VAL_ACC
 from .figures import label, log_epoch_axis, log_ticks, new_figure, positive, save
-from .measures import divergence, efold_slopes, holm, paired_difference, truncation
+from .measures import divergence, efold_slopes, holm, mde_range, paired_difference, truncation
 from .runs import read_metrics, series, write_atomic
 
-NC = "nc_eval/"
-SP = "spectral_eval/"
-PR = "probe/"
+NC, SP, PR = NC_EVAL, SPECTRAL_EVAL, PROBE
 NC1_THRESHOLD = 1.0  # digits networks get below it within the runs; mnist1d ones do not
 RISE_TOL = 1e-9  # relative: rises smaller than round-off are not rises
 RISE_MIN = 0.01  # relative: an initial rise of a distance counts from 1% above its start
@@ -182,7 +181,7 @@ def endpoints(table: list[dict], epochs: int) -> dict:
         if name not in out:  # a short run: both targets at its last epoch
             out[name] = math.log(value) if value else None
     out["loss_area"] = loss_area(table)
-    out["test_acc"] = final(table, "val/acc")
+    out["test_acc"] = final(table, VAL_ACC)
     return out
 
 
@@ -191,9 +190,9 @@ def run_values(table: list[dict], epochs: int) -> dict:
     init = table[0] if table and table[0]["epoch"] == -1 else {}
     start = terminal_start(table, epochs)
     return {
-        "train_acc": final(table, "train/acc"),
-        "val_acc": final(table, "val/acc"),
-        "epochs_to_train_acc_1": first_epoch(table, "train/acc", lambda v: v >= 1.0),
+        "train_acc": final(table, TRAIN_ACC),
+        "val_acc": final(table, VAL_ACC),
+        "epochs_to_train_acc_1": first_epoch(table, TRAIN_ACC, lambda v: v >= 1.0),
         "epochs_to_nc1": first_epoch(table, NC + "nc1", lambda v: v < NC1_THRESHOLD),
         "nc1": final(table, NC + "nc1"),
         "drift": final(table, SP + "drift"),
@@ -278,22 +277,6 @@ def paired_comparisons(runs: list[dict]) -> list[dict]:
         c["p_holm"] = p
         c["significant"] = None if p is None else p < ALPHA
     return out
-
-
-def mde_range(paired: list[dict], endpoint_prefix: str) -> tuple[dict, dict] | None:
-    """The comparisons with the smallest and the largest minimal detectable effect among the *complete* ones
-    (both arms healthy at every seed: a comparison that lost a seed has a larger MDE that is not the design's)
-    whose endpoint starts with ``endpoint_prefix``; None if there is none.
-
-    >>> c = lambda mde, complete: {"endpoint": "x", "mde": mde, "complete": complete}
-    >>> [d["mde"] for d in mde_range([c(0.1, True), c(0.3, True), c(9.0, False)], "x")]
-    [0.1, 0.3]
-    """
-    pool = [c for c in paired if c["endpoint"].startswith(endpoint_prefix) and c.get("complete")
-            and c.get("mde") is not None and math.isfinite(c["mde"])]
-    if not pool:
-        return None
-    return min(pool, key=lambda c: c["mde"]), max(pool, key=lambda c: c["mde"])
 
 
 def _median(xs):
@@ -445,8 +428,7 @@ def analyze(out: Path, specs: list[dict], *, quick: bool, seconds: float, comman
 
 
 def _narrow(runs: list[dict]) -> dict:
-    from .narrow import kd_available
-    from .validate import NARROW
+    from .narrow import NARROW, kd_available
 
     members = [r for r in runs if r["setup"] == NARROW]
     out = {"available": kd_available(), "runs": len(members), "healthy": sum(r["healthy"] for r in members),
@@ -454,7 +436,7 @@ def _narrow(runs: list[dict]) -> dict:
     if out["available"]:
         from hadainit.modes import max_margin, resolve_modes
 
-        from .validate import NARROW_WIDTH
+        from .narrow import NARROW_WIDTH
 
         for choice in ("auto", "first"):  # the max-margin LP value of the mode set hadamard_ uses (K = 10 > d)
             try:
@@ -532,7 +514,7 @@ def _figures(out: Path, runs: list[dict], results: dict) -> list[str]:
         return []
     wd = max(r["weight_decay"] for r in runs)
     names = [
-        _grid(out, runs, [("train/acc", "train accuracy", False), ("val/acc", "test accuracy", False),
+        _grid(out, runs, [(TRAIN_ACC, "train accuracy", False), (VAL_ACC, "test accuracy", False),
                           (NC + "nc1", "NC1", True)], "accuracy_nc1.png", "Accuracy and NC1 by last-layer init", wd),
         _grid(out, runs, [(SP + "drift", "drift of W", False), (SP + "logit_leakage", "logit_leakage", False),
                           (PR + "label_free_distance", "label-free distance", False)], "drift.png",

@@ -88,7 +88,7 @@ def conclusions(r: dict) -> list[str]:
             text += "none differs from the default init after the adjustment."
         unadj = sum(c["p"] < 0.05 for c in paired)
         text += f" Unadjusted, {unadj} of {len(paired)} have p < 0.05 (about {0.05 * len(paired):.1f} expected by chance)."
-        from .study import mde_range
+        from .measures import mde_range
 
         span = mde_range(paired, "log_loss@10")
         if span:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .measures import class_mean_logits, efold_slopes, label_free_distance, margin_summary
+from .keys import RUN_MARGINS
 
 #: the K = 10 fourier start: modes of a few decades (pairs equal, as the exact theory needs)
 FOURIER10_LAM = (1.0, 10.0, 10.0, 3.0, 3.0, 1.0, 1.0, 0.3, 0.3, 0.1)
@@ -143,7 +144,7 @@ def rise(rows: list[dict], key: str) -> dict:
             "end": vals[-1][1]}
 
 
-MARGINS = ("neg_log_loss", "margin_min", "margin_softmin", "spectral_margin")
+MARGINS = RUN_MARGINS
 
 
 def summarize(rows: list[dict], lr: float) -> dict:

@@ -29,7 +29,7 @@ def test_console_command_runs_the_demo():
 def test_more_classes_than_features_panel(tmp_path):
     import torch
 
-    from hadainit.experiments.ufm import _kd_report, etf_angle_example, more_classes_than_features
+    from hadainit.experiments.ufm_demo import _kd_report, etf_angle_example, more_classes_than_features
 
     r = more_classes_than_features(tmp_path, torch.Generator().manual_seed(0), quick=True)
     data = (tmp_path / r["figure"]).read_bytes()

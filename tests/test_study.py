@@ -8,7 +8,7 @@ import statistics
 import numpy as np
 import pytest
 
-from hadainit.experiments import validate
+from hadainit.experiments import study_run as validate
 from hadainit.experiments.study import NC1_THRESHOLD, RISE_TOL
 
 
@@ -289,7 +289,7 @@ def test_readme_states_the_measured_epoch_counts_that_run():
     from pathlib import Path
 
     from hadainit.callbacks import log_spaced_epochs
-    from hadainit.experiments.validate import MEASURED
+    from hadainit.experiments.study_run import MEASURED
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     real = re.search(r"hadainit real --out out/real`[^.]*?(\d+) distinct log-spaced epochs", readme, re.S)

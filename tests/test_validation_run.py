@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from hadainit.experiments.ufm import run
+from hadainit.experiments.ufm_demo import run
 
 FIGURES = [
     "dense_vs_reduced.png",

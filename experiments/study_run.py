@@ -23,6 +23,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .narrow import NARROW, NARROW_WIDTH  # noqa: F401  (NARROW_WIDTH re-exported)
 from .runs import prepare_out, write_atomic
 
 SETUPS = {  # name: (data module, arch, lr): each reaches 100% training accuracy within 50-90 epochs
@@ -33,8 +34,6 @@ SETUPS = {  # name: (data module, arch, lr): each reaches 100% training accuracy
 INITS = ("orthogonal", "etf", "default")
 #: the study's arm names -> ClassifierModule's init names ("orthogonal" is hadamard_ with a random V)
 MODULE_INIT = {"orthogonal": "hadamard", "etf": "etf", "default": "default"}
-NARROW = "digits-narrow"  # digits MLP with a 5-wide penultimate layer: K = 10 > d = 5
-NARROW_WIDTH = 5
 #: the measurement grid: about this many log-spaced epochs (log_spaced_epochs removes duplicates)
 MEASURED = 50
 #: the quick profile (what the tests run): tiny, but every code path of the study (the paired statistics need

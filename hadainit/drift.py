@@ -258,8 +258,7 @@ def drift(weight: Tensor, basis: InitialBasis) -> dict[str, float]:
     w = _unit_scale(_weight64(weight))
     left, right = _check_basis_for(w, basis)
     norm = torch.linalg.matrix_norm(w)
-    core = left.T @ w @ right
-    offdiag = torch.linalg.matrix_norm(core - torch.diag(torch.diagonal(core)))
+    core, offdiag = _offdiag(w, left, right)
     out_of_span = torch.linalg.matrix_norm(w - left @ core @ right.T)
     return {
         "drift": (torch.hypot(offdiag, out_of_span) / norm).item(),
@@ -278,17 +277,29 @@ def _row_space_angle(w: Tensor, right: Tensor) -> float:
     return principal_angles(right, vh[:r].T).max().item()
 
 
-def leakage(weight: Tensor, left: Tensor, right: Tensor) -> Tensor:
+def leakage(weight: Tensor, left: Tensor | InitialBasis, right: Tensor | None = None) -> Tensor:
     """Frozen-singular-vector leakage ``||offdiag(left^T W right)||_F / ||W||_F`` (``drift_offdiag``).
 
     Zero while ``W`` stays of the form ``left @ diag(s) @ right^T``. It does not see drift out
-    of span(right): use :func:`drift` on a real network. Computed in the weight's dtype, on its device.
+    of span(right): use :func:`drift` on a real network. Computed in the weight's dtype, on its device
+    (the same formula as :func:`drift`'s ``drift_offdiag``: :func:`_offdiag`).
 
     Args:
         weight: W, shape (K, d).
-        left: K x r basis (orthonormal columns), e.g. ``Q``.
-        right: d x r basis (orthonormal columns), e.g. the initial ``V``.
+        left: an :class:`InitialBasis` (then no ``right``), or a K x r basis (orthonormal columns), e.g. ``Q``.
+        right: d x r basis (orthonormal columns), e.g. the initial ``V``, when ``left`` is a tensor.
+
+    >>> import hadainit
+    >>> w, basis = hadainit.hadamard_(torch.empty(8, 16, dtype=torch.float64), return_basis=True)
+    >>> leakage(w, basis).item() < 1e-14
+    True
     """
+    if isinstance(left, InitialBasis):
+        if right is not None:
+            raise ValueError("leakage takes an InitialBasis or left and right tensors, not both")
+        left, right = left.left.to(weight), left.right.to(weight)
+    elif right is None:
+        raise TypeError("leakage needs an InitialBasis, or the left and right tensors")
     if (
         weight.dim() != 2
         or left.dim() != 2
@@ -307,9 +318,13 @@ def leakage(weight: Tensor, left: Tensor, right: Tensor) -> Tensor:
     if not top > 0:
         raise ValueError("leakage of a zero weight is undefined (it is relative to ||W||_F)")
     w = weight / top
+    return _offdiag(w, left, right)[1] / torch.linalg.matrix_norm(w)
+
+
+def _offdiag(w: Tensor, left: Tensor, right: Tensor) -> tuple[Tensor, Tensor]:
+    """``(C, ||offdiag(C)||_F)`` with ``C = left^T W right``: the one route to ``drift_offdiag``."""
     core = left.T @ w @ right
-    off = core - torch.diag_embed(torch.diagonal(core))
-    return torch.linalg.matrix_norm(off) / torch.linalg.matrix_norm(w)
+    return core, torch.linalg.matrix_norm(core - torch.diag_embed(torch.diagonal(core)))
 
 
 def principal_angles(a: Tensor, b: Tensor) -> Tensor:

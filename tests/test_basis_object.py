@@ -19,7 +19,7 @@ from torch import nn
 import hadainit
 from hadainit.bases import basis_matrix
 from hadainit.basis import INIT_BASIS_KINDS, SOURCES, InitialBasis
-from hadainit.drift import detect_basis, drift, initial_basis, monitor_basis
+from hadainit.drift import detect_basis, drift, initial_basis, leakage, monitor_basis
 from hadainit.init import spectral_init
 
 GEN = lambda seed: torch.Generator().manual_seed(seed)  # noqa: E731
@@ -145,3 +145,34 @@ def test_returned_basis_reproduces_the_weight():
     w, basis = hadainit.hadamard_(torch.empty(12, 20, dtype=torch.float64), 0.7, generator=GEN(8), return_basis=True)
     assert torch.allclose(basis.left.T @ w @ basis.right, 0.7 * torch.eye(12, dtype=torch.float64), atol=1e-13)
     assert math.isclose(drift(w, basis)["drift"], 0.0, abs_tol=1e-13)
+
+
+def test_ufm_holds_an_initial_basis_with_its_kind_and_mode_set():
+    from hadainit.ufm import UFM
+
+    model = UFM.from_spectrum(16, 5, [1.0, 2.0, 3.0, 4.0, 5.0], modes=[1, 2, 4, 8, 15], basis="walsh")
+    basis = model.basis
+    assert isinstance(basis, InitialBasis) and basis.kind == "walsh" and basis.modes.tolist() == [1, 2, 4, 8, 15]
+    assert torch.equal(model.left, basis.left) and torch.equal(model.right, basis.right)  # float64 model
+    assert torch.equal(basis.left, basis_matrix(16, "walsh")[:, [1, 2, 4, 8, 15]])
+    assert _same(copy.deepcopy(model).basis, basis)
+    again = UFM(model.W.detach(), model.H.detach(), basis=basis)
+    assert again.basis is basis and torch.equal(again.left, model.left)
+    with pytest.raises(ValueError, match="not both"):
+        UFM(model.W.detach(), model.H.detach(), basis=basis, left=model.left, right=model.right)
+    assert UFM.random(4, 8, generator=GEN(9)).basis.kind == "svd"
+    assert UFM.from_spectrum(8, 8, torch.ones(8)).basis.kind == "walsh"
+
+
+def test_leakage_takes_the_basis_and_agrees_with_drift_offdiag():
+    w0, basis = hadainit.hadamard_(torch.empty(8, 16, dtype=torch.float64), generator=GEN(10), return_basis=True)
+    w = w0 + 0.1 * torch.randn(8, 16, dtype=torch.float64, generator=GEN(11))
+    by_object = leakage(w, basis).item()
+    assert by_object == leakage(w, basis.left, basis.right).item()
+    assert math.isclose(by_object, drift(w, basis)["drift_offdiag"], rel_tol=1e-14)
+    # independent: the off-diagonal of Q^T W V by hand
+    core = basis.left.T @ w @ basis.right
+    expected = (core - torch.diag(torch.diagonal(core))).norm() / w.norm()
+    assert math.isclose(by_object, expected.item(), rel_tol=1e-12)
+    with pytest.raises(ValueError, match="not both"):
+        leakage(w, basis, basis.right)

@@ -416,21 +416,11 @@ class MonitorBase(Feeding, Callback):
         self._bind(trainer, pl_module)  # trainer.validate: no fit bound it
 
     def _initial_basis(self, weight: Tensor, kind) -> InitialBasis:
-        from hadainit.drift import initial_basis
+        from hadainit.drift import monitor_basis  # the whole policy: given, detected from W(0), or the SVD
 
-        if kind is not None:
-            return initial_basis(weight, kind)  # the user's word: an error if the weights do not fit it
-        try:
-            basis = initial_basis(weight)  # the hadamard_ record's kind, if the weight carries one
-        except ValueError as err:  # a record that does not fit the weights (they were loaded from elsewhere)
-            self._warn_once("stale", f"{type(self).__name__}({self.name!r}): the hadamard_ record on the weight does "
-                            f"not fit its values ({err}); using the SVD of W(0)")
-            basis = initial_basis(weight, "svd")
-        if basis.guessed:
-            self._warn_once("guessed", f"{type(self).__name__}({self.name!r}): the classifier's initial basis is not "
-                            "known (no init_basis=... and no hadamard_ record on the weight): drift is measured from the "
-                            "SVD of W(0), arbitrary within repeated singular values. Pass init_basis='walsh'|'fourier'|"
-                            "'hadamard' for a hadamard_ init, or init_basis='svd' to silence this.")
+        basis, warning = monitor_basis(weight, kind)
+        if warning is not None:
+            self._warn_once("guessed", f"{type(self).__name__}({self.name!r}): {warning}")
         return basis
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -6,15 +6,17 @@ callbacks live in :mod:`hadainit.callbacks`, the validation runs in
 """
 
 from .bases import basis_matrix, mode_pairs, paired_spectrum, softmax_basis
-from .drift import InitialBasis, drift, initial_basis, leakage
+from .basis import INIT_BASIS_KINDS, InitialBasis
+from .drift import detect_basis, drift, initial_basis, leakage
 from .hadamard import constructible_orders, fwht, fwht_kernel_status, hadamard_matrix, is_constructible
-from .init import DEFAULT_GAIN, hadamard_, spectral_init, spectral_record
+from .init import DEFAULT_GAIN, hadamard_, spectral_init
 from .modes import MaxMargin, auto_modes, basis_columns, check_modes, first_modes, max_margin, random_modes, truncation_modes
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_GAIN",
+    "INIT_BASIS_KINDS",
     "InitialBasis",
     "MaxMargin",
     "auto_modes",
@@ -22,6 +24,7 @@ __all__ = [
     "basis_matrix",
     "check_modes",
     "constructible_orders",
+    "detect_basis",
     "drift",
     "first_modes",
     "fwht",
@@ -37,6 +40,5 @@ __all__ = [
     "random_modes",
     "softmax_basis",
     "spectral_init",
-    "spectral_record",
     "truncation_modes",
 ]

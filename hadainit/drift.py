@@ -14,13 +14,20 @@ and usually the larger part on a real network: measuring ``offdiag(C)`` alone
 is blind to it. ``drift_angle`` is the largest principal angle between span(V0)
 and the current row space of W, an extra.
 
-The basis is an explicit :class:`InitialBasis` object, never a hidden attribute
-of a tensor (those do not survive ``deepcopy``, ``load_state_dict`` or a DDP
-broadcast). :func:`initial_basis` recovers it from the initial weights and a
-basis kind: ``V0 = W0^T Q diag(1/s)``, exact for ``W0 = Q diag(s) V0^T`` and,
-read from weights every DDP rank received from rank 0, the same on all ranks.
-Without a kind it is the SVD of W0, which is arbitrary within repeated singular
-values (``hadamard_``'s are all equal): :attr:`InitialBasis.guessed` says so.
+The basis is an explicit :class:`InitialBasis` object (:mod:`hadainit.basis`),
+never a hidden attribute of a tensor (those do not survive ``deepcopy``,
+``load_state_dict``, spawn or a DDP broadcast). :func:`initial_basis` recovers it
+from the initial weights and a basis kind: ``V0 = W0^T Q diag(1/s)``, exact for
+``W0 = Q diag(s) V0^T`` and, read from weights every DDP rank received from rank
+0, the same on all ranks. Without a kind, :func:`detect_basis` reads it from W0
+alone (deterministic, so it survives every copy of the weights): hadamard_'s
+default basis for that K if W0 fits it, else the other softmax-diagonalizing
+basis if W0 fits that, else the SVD of W0 (:attr:`InitialBasis.guessed`).
+A W0 with all singular values equal (``hadamard_``'s default, or any orthogonal
+init) fits *every* orthonormal basis: the default basis is then taken, so an
+init on another basis (``basis="fourier"`` at a power-of-two K, ``"hadamard"``,
+a custom tensor) must be named (``init_basis=...``) or its :class:`InitialBasis`
+passed on.
 """
 
 from __future__ import annotations
@@ -32,134 +39,18 @@ import torch
 from torch import Tensor
 
 from ._threads import lapack
-from .bases import BASIS_KINDS, basis_matrix, resolve_basis
-from .init import spectral_record
-from .modes import basis_columns, basis_transpose
+from .bases import basis_matrix, resolve_basis
+from .basis import _ORTHONORMAL_TOL, INIT_BASIS_KINDS, SOURCES, InitialBasis
+from .hadamard import is_power_of_two
+from .modes import basis_transpose
 
-__all__ = ["DRIFT_KEYS", "InitialBasis", "drift", "initial_basis", "leakage", "principal_angles"]
+__all__ = [
+    "DRIFT_KEYS", "INIT_BASIS_KINDS", "SOURCES", "InitialBasis", "detect_basis", "drift", "initial_basis", "leakage",
+    "monitor_basis", "principal_angles",
+]
 
 #: The keys of :func:`drift`, the same for every initialization.
 DRIFT_KEYS = ("drift", "drift_offdiag", "drift_out_of_span", "drift_angle")
-
-#: Where an :class:`InitialBasis` came from: a basis kind, a user's K x K tensor, or the SVD of W0.
-SOURCES = tuple(k for k in BASIS_KINDS if k != "auto") + ("custom", "svd")
-
-_ORTHONORMAL_TOL = 1e-5  # float32 weights carry ~1e-7 of round-off
-
-
-def _orthonormality_error(m: Tensor) -> float:
-    return (m.T @ m - torch.eye(m.shape[1], dtype=m.dtype)).abs().max().item() if m.numel() else 0.0
-
-
-@dataclass(frozen=True, eq=False)
-class InitialBasis:
-    """``W0 = left @ diag(s) @ right.T``: ``left`` K x r and ``right`` d x r with orthonormal columns.
-
-    ``kind`` is where it came from (see :data:`SOURCES`); ``kind == "svd"`` means it was
-    guessed from the SVD of W0. Tensors are float64 on the CPU (converted on construction).
-    ``modes`` is the mode set S of a walsh/fourier basis when ``left`` holds only those
-    columns of Q (``left = Q[:, modes]``; K > d, docs/theory.md §8), else None (all of Q,
-    or no Q). :meth:`from_modes` builds such a basis from S and V without a K x K matrix.
-    """
-
-    kind: str
-    left: Tensor
-    right: Tensor
-    modes: Tensor | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in SOURCES:
-            raise ValueError(f"InitialBasis kind must be one of {SOURCES}, got {self.kind!r}")
-        for name in ("left", "right"):
-            value = getattr(self, name)
-            if not isinstance(value, Tensor):
-                raise TypeError(f"InitialBasis {name} must be a tensor, got {type(value).__name__}")
-            if value.dim() != 2 or not value.is_floating_point():
-                raise ValueError(f"InitialBasis {name} must be a 2-D floating tensor, got {value.dtype} {tuple(value.shape)}")
-            value = value.detach().to(device="cpu", dtype=torch.float64)
-            if not torch.isfinite(value).all():
-                raise ValueError(f"InitialBasis {name} contains NaN or Inf")
-            err = _orthonormality_error(value)
-            if not err < _ORTHONORMAL_TOL:
-                raise ValueError(f"InitialBasis {name} must have orthonormal columns (max |M^T M - I| = {err:.3g})")
-            object.__setattr__(self, name, value)
-        if self.left.shape[1] != self.right.shape[1]:
-            raise ValueError(
-                f"InitialBasis left {tuple(self.left.shape)} and right {tuple(self.right.shape)} need the same number of columns"
-            )
-        if self.modes is not None:
-            object.__setattr__(self, "modes", self._checked_modes(self.modes))
-
-    def _checked_modes(self, modes) -> Tensor:
-        """The mode set as int64: distinct indices of a walsh/fourier basis, one per column of ``left``,
-        whose first rows match the generated columns (a cheap check that ``left`` is ``Q[:, modes]``)."""
-        if self.kind not in ("walsh", "fourier"):
-            raise ValueError(f"InitialBasis modes need a walsh or fourier kind, got {self.kind!r}")
-        if not isinstance(modes, Tensor) or modes.is_floating_point() or modes.dtype == torch.bool or modes.dim() != 1:
-            raise ValueError(f"InitialBasis modes must be a 1-D integer tensor, got {getattr(modes, 'dtype', type(modes).__name__)}")
-        modes = modes.detach().to(device="cpu", dtype=torch.int64)
-        k = self.left.shape[0]
-        if modes.numel() != self.left.shape[1] or torch.unique(modes).numel() != modes.numel():
-            raise ValueError(f"InitialBasis modes must be {self.left.shape[1]} distinct indices (one per column of left), "
-                             f"got {modes.numel()}")
-        if modes.numel() and (modes.min() < 0 or modes.max() >= k):
-            raise ValueError(f"InitialBasis modes must lie in 0 .. {k - 1}")
-        if k & (k - 1) and self.kind == "walsh":
-            raise ValueError(f"InitialBasis: a walsh basis needs a power-of-two K, got {k}")
-        probe = basis_columns(k, self.kind, modes)[: min(k, 8)]  # first rows: O(K r) once, like left itself
-        if not torch.allclose(self.left[: probe.shape[0]], probe, atol=1e-9, rtol=0.0):
-            raise ValueError(f"InitialBasis left is not the {self.kind} basis' columns at the given modes")
-        return modes
-
-    @classmethod
-    def from_modes(cls, kind: str, num_classes: int, modes, right: Tensor) -> InitialBasis:
-        """The basis ``(Q[:, modes], right)`` of a mode-set initialization, generating only those columns of Q."""
-        idx = torch.as_tensor(modes, dtype=torch.int64) if not isinstance(modes, Tensor) else modes
-        return cls(kind, basis_columns(num_classes, kind, idx), right, modes=idx)
-
-    @property
-    def guessed(self) -> bool:
-        """True when no basis was known and the SVD of W0 was taken (arbitrary within equal singular values)."""
-        return self.kind == "svd"
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """The (K, d) shape of the weights this basis belongs to."""
-        return self.left.shape[0], self.right.shape[0]
-
-    def state_dict(self) -> dict:
-        """``kind``, ``right`` and ``left``, or, for a mode set, ``modes`` and ``num_classes`` instead of
-        ``left`` (it is regenerated on load: a checkpoint stays O(d r), not O(K r))."""
-        if self.modes is None:
-            return {"kind": self.kind, "left": self.left.clone(), "right": self.right.clone()}
-        return {"kind": self.kind, "modes": self.modes.clone(), "num_classes": self.left.shape[0],
-                "right": self.right.clone()}
-
-    @classmethod
-    def from_state_dict(cls, state: dict, *, shape: tuple[int, int] | None = None, name: str = "basis") -> InitialBasis:
-        """Rebuild from :meth:`state_dict`, raising ``ValueError`` naming the key that is missing or wrong."""
-        if not isinstance(state, dict):
-            raise ValueError(f"{name} must be a dict with keys kind, left, right; got {type(state).__name__}")
-        keys = ("kind", "modes", "num_classes", "right") if "modes" in state else ("kind", "left", "right")
-        for key in keys:
-            if key not in state:
-                raise ValueError(f"{name} is missing the key {key!r}")
-        try:
-            if "modes" in state:
-                k = state["num_classes"]
-                if not isinstance(k, int) or isinstance(k, bool) or k < 2:
-                    raise ValueError(f"num_classes must be an int >= 2, got {k!r}")
-                if not isinstance(state["modes"], Tensor) or state["modes"].is_floating_point():
-                    raise ValueError("modes must be an integer tensor")
-                basis = cls.from_modes(state["kind"], k, state["modes"], state["right"])
-            else:
-                basis = cls(state["kind"], state["left"], state["right"])
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{name}: {err}") from None
-        if shape is not None and basis.shape != tuple(shape):
-            raise ValueError(f"{name} belongs to a ({basis.shape[0]}, {basis.shape[1]}) weight, the classifier is {tuple(shape)}")
-        return basis
-
 
 def _weight64(weight: Tensor, name: str = "weight") -> Tensor:
     if not isinstance(weight, Tensor):
@@ -178,9 +69,8 @@ def initial_basis(weight: Tensor, kind: str | Tensor | None = None) -> InitialBa
     Args:
         weight: W0.
         kind: the left basis: ``"walsh"``, ``"fourier"``, ``"hadamard"``, ``"auto"``, a K x K
-            orthogonal tensor, or ``"svd"`` (take the SVD of W0). ``None``: the kind recorded by
-            :func:`hadainit.hadamard_` on ``weight`` if there is one (the record is lost by
-            ``deepcopy`` and ``torch.multiprocessing``), else ``"svd"``.
+            orthogonal tensor, or ``"svd"`` (take the SVD of W0). ``None``: :func:`detect_basis`
+            (the basis W0 itself shows; the SVD when it shows none).
 
     Raises:
         ValueError: if W0 is not of the form ``Q diag(s) V^T`` for the named basis.
@@ -190,14 +80,97 @@ def initial_basis(weight: Tensor, kind: str | Tensor | None = None) -> InitialBa
     >>> initial_basis(w.clone(), "walsh").kind
     'walsh'
     """
+    if kind is None:
+        return detect_basis(weight)
+    if isinstance(kind, str) and kind not in INIT_BASIS_KINDS:
+        raise ValueError(f"unknown initial basis kind {kind!r}; expected one of {INIT_BASIS_KINDS}, a K x K tensor or None")
+    return _basis_of(_weight64(weight, "W0"), kind, _ORTHONORMAL_TOL)
+
+
+def _fit_tolerance(dtype: torch.dtype, k: int, d: int) -> float:
+    """How far from orthogonal (relative) the columns of ``Q^T W0`` may be for W0 to count as spectral.
+
+    W0 carries a relative round-off of ``eps`` per entry, with ``eps`` that of ``dtype`` or of
+    float32, whichever is larger (weights are usually initialized in float32, then cast, e.g. by
+    ``model.double()``); a column of ``W0^T Q`` sums ``K`` (or ``d``) such products, so its error
+    grows like ``sqrt(max(K, d)) eps`` (random signs). A factor 16 covers the constant. A generic
+    (non-spectral) weight is off by ~``1/sqrt(d)``, far above this for any realistic K and d.
+    """
+    eps = max(torch.finfo(dtype).eps, torch.finfo(torch.float32).eps)
+    return 16.0 * eps * max(k, d) ** 0.5
+
+
+def detect_basis(weight: Tensor) -> InitialBasis:
+    """The initial basis W0 shows by itself: deterministic, so the same after ``deepcopy``, pickling,
+    spawn, a checkpoint or a DDP broadcast of the weights.
+
+    The softmax-diagonalizing bases are tried in order: first :func:`hadainit.hadamard_`'s default
+    for this K (``basis="auto"``: walsh for a power of two, else fourier), then the other one
+    (fourier, for a power-of-two K). The first one in which W0 is ``Q diag(s) V^T`` (K <= d) or
+    ``Q_S diag(s) V^T`` on a mode set (K > d, docs/theory.md §8), to the round-off of W0's dtype,
+    is returned. Else the SVD of W0 (``kind == "svd"``, :attr:`InitialBasis.guessed`).
+
+    Ambiguity: a W0 with all singular values equal (``hadamard_``'s default, ``zero_mean`` on the
+    non-constant modes, or ``torch.nn.init.orthogonal_`` rows) is of that form in *every*
+    orthonormal basis; the default basis is then returned. An init on another basis (``"fourier"``
+    at a power-of-two K, ``"hadamard"``, a custom tensor) with equal singular values cannot be told
+    apart: name it (``initial_basis(w0, kind)``) or keep the :class:`InitialBasis` that
+    ``hadamard_(..., return_basis=True)`` returns.
+
+    >>> import hadainit
+    >>> w, basis = hadainit.hadamard_(torch.empty(8, 32), return_basis=True)
+    >>> detect_basis(w).kind, torch.allclose(detect_basis(w).right, basis.right, atol=1e-6)
+    ('walsh', True)
+    """
     w = _weight64(weight, "W0")
     k, d = w.shape
-    if kind is None:
-        record = spectral_record(weight)
-        if record is not None and record.kind == "custom":
-            kind = record.left
-        else:
-            kind = record.kind if record is not None else "svd"
+    tol = _fit_tolerance(weight.dtype, k, d)
+    default = resolve_basis(k, "auto")
+    for kind in (default,) + tuple(x for x in ("walsh", "fourier") if x != default and (x == "fourier" or is_power_of_two(k))):
+        try:
+            return _basis_of(w, kind, tol)
+        except ValueError:
+            continue
+    return _basis_of(w, "svd", tol)
+
+
+def monitor_basis(weight: Tensor, init_basis=None) -> tuple[InitialBasis, str | None]:
+    """The monitors' basis policy in one place: ``(basis, warning or None)`` for a classifier's W0.
+
+    Args:
+        weight: W0 (K x d), the weights at the start of training.
+        init_basis: None (:func:`detect_basis`), a kind of :data:`INIT_BASIS_KINDS` or a K x K
+            tensor (:func:`initial_basis`: an error if W0 does not fit it), or an
+            :class:`InitialBasis` (e.g. from ``hadamard_(..., return_basis=True)``), which must
+            belong to W0's shape and fit W0.
+
+    Returns:
+        The basis, and a warning text when it had to be guessed (the SVD of W0, arbitrary within
+        repeated singular values), else None.
+    """
+    if isinstance(init_basis, InitialBasis):
+        w = _weight64(weight, "W0")
+        if init_basis.shape != tuple(w.shape):
+            raise ValueError(f"init_basis belongs to a {init_basis.shape} weight, the classifier is {tuple(w.shape)}")
+        off = drift(w, init_basis)["drift"]
+        if not off <= max(_ORTHONORMAL_TOL, _fit_tolerance(weight.dtype, *w.shape)):
+            raise ValueError(f"init_basis does not fit the classifier's W(0) (its drift from it is {off:.3g}): "
+                             "was it returned by hadamard_ for these weights?")
+        return init_basis, None
+    if init_basis is not None:
+        return initial_basis(weight, init_basis), None
+    basis = detect_basis(weight)
+    if not basis.guessed:
+        return basis, None
+    return basis, ("the classifier's initial basis is not known (no init_basis=... given and W(0) is not spectral in "
+                   "the walsh or fourier basis): drift is measured from the SVD of W(0), arbitrary within repeated "
+                   "singular values. Pass init_basis='walsh'|'fourier'|'hadamard' (or the InitialBasis that "
+                   "hadamard_(..., return_basis=True) returns) for a spectral init, or init_basis='svd' to silence this.")
+
+
+def _basis_of(w: Tensor, kind, tol: float) -> InitialBasis:
+    """:func:`initial_basis` for a float64 W0 and a kind (not None), with the fit tolerance ``tol``."""
+    k, d = w.shape
     if isinstance(kind, str) and kind == "svd":
         if not torch.linalg.matrix_norm(w) > 0:
             raise ValueError("W0 is zero: it has no singular basis")
@@ -205,7 +178,7 @@ def initial_basis(weight: Tensor, kind: str | Tensor | None = None) -> InitialBa
             u, _, vh = torch.linalg.svd(w, full_matrices=False)
         return InitialBasis("svd", u, vh.T)
     if k > d:
-        return _mode_set_basis(w, kind)
+        return _mode_set_basis(w, kind, tol)
     if isinstance(kind, Tensor):
         name, left = "custom", kind.detach().to(device="cpu", dtype=torch.float64)
         if left.shape != (k, k):
@@ -221,7 +194,7 @@ def initial_basis(weight: Tensor, kind: str | Tensor | None = None) -> InitialBa
         raise ValueError("W0 is zero: it has no singular basis")
     gram = cols.T @ cols
     off = (gram - torch.diag(torch.diagonal(gram))).abs().max() / s.max() ** 2
-    if not off < _ORTHONORMAL_TOL:
+    if not off < tol:
         raise ValueError(
             f"W0 is not of the form Q diag(s) V^T for the {name} basis (its columns in that basis are not "
             f"orthogonal: relative off-diagonal {off.item():.3g}); was it initialized by hadamard_ with this basis?"
@@ -236,7 +209,7 @@ def initial_basis(weight: Tensor, kind: str | Tensor | None = None) -> InitialBa
     return InitialBasis(name, left, right)
 
 
-def _mode_set_basis(w: Tensor, kind) -> InitialBasis:
+def _mode_set_basis(w: Tensor, kind, tol: float) -> InitialBasis:
     """K > d: ``W0 = Q_S diag(s) V^T`` read back by one transform, ``C = Q^T W0`` (K x d, no K x K matrix):
     the rows of C that are not zero are the mode set S, and ``V = C[S]^T / s``."""
     k, d = w.shape
@@ -253,7 +226,7 @@ def _mode_set_basis(w: Tensor, kind) -> InitialBasis:
     rows = coeffs[modes]
     gram = rows @ rows.T
     off = (gram - torch.diag(torch.diagonal(gram))).abs().max() / s.max() ** 2
-    if modes.numel() > d or not off < _ORTHONORMAL_TOL:
+    if modes.numel() > d or not off < tol:
         raise ValueError(
             f"W0 is not of the form Q_S diag(s) V^T for a {name} mode set ({modes.numel()} modes carry weight, "
             f"relative off-diagonal {off.item():.3g}); was it initialized by hadamard_ with this basis?"
@@ -285,8 +258,7 @@ def drift(weight: Tensor, basis: InitialBasis) -> dict[str, float]:
     w = _unit_scale(_weight64(weight))
     left, right = _check_basis_for(w, basis)
     norm = torch.linalg.matrix_norm(w)
-    core = left.T @ w @ right
-    offdiag = torch.linalg.matrix_norm(core - torch.diag(torch.diagonal(core)))
+    core, offdiag = _offdiag(w, left, right)
     out_of_span = torch.linalg.matrix_norm(w - left @ core @ right.T)
     return {
         "drift": (torch.hypot(offdiag, out_of_span) / norm).item(),
@@ -305,17 +277,29 @@ def _row_space_angle(w: Tensor, right: Tensor) -> float:
     return principal_angles(right, vh[:r].T).max().item()
 
 
-def leakage(weight: Tensor, left: Tensor, right: Tensor) -> Tensor:
+def leakage(weight: Tensor, left: Tensor | InitialBasis, right: Tensor | None = None) -> Tensor:
     """Frozen-singular-vector leakage ``||offdiag(left^T W right)||_F / ||W||_F`` (``drift_offdiag``).
 
     Zero while ``W`` stays of the form ``left @ diag(s) @ right^T``. It does not see drift out
-    of span(right): use :func:`drift` on a real network. Computed in the weight's dtype, on its device.
+    of span(right): use :func:`drift` on a real network. Computed in the weight's dtype, on its device
+    (the same formula as :func:`drift`'s ``drift_offdiag``: :func:`_offdiag`).
 
     Args:
         weight: W, shape (K, d).
-        left: K x r basis (orthonormal columns), e.g. ``Q``.
-        right: d x r basis (orthonormal columns), e.g. the initial ``V``.
+        left: an :class:`InitialBasis` (then no ``right``), or a K x r basis (orthonormal columns), e.g. ``Q``.
+        right: d x r basis (orthonormal columns), e.g. the initial ``V``, when ``left`` is a tensor.
+
+    >>> import hadainit
+    >>> w, basis = hadainit.hadamard_(torch.empty(8, 16, dtype=torch.float64), return_basis=True)
+    >>> leakage(w, basis).item() < 1e-14
+    True
     """
+    if isinstance(left, InitialBasis):
+        if right is not None:
+            raise ValueError("leakage takes an InitialBasis or left and right tensors, not both")
+        left, right = left.left.to(weight), left.right.to(weight)
+    elif right is None:
+        raise TypeError("leakage needs an InitialBasis, or the left and right tensors")
     if (
         weight.dim() != 2
         or left.dim() != 2
@@ -334,9 +318,13 @@ def leakage(weight: Tensor, left: Tensor, right: Tensor) -> Tensor:
     if not top > 0:
         raise ValueError("leakage of a zero weight is undefined (it is relative to ||W||_F)")
     w = weight / top
+    return _offdiag(w, left, right)[1] / torch.linalg.matrix_norm(w)
+
+
+def _offdiag(w: Tensor, left: Tensor, right: Tensor) -> tuple[Tensor, Tensor]:
+    """``(C, ||offdiag(C)||_F)`` with ``C = left^T W right``: the one route to ``drift_offdiag``."""
     core = left.T @ w @ right
-    off = core - torch.diag_embed(torch.diagonal(core))
-    return torch.linalg.matrix_norm(off) / torch.linalg.matrix_norm(w)
+    return core, torch.linalg.matrix_norm(core - torch.diag_embed(torch.diagonal(core)))
 
 
 def principal_angles(a: Tensor, b: Tensor) -> Tensor:

@@ -7,7 +7,6 @@ the (W, H) pair of the unconstrained features model (SPEC section 2).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -15,38 +14,14 @@ from torch import Tensor
 
 from . import _checks
 from .bases import basis_matrix, check_spectrum, resolve_basis
+from .basis import InitialBasis
 from .modes import basis_columns, resolve_modes
 
-__all__ = ["DEFAULT_GAIN", "SpectralInit", "hadamard_", "spectral_init", "spectral_record", "random_orthonormal"]
+__all__ = ["DEFAULT_GAIN", "hadamard_", "spectral_init", "random_orthonormal"]
 
 #: ``nn.Linear``'s default init draws U(-1/sqrt(d), 1/sqrt(d)): E||w_k||^2 = d / (3d) = 1/3,
 #: whatever d. The default gain gives every row exactly that norm.
 DEFAULT_GAIN = 1.0 / math.sqrt(3.0)
-
-_RECORD_ATTR = "_hadainit_spectral"
-
-
-@dataclass(frozen=True)
-class SpectralInit:
-    """How a weight was initialized: ``W = left @ diag(singular_values) @ right.T`` (float64, CPU).
-
-    ``kind`` is the basis kind (``"walsh"``, ``"fourier"``, ``"hadamard"`` or
-    ``"custom"``); ``left`` is K x r, ``right`` is d x r with orthonormal columns
-    (r = K for d >= K). ``modes``: the mode set S (the columns of Q in ``left``)
-    of a K > d initialization (docs/theory.md §8), None when ``left`` is all of Q.
-    """
-
-    kind: str
-    left: Tensor
-    right: Tensor
-    singular_values: Tensor
-    modes: Tensor | None = None
-
-
-def spectral_record(tensor: Tensor) -> SpectralInit | None:
-    """The :class:`SpectralInit` left on ``tensor`` by :func:`hadamard_`, or None."""
-    return getattr(tensor, _RECORD_ATTR, None)
-
 
 def _check_generator(generator: torch.Generator | None) -> None:
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -123,9 +98,12 @@ def hadamard_(
       hold whole (cos, sin) pairs and number at most r.
 
     Only the r needed columns of Q are generated: memory O(K r), no K x K matrix.
-    The basis is recorded on the tensor (:func:`spectral_record`, read by the monitors)
-    and, with ``return_basis=True``, returned as a :class:`hadainit.drift.InitialBasis`
-    (the explicit form: it survives ``deepcopy`` and checkpoints; pass it on).
+    Like ``torch.nn.init`` it returns the tensor and leaves nothing else on it. The basis,
+    with ``return_basis=True``, is returned as a :class:`hadainit.InitialBasis` (it survives
+    ``deepcopy``, pickling and checkpoints; pass it to the monitors as ``init_basis``).
+    Without it, :func:`hadainit.initial_basis` (``kind=None``) and the monitors read the basis
+    back from the weight itself; with all singular values equal they take this function's
+    default basis for that K (docs/theory.md §2): name ``basis`` there too if you chose another.
 
     Args:
         tensor: a 2-D floating tensor (K, d) with K >= 2, e.g. ``linear.weight``.
@@ -171,18 +149,15 @@ def hadamard_(
     if named and modes not in ("auto", "first"):
         raise ValueError(f"modes must be 'auto', 'first' or a sequence of mode indices, got {modes!r}")
     if k <= d and named:
-        record = _full_init(tensor, gain, basis, zero_mean, generator)
+        kind, left, right, chosen = _full_init(tensor, gain, basis, zero_mean, generator)
     else:
-        record = _mode_set_init(tensor, gain, basis, modes, zero_mean, generator)
-    setattr(tensor, _RECORD_ATTR, record)
+        kind, left, right, chosen = _mode_set_init(tensor, gain, basis, modes, zero_mean, generator)
     if not return_basis:
         return tensor
-    from .drift import InitialBasis  # drift imports this module
-
-    return tensor, InitialBasis(record.kind, record.left, record.right, modes=record.modes)
+    return tensor, InitialBasis(kind, left, right, modes=chosen)
 
 
-def _full_init(tensor: Tensor, gain: float, basis, zero_mean: bool, generator) -> SpectralInit:
+def _full_init(tensor: Tensor, gain: float, basis, zero_mean: bool, generator) -> tuple[str, Tensor, Tensor, None]:
     """d >= K: ``gain * Q V^T`` with all K columns of Q (unchanged since before mode sets)."""
     k, d = tensor.shape
     kind, q = _left_basis(k, basis)
@@ -196,10 +171,12 @@ def _full_init(tensor: Tensor, gain: float, basis, zero_mean: bool, generator) -
     w = _checks.fit_dtype((q * s) @ v.T.to(q.device), tensor.dtype, f"gain {gain:g}")
     with torch.no_grad():
         tensor.copy_(w)
-    return SpectralInit(kind=kind, left=q, right=v.cpu(), singular_values=s)
+    return kind, q, v.cpu(), None
 
 
-def _mode_set_init(tensor: Tensor, gain: float, basis, modes, zero_mean: bool, generator) -> SpectralInit:
+def _mode_set_init(
+    tensor: Tensor, gain: float, basis, modes, zero_mean: bool, generator
+) -> tuple[str, Tensor, Tensor, Tensor]:
     """``W = Q_S diag(s) V^T`` on a mode set S (K > d, or explicit modes): the columns of Q generated, O(K r)."""
     k, d = tensor.shape
     if not isinstance(basis, str) or basis not in ("auto", "walsh", "fourier"):
@@ -224,7 +201,7 @@ def _mode_set_init(tensor: Tensor, gain: float, basis, modes, zero_mean: bool, g
     _checks.fit_dtype(w[: min(k, 256)], tensor.dtype, f"gain {gain:g}")  # the range check, on a sample of rows
     with torch.no_grad():
         tensor.copy_(w)
-    return SpectralInit(kind=kind, left=left, right=v, singular_values=s, modes=chosen)
+    return kind, left, v, chosen
 
 
 def spectral_init(

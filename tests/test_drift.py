@@ -22,12 +22,15 @@ def _hadamard(k, d, seed=0, **kwargs):
 @pytest.mark.parametrize("k,d,kind", [(8, 32, "walsh"), (10, 24, "fourier"), (12, 12, "hadamard"), (5, 9, "fourier")])
 def test_recovered_basis_reproduces_the_initialization(k, d, kind):
     w0 = _hadamard(k, d, basis=kind)
-    basis = initial_basis(copy.deepcopy(w0), kind)  # deepcopy drops the hadamard_ record: the kind is explicit
+    basis = initial_basis(copy.deepcopy(w0), kind)  # the kind named: no record is needed
     assert basis.kind == kind and not basis.guessed
     assert torch.allclose(basis.left, basis_matrix(k, kind), atol=0)
     core = basis.left.T @ w0 @ basis.right
     assert torch.allclose(core, torch.diag(torch.diagonal(core)), atol=1e-14)
-    assert torch.allclose(basis.right, hadainit.spectral_record(w0).right, atol=1e-13)
+    _, returned = hadainit.hadamard_(torch.empty(k, d, dtype=torch.float64), basis=kind, generator=GEN(0),
+                                     return_basis=True)  # the same draw as _hadamard (checked below)
+    assert torch.allclose(returned.left.T @ w0 @ returned.right, core, atol=1e-14)
+    assert torch.allclose(basis.right, returned.right, atol=1e-13)
     assert all(v < 1e-14 for v in drift(w0, basis).values())
 
 
@@ -38,15 +41,15 @@ def test_zero_mean_etf_init_and_custom_tensor():
     assert drift(w0, basis)["drift"] < 1e-14
     q = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64, generator=GEN(1)))[0]
     w1 = hadainit.hadamard_(torch.empty(6, 10, dtype=torch.float64), basis=q, generator=GEN(2))
-    assert initial_basis(w1).kind == "custom"  # the record carries the custom Q
+    assert initial_basis(w1).kind == "fourier"  # equal singular values: any basis fits, the default is taken
     assert drift(w1, initial_basis(w1, q))["drift"] < 1e-14
 
 
-def test_kind_from_record_else_guessed_svd():
+def test_kind_detected_from_w0_else_guessed_svd():
     fc = torch.nn.Linear(32, 8)
     hadainit.hadamard_(fc.weight)
     assert initial_basis(fc.weight).kind == "walsh"
-    assert initial_basis(copy.deepcopy(fc).weight).guessed  # deepcopy of a Parameter drops the record
+    assert initial_basis(copy.deepcopy(fc).weight).kind == "walsh"  # read from the values: deepcopy keeps it
     default = torch.nn.Linear(32, 8).weight
     guess = initial_basis(default)
     assert guess.kind == "svd" and guess.guessed

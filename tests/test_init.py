@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from hadainit import DEFAULT_GAIN, hadamard_, spectral_init, spectral_record
+from hadainit import DEFAULT_GAIN, hadamard_, spectral_init
 from hadainit.bases import paired_spectrum, softmax_basis
 from tests.conftest import cuda
 
@@ -22,7 +22,8 @@ def test_rows_orthogonal_with_norm_gain(shape, basis):
     out = hadamard_(w, 0.7, basis=basis, generator=_gen())
     assert out is w
     assert torch.allclose(w @ w.T, 0.49 * torch.eye(shape[0], dtype=torch.float64), atol=1e-13)
-    rec = spectral_record(w)
+    w2, rec = hadamard_(torch.empty(*shape, dtype=torch.float64), 0.7, basis=basis, generator=_gen(), return_basis=True)
+    assert torch.equal(w2, w)  # return_basis changes nothing in the values
     # W = Q diag(gain) V^T with the recorded Q and V
     assert torch.allclose(rec.left.T @ w @ rec.right, 0.7 * torch.eye(shape[0], dtype=torch.float64), atol=1e-13)
     assert torch.allclose(rec.right.T @ rec.right, torch.eye(shape[0], dtype=torch.float64), atol=1e-13)
@@ -68,7 +69,7 @@ def test_nn_linear_parameter_in_place():
     hadamard_(lin.weight, generator=_gen())
     assert lin.weight.requires_grad
     assert torch.allclose(lin.weight @ lin.weight.T, torch.eye(10) / 3, atol=1e-6)
-    assert spectral_record(lin.weight).kind == "fourier"
+    assert hadamard_(lin.weight, generator=_gen(), return_basis=True)[1].kind == "fourier"
 
 
 @pytest.mark.parametrize(
@@ -181,9 +182,8 @@ def test_k_gt_d_is_q_s_diag_v(k, d, basis, modes):
 def test_k_gt_d_record_and_monitor_basis_agree():
     w = torch.empty(1000, 64)
     w, basis = hadamard_(w, generator=_gen(), return_basis=True)
-    rec = spectral_record(w)
-    assert torch.equal(rec.modes, basis.modes) and rec.left.shape == (1000, 64)
-    for recovered in (initial_basis(w), initial_basis(w.detach().clone(), "fourier")):  # record, and from values
+    assert basis.left.shape == (1000, 64)
+    for recovered in (initial_basis(w), initial_basis(w.detach().clone(), "fourier")):  # detected, and named
         assert torch.equal(recovered.modes, basis.modes)
         assert torch.allclose(recovered.right, basis.right, atol=1e-6)  # float32 weight
     d = drift(w, basis)
@@ -194,8 +194,8 @@ def test_k_gt_d_record_and_monitor_basis_agree():
 
 def test_hoffer_truncation_keeps_constant_and_can_merge_classes():
     # first d columns of H_K, constant included: for K = 16, d = 8 rows j and j + 8 coincide (H_16 = [[H8, H8], [H8, -H8]])
-    w = hadamard_(torch.empty(16, 8, dtype=torch.float64), modes="first", generator=_gen())
-    assert torch.equal(spectral_record(w).modes, torch.arange(8))
+    w, rec = hadamard_(torch.empty(16, 8, dtype=torch.float64), modes="first", generator=_gen(), return_basis=True)
+    assert torch.equal(rec.modes, torch.arange(8))
     assert torch.allclose(w[:8], w[8:], atol=1e-15)
     w = hadamard_(torch.empty(16, 8, dtype=torch.float64), generator=_gen())  # auto separates every pair
     dist = torch.cdist(w, w) + torch.eye(16, dtype=torch.float64)
@@ -221,7 +221,6 @@ def test_k_gt_d_refusals(shape, kwargs, match):
 
 def test_large_head_is_built_without_a_k_by_k_matrix():
     # 50,257 x 768 (a GPT-2 head): a K x K float64 Q would be 20 GB; the init builds only K x r columns
-    w = hadamard_(torch.empty(5003, 96), generator=_gen())  # a smaller prime-ish K keeps the test fast
-    rec = spectral_record(w)
+    w, rec = hadamard_(torch.empty(5003, 96), generator=_gen(), return_basis=True)  # a smaller K keeps it fast
     assert rec.left.shape == (5003, 96) and rec.modes.numel() == 96
     assert torch.allclose(w.double().norm(dim=1), torch.full((5003,), DEFAULT_GAIN, dtype=torch.float64), atol=1e-6)

@@ -64,7 +64,9 @@ def test_eval_mode_values_equal_an_independent_pass_over_the_final_network():
 
 
 def test_deepcopied_model_keeps_the_keys_and_warns():
-    module = copy.deepcopy(DigitsMLP())  # the hadamard_ record is dropped: the basis must be guessed
+    # the basis is read from W(0) itself: a deepcopied hadamard_ model is detected as before (walsh/fourier);
+    # an unknown basis (a default nn.Linear init) is guessed from the SVD, with the warning and the same keys
+    module = copy.deepcopy(DigitsMLP(init="default"))
     monitor = SpectralMonitor()
     with pytest.warns(UserWarning, match="initial basis is not known"):
         trainer = _fit(module, [monitor], epochs=1)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import _checks
+from ..basis import InitialBasis
 from ..drift import leakage
 from ..init import _compose_spectral, _spectral_factors
 from .dynamics import _CHECK_EVERY, _divergence_message
@@ -49,10 +50,16 @@ class UFM(nn.Module):
         weight: initial W.
         features: initial H; its column count must be ``K * samples_per_class``.
         samples_per_class: n.
-        left, right: the tracked basis (K x r and d x r, orthonormal columns,
-            checked; r = K, or the size of a mode set for K > d, docs/theory.md §8) in
-            which the spectrum and leakage are measured; ``from_spectrum`` sets the
-            spectral one, ``random`` the SVD basis of W(0).
+        basis: the tracked basis, an :class:`hadainit.InitialBasis` (K x r and d x r,
+            r = K, or the size of a mode set for K > d, docs/theory.md §8) in which the
+            spectrum and leakage are measured; ``from_spectrum`` sets the spectral one
+            (with its kind and mode set), ``random`` the SVD basis of W(0).
+        left, right: the same as two tensors (orthonormal columns, checked; recorded as an
+            ``InitialBasis`` of kind ``"custom"``); give ``basis`` or these, not both.
+
+    :attr:`basis` is the record (float64, CPU: what :func:`hadainit.drift` and the monitors
+    take); the buffers :attr:`left` and :attr:`right` are its working copies in W's dtype,
+    moved by ``.to(...)``.
 
     W and H follow the core's dtype rule: integer tensors become float64, a
     floating W keeps its dtype and H takes it.
@@ -66,6 +73,7 @@ class UFM(nn.Module):
         *,
         left: Tensor | None = None,
         right: Tensor | None = None,
+        basis: InitialBasis | None = None,
     ) -> None:
         super().__init__()
         n = _checks.positive_int(samples_per_class, "samples_per_class")
@@ -86,6 +94,12 @@ class UFM(nn.Module):
         self.H = nn.Parameter(_checks.fit_dtype(features.detach(), weight.dtype, "H").clone())
         self.samples_per_class = n
         self.register_buffer("labels", torch.arange(k, device=weight.device).repeat_interleave(n))
+        if basis is not None:
+            if not isinstance(basis, InitialBasis):
+                raise TypeError(f"basis must be an InitialBasis, got {type(basis).__name__}")
+            if left is not None or right is not None:
+                raise ValueError("give basis=InitialBasis or left and right, not both")
+            left, right = basis.left, basis.right
         if (left is None) != (right is None):
             raise ValueError("give both left and right bases, or neither")
         if left is not None:
@@ -98,8 +112,12 @@ class UFM(nn.Module):
                 raise ValueError(f"need left (K, r) = ({k}, r) and right (d, r) = ({weight.shape[1]}, r) with "
                                  f"r <= min(K, d); got {tuple(left.shape)} and {tuple(right.shape)}")
             # a basis that is not orthonormal makes the spectrum and leakage meaningless (leakage above 1)
-            left = _checks.orthonormal_columns(left, "left").to(weight)
-            right = _checks.orthonormal_columns(right, "right").to(weight)
+            left = _checks.orthonormal_columns(left, "left")
+            right = _checks.orthonormal_columns(right, "right")
+            if basis is None:
+                basis = InitialBasis("custom", left, right)
+            left, right = left.to(weight), right.to(weight)
+        self._basis = basis
         # buffers, so that .to(device/dtype) moves the tracked basis with the model
         self.register_buffer("left", left)
         self.register_buffer("right", right)
@@ -126,13 +144,13 @@ class UFM(nn.Module):
         :meth:`spectrum` returns the r values on S, in increasing mode order.
         """
         dtype = _checks.floating_dtype(dtype)
-        _, q, a, b, v, _ = _spectral_factors(
+        kind, q, a, b, v, chosen = _spectral_factors(
             num_classes, feature_dim, a, b, basis=basis, modes=modes, samples_per_class=samples_per_class,
             generator=generator,
         )
         w, h = _compose_spectral(q, a, b, v, samples_per_class)
         w, h = _checks.fit_dtype(w, dtype, "W"), _checks.fit_dtype(h, dtype, "H")
-        model = cls(w, h, samples_per_class, left=q.to(dtype), right=v.to(dtype))
+        model = cls(w, h, samples_per_class, basis=InitialBasis(kind, q, v, modes=chosen))
         return model.to(device)
 
     @classmethod
@@ -155,14 +173,19 @@ class UFM(nn.Module):
         dtype = _checks.floating_dtype(dtype)
         w = std * torch.randn(k, d, generator=generator, dtype=torch.float64)
         h = std * torch.randn(d, k * n, generator=generator, dtype=torch.float64)
-        left = right = None
+        basis = None
         if d >= k:
             u, _, vh = torch.linalg.svd(w, full_matrices=False)
-            left, right = u, vh.T
-        model = cls(_checks.fit_dtype(w, dtype, "W"), _checks.fit_dtype(h, dtype, "H"), n, left=left, right=right)
+            basis = InitialBasis("svd", u, vh.T)
+        model = cls(_checks.fit_dtype(w, dtype, "W"), _checks.fit_dtype(h, dtype, "H"), n, basis=basis)
         return model.to(device)
 
     # --------------------------------------------------------------- quantities
+    @property
+    def basis(self) -> InitialBasis | None:
+        """The tracked basis as the one record, :class:`hadainit.InitialBasis` (None without one)."""
+        return self._basis
+
     @property
     def num_classes(self) -> int:
         return self.W.shape[0]

@@ -67,7 +67,7 @@ def _metrics(x, labels):
     metric = NeuralCollapse(4, 6)
     for i in range(0, len(x), 50):
         metric.update(x[i : i + 50], labels[i : i + 50])
-    return metric.compute()
+    return {key: float(value) for key, value in metric.compute().items()}  # 0-d tensors -> JSON
 
 
 def _worker(rank, world, init_file, out_dir):
@@ -121,7 +121,8 @@ def _checkpoint_worker(rank, world, init_file, out_dir):
         restore_metric(spec2, saved[1], "logits")
         nc2.update(x[after], labels[after])
         spec2.update(x[after][:, :4], labels[after])
-        result = {"nc": nc2.compute(), "logits": {k: v for k, v in spec2.compute().items() if isinstance(v, float)},
+        result = {"nc": {k: float(v) for k, v in nc2.compute().items()},  # 0-d tensors -> JSON
+                  "logits": {k: float(v) for k, v in spec2.compute().items()},
                   "saved_count": saved[0]["states"]["counts"].sum().item()}
         with open(f"{out_dir}/ckpt{rank}.json", "w") as fh:
             json.dump(result, fh)

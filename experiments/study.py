@@ -157,8 +157,37 @@ def forecast(table: list[dict], epochs: int, start: float = 0.0) -> dict:
         result = evaluate_forecast(e, lam, fit_until=fit_until)
     except (ValueError, RuntimeError) as err:
         return {"error": str(err)}
+    variants = {}
+    for time_map, rates in FORECAST_VARIANTS:
+        try:
+            v = result if (time_map, rates) == ("linear", "shared") else \
+                evaluate_forecast(e, lam, fit_until=fit_until, time_map=time_map, rates=rates)
+        except (ValueError, RuntimeError) as err:
+            variants[f"{time_map}/{rates}"] = {"error": str(err)}
+            continue
+        variants[f"{time_map}/{rates}"] = {"spectrum": v["forecast"]["spectrum"], "margin": v["forecast"]["margin"],
+                                           "power": v["power"], "fit_error": v["fit_error"]}
     return {**{k: result[k] for k in ("time_scale", "epoch0", "fit_error", "forecast", "baseline")},
-            "fit_until": fit_until, "from_epoch": e[0]}
+            "fit_until": fit_until, "from_epoch": e[0], "variants": variants,
+            "shape_change": shape_change(e, lam, fit_until)}
+
+
+#: The forecaster's fits compared in the study (docs/theory.md §7), beside the default linear/shared one.
+FORECAST_VARIANTS = (("linear", "shared"), ("linear", "per_mode"), ("power", "shared"), ("power", "per_mode"))
+
+
+def shape_change(epochs: list[float], lam: list[list[float]], fit_until: float) -> float | None:
+    """How far the measured spectrum's shape moves over the held-out window: ``||s_end - s_fit||`` of the
+    normalized spectra ``s = lam / ||lam||`` at the last fitted and the last held-out epoch (0: the shape
+    is kept, which the naive baseline assumes; the flow moves it toward the equal-mode collapse)."""
+    fit = [i for i, x in enumerate(epochs) if x <= fit_until]
+    if not fit or fit[-1] == len(epochs) - 1:
+        return None
+    a, b = lam[fit[-1]], lam[-1]
+    na, nb = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(x * x for x in b))
+    if na == 0 or nb == 0:
+        return None
+    return math.sqrt(sum((x / nb - y / na) ** 2 for x, y in zip(b, a)))
 
 
 def loss_area(table: list[dict], key: str = PR + "loss") -> float | None:
@@ -248,6 +277,25 @@ GROUP_KEYS = ("train_acc", "val_acc", "epochs_to_train_acc_1", "epochs_to_nc1", 
               "etf_gap_terminal.max_rise", "etf_angle_terminal.last", "slowdown.slope", "slowdown.ufm_slope",
               "terminal_efolds", "forecast.forecast.spectrum", "forecast.baseline.spectrum",
               "forecast.forecast.margin", "forecast.baseline.margin")
+
+
+def forecast_variants(fc: list[dict]) -> dict:
+    """Per forecaster variant (``time_map/rates``), over the runs it scored: the runs where it beats the naive
+    baseline on the held-out spectrum and margin, its median errors, and the median fitted power."""
+    out = {}
+    for time_map, rates in FORECAST_VARIANTS:
+        name = f"{time_map}/{rates}"
+        scored = [(f["variants"][name], f["baseline"]) for f in fc
+                  if "spectrum" in f.get("variants", {}).get(name, {})]
+        out[name] = {
+            "runs": len(scored),
+            "wins_spectrum": sum(v["spectrum"] < b["spectrum"] for v, b in scored),
+            "wins_margin": sum(v["margin"] < b["margin"] for v, b in scored),
+            "median_spectrum_error": _median([v["spectrum"] for v, _ in scored]),
+            "median_margin_error": _median([v["margin"] for v, _ in scored]),
+            "median_power": _median([v["power"] for v, _ in scored if v["power"] is not None]),
+        }
+    return out
 
 
 def paired_comparisons(runs: list[dict]) -> list[dict]:
@@ -410,6 +458,8 @@ def analyze(out: Path, specs: list[dict], *, quick: bool, seconds: float, comman
             "median_spectrum_error": {n: _median([f[n]["spectrum"] for f in fc]) for n in ("forecast", "baseline")},
             "median_margin_error": {n: _median([f[n]["margin"] for f in fc]) for n in ("forecast", "baseline")},
             "not_scored": len(healthy) - len(fc),
+            "variants": forecast_variants(fc),
+            "median_shape_change": _median([f.get("shape_change") for f in fc if f.get("shape_change") is not None]),
         },
         "twolayer": {name: {k: v for k, v in res.items() if k != "rows"} for name, res in results.items()
                      if res.get("kind") == "twolayer"},

@@ -39,7 +39,7 @@ from hadainit.callbacks import _lightning as lightning_internals
 
 from .data import ClassificationData
 from .module import ClassifierModule
-from .report_run import write_run_report
+from .run_report import write_run_report
 from .outdir import LOCK, MARKER, check_out, claim
 from .runs import write_atomic
 

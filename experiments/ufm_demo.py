@@ -34,7 +34,7 @@ from hadainit.ufm import (
 from hadainit.ufm.examples import ETF_ANGLE_RISE_K8, UNBALANCED_V_RISE_A, UNBALANCED_V_RISE_B
 
 from .figures import label, new_figure, save
-from .report import write_report
+from .ufm_report import write_report
 from .runs import prepare_out, write_atomic
 
 
@@ -520,7 +520,7 @@ def _lyapunov_on_mode_sets(gen: torch.Generator, quick: bool) -> dict:
 
 
 def _kd_report(r: dict) -> str:
-    """The K > d section of report.md (appended after the sections of experiments/report.py)."""
+    """The K > d section of report.md (appended after the sections of experiments/ufm_report.py)."""
     kd = r["more_classes_than_features"]
     frozen = "\n".join(f"| {n} | {len(v['modes'])} | {v['max_rel_diff_dense_vs_reduced']:.2g} | {v['max_leakage_W']:.2g} | "
                        f"{v['max_abs_off_set']:.2g} |" for n, v in kd["frozen"].items())

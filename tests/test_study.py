@@ -122,6 +122,68 @@ def test_a_forecast_score_recomputed_from_the_csv(study):
             assert math.isclose(result[name][key], run["values"]["forecast"][name][key], rel_tol=1e-9), (name, key)
 
 
+def test_forecast_variants_recomputed_from_the_csv_and_counted(study):
+    from hadainit.experiments.study import FORECAST_VARIANTS
+    from hadainit.ufm.forecast import evaluate_forecast
+
+    out, report = study
+    scored = [r for r in report["runs"] if "forecast" in r["values"]["forecast"]]
+    run = scored[0]
+    rows = _csv(out, run["name"])
+    modes = sorted((k for k in rows[0] if k.startswith("spectral_eval/lam_") and k[18:].isdigit()),
+                   key=lambda k: int(k[18:]))
+    start = run["values"]["terminal_from"]
+    points = [(float(r["epochs_done"]), [float(r[m]) for m in modes]) for r in rows if r.get(modes[0])
+              and float(r["epochs_done"]) >= start]
+    f = run["values"]["forecast"]
+    assert set(f["variants"]) == {f"{t}/{r}" for t, r in FORECAST_VARIANTS}
+    for time_map, rates in FORECAST_VARIANTS:
+        got = f["variants"][f"{time_map}/{rates}"]
+        want = evaluate_forecast([e for e, _ in points], [lam for _, lam in points], fit_until=f["fit_until"],
+                                 time_map=time_map, rates=rates)
+        for key in ("spectrum", "margin"):
+            assert math.isclose(got[key], want["forecast"][key], rel_tol=1e-9), (time_map, rates, key)
+        assert got["power"] == want["power"]
+    # the default fit is the linear/shared variant; the summary counts each variant's wins from the runs
+    assert f["variants"]["linear/shared"]["spectrum"] == f["forecast"]["spectrum"]
+    for name, v in report["forecast"]["variants"].items():
+        fits = [(r["values"]["forecast"]["variants"][name], r["values"]["forecast"]["baseline"]) for r in scored
+                if "spectrum" in r["values"]["forecast"]["variants"][name]]
+        assert v["runs"] == len(fits)
+        assert v["wins_spectrum"] == sum(a["spectrum"] < b["spectrum"] for a, b in fits)
+        assert v["wins_margin"] == sum(a["margin"] < b["margin"] for a, b in fits)
+        assert math.isclose(v["median_spectrum_error"], statistics.median(a["spectrum"] for a, _ in fits),
+                            rel_tol=1e-12)
+    # the shape change: the normalized measured spectrum's move from the last fitted to the last epoch
+    fitted = [lam for e, lam in points if e <= f["fit_until"]]
+    a, b = np.array(fitted[-1]), np.array(points[-1][1])
+    assert math.isclose(f["shape_change"], float(np.linalg.norm(b / np.linalg.norm(b) - a / np.linalg.norm(a))),
+                        rel_tol=1e-12)
+    assert "| forecaster fit |" in (out / "report.md").read_text()
+
+
+def test_the_variant_sentence_follows_the_numbers(study):
+    import copy
+
+    from hadainit.experiments.study_report import best_variant, conclusions
+
+    _, report = study
+    r = copy.deepcopy(report)
+    f = r["forecast"]
+    f["runs"] = 4
+    f["median_spectrum_error"]["baseline"] = 0.1
+    f["median_shape_change"] = 0.05
+    f["variants"] = {name: {"runs": 4, "wins_spectrum": 0, "wins_margin": 0, "median_spectrum_error": 0.5,
+                            "median_margin_error": 1.0, "median_power": 1.5} for name in f["variants"]}
+    f["variants"]["power/per_mode"].update(median_spectrum_error=0.2)
+    assert best_variant(f)[0] == "power/per_mode"
+    text = next(line for line in conclusions(r) if "Forecaster variants" in line)
+    assert "power/per_mode" in text and "even the best fit loses" in text and "0.05" in text
+    f["variants"]["linear/per_mode"].update(median_spectrum_error=0.05, wins_spectrum=3)
+    text = next(line for line in conclusions(r) if "Forecaster variants" in line)
+    assert "linear/per_mode" in text and "is the better forecast here" in text and "3 of 4" in text
+
+
 # ---------------------------------------------------- the report's statistics
 def test_paired_comparisons_recomputed_from_the_csvs(study):
     """The loss-at-epoch-10 comparison: per seed, log(probe loss) of the arm minus the default's, read straight

@@ -20,7 +20,7 @@ validate: $(STAMP)
 	$(PY) -m hadainit.experiments.cli validate --out out/validate --overwrite
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 # The numerics-sensitive part of the suite as an AVX2-only CPU runs it (torch's dispatch, MKL and
 # oneDNN capped, the compiled kernel built for AVX2), then the kernels' tests on the SSE baseline
@@ -39,7 +39,7 @@ test-isa: $(STAMP)
 	$(SSE_ENV) $(PY) -m pytest -q -p no:cacheprovider $(KERNEL_TESTS)
 
 test-slow: $(STAMP)
-	HADAINIT_SLOW=1 $(PY) -m pytest -q
+	HADAINIT_SLOW=1 $(PY) -m pytest -q -n 2 --dist loadfile
 
 # the peers fwht is compared with (benchmark-only extra, never a dependency of the package)
 $(VENV)/.bench: $(STAMP)

@@ -4,7 +4,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-torch.set_num_threads(2)
+# 2 cores: one process uses both; under pytest-xdist (`make test` runs `-n 2`) each worker takes one,
+# so the workers do not oversubscribe the cores. xdist is optional: without it this is plain pytest.
+_XDIST_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+torch.set_num_threads(1 if _XDIST_WORKERS >= 2 else 2)
 
 # property tests: a quick profile for `make test`, a long one under HADAINIT_SLOW=1 (`make test-slow`)
 # the quick profile is derandomized (a fixed example sequence: CI cannot flake); the long one explores afresh

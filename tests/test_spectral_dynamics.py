@@ -101,14 +101,21 @@ _CASES = [(k, "walsh", n, wd) for k in (4, 8, 16, 32, 64) for n, wd in _COMBOS] 
 ]
 
 
-@pytest.mark.parametrize("k, basis, n, wd", _CASES)
-def test_reduced_gd_equals_dense_gd(k, basis, n, wd):
+# the grid at 300 steps (the per-step recursion is what is compared; its error only grows with steps,
+# so the 1e-10 bound is no looser), plus ONE case at 2000 steps keeping the long-run claim
+_STEPS = [300] * len(_CASES)
+_CASES = _CASES + [(64, "walsh", 3, (2e-3, 1e-3))]
+_STEPS = _STEPS + [2000]
+
+
+@pytest.mark.parametrize("k, basis, n, wd, steps", [c + (s,) for c, s in zip(_CASES, _STEPS)])
+def test_reduced_gd_equals_dense_gd(k, basis, n, wd, steps):
     gen = _gen(k)
     a = _spectrum(k, basis, gen, 0.2, 1.5)
     b = _spectrum(k, basis, gen, 0.2, 1.5)
     dense = UFM.from_spectrum(k, k + 5, a, b, basis=basis, samples_per_class=n, generator=gen)
-    hist = dense.gradient_descent(0.8, 2000, weight_decay=wd, record_every=100)
-    red = spectral_gd(a, b, lr=0.8, steps=2000, basis=basis, samples_per_class=n, weight_decay=wd, record_every=100)
+    hist = dense.gradient_descent(0.8, steps, weight_decay=wd, record_every=100)
+    red = spectral_gd(a, b, lr=0.8, steps=steps, basis=basis, samples_per_class=n, weight_decay=wd, record_every=100)
     assert torch.equal(hist.step, red.step)
     assert ((hist.spectrum_W - red.a).abs() / red.a.abs()).max() < 1e-10
     assert ((hist.spectrum_H - red.b).abs() / red.b.abs()).max() < 1e-10

@@ -294,6 +294,9 @@ def forecast_variants(fc: list[dict]) -> dict:
             "median_spectrum_error": _median([v["spectrum"] for v, _ in scored]),
             "median_margin_error": _median([v["margin"] for v, _ in scored]),
             "median_power": _median([v["power"] for v, _ in scored if v["power"] is not None]),
+            # a fitted exponent at an end of fit_forecast's default power_range (-1, 2) is not determined by the data
+            "power_at_bound": sum(v["power"] is not None and min(abs(v["power"] + 1), abs(v["power"] - 2)) < 1e-6
+                                  for v, _ in scored),
         }
     return out
 

@@ -51,11 +51,12 @@ def _variant_table(r: dict) -> list[str]:
     if not f["runs"] or not variants:
         return []
     lines = ["| forecaster fit | runs | beats baseline (spectrum) | beats baseline (margin) | median spectrum err | "
-             "median margin err | median fitted power |", "|---|---|---|---|---|---|---|"]
+             "median margin err | median fitted power (runs at a bound of -1..2) |", "|---|---|---|---|---|---|---|"]
     for name, v in variants.items():
         lines.append(f"| {name} | {v['runs']} | {v['wins_spectrum']} | {v['wins_margin']} | "
                      f"{_g(v['median_spectrum_error'])} | {_g(v['median_margin_error'])} | "
-                     f"{_g(v['median_power']) if name.startswith('power') else '1 (fixed)'} |")
+                     + (f"{_g(v['median_power'])} ({v.get('power_at_bound', '–')})" if name.startswith("power")
+                        else "1 (fixed)") + " |")
     lines.append(f"| naive baseline | {f['runs']} | – | – | {_g(f['median_spectrum_error']['baseline'])} | "
                  f"{_g(f['median_margin_error']['baseline'])} | – |")
     return lines
@@ -183,6 +184,13 @@ def conclusions(r: dict) -> list[str]:
                        f"runs, so {'the forecaster, fitted this way, is the better forecast here' if wins else 'even the best fit loses to holding the shape'}"
                        + (f" (the measured normalized spectrum moves a median {_g(f['median_shape_change'])} over the "
                           "held-out window)." if f.get("median_shape_change") is not None else "."))
+            power = [(n, v) for n, v in f["variants"].items() if n.startswith("power") and v["runs"]]
+            if power and any(v.get("power_at_bound") for _, v in power):
+                out.append("- **The power-law time map is not determined by these runs:** its fitted exponent sits at "
+                           "an end of the allowed range -1..2 in " + " and ".join(
+                               f"{v['power_at_bound']} of {v['runs']} runs ({n})" for n, v in power
+                               if v.get("power_at_bound") is not None)
+                           + ", so its gain over the linear map is a better-fitting curve, not a measured exponent.")
     nr = r["narrow"]
     narrow_groups = {g.split("|")[1]: v for g, v in r["groups"].items() if g.startswith("digits-narrow|")}
     if nr["available"] and narrow_groups:

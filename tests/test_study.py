@@ -154,6 +154,8 @@ def test_forecast_variants_recomputed_from_the_csv_and_counted(study):
         assert v["wins_margin"] == sum(a["margin"] < b["margin"] for a, b in fits)
         assert math.isclose(v["median_spectrum_error"], statistics.median(a["spectrum"] for a, _ in fits),
                             rel_tol=1e-12)
+        assert v["power_at_bound"] == sum(a["power"] is not None and min(abs(a["power"] + 1), abs(a["power"] - 2))
+                                          < 1e-6 for a, _ in fits)
     # the shape change: the normalized measured spectrum's move from the last fitted to the last epoch
     fitted = [lam for e, lam in points if e <= f["fit_until"]]
     a, b = np.array(fitted[-1]), np.array(points[-1][1])
@@ -182,6 +184,9 @@ def test_the_variant_sentence_follows_the_numbers(study):
     f["variants"]["linear/per_mode"].update(median_spectrum_error=0.05, wins_spectrum=3)
     text = next(line for line in conclusions(r) if "Forecaster variants" in line)
     assert "linear/per_mode" in text and "is the better forecast here" in text and "3 of 4" in text
+    assert not any("not determined" in line for line in conclusions(r))  # no exponent at a bound: no such claim
+    f["variants"]["power/shared"]["power_at_bound"] = 3
+    assert any("3 of 4 runs (power/shared)" in line for line in conclusions(r))
 
 
 # ---------------------------------------------------- the report's statistics

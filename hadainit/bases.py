@@ -45,17 +45,33 @@ def resolve_basis(num_classes: int, kind: str = "auto") -> str:
     return kind
 
 
+def _fourier_table(num_classes: int) -> Tensor:
+    """``sqrt(2/K) (cos, sin)(2 pi m / K)`` for m = 0 .. K-1, one row each (2 x K, float64).
+
+    Every fourier entry is one of these: column ``(f, cos|sin)`` of Q at class j is the entry
+    ``m = (f j) mod K`` (reduced in integers, so the angle stays exact at any K). Both
+    :func:`basis_matrix` and :func:`hadainit.modes.basis_columns` gather from this table, so
+    they agree bit for bit, and only 2K sines and cosines are evaluated for any number of columns.
+    """
+    angle = 2 * math.pi * torch.arange(num_classes, dtype=torch.int64).to(torch.float64) / num_classes
+    return math.sqrt(2.0 / num_classes) * torch.stack((torch.cos(angle), torch.sin(angle)))
+
+
 def _fourier(num_classes: int) -> Tensor:
     k = num_classes
     j = torch.arange(k, dtype=torch.int64)
-    cols = [torch.full((k,), 1.0 / math.sqrt(k), dtype=torch.float64)]
-    for f in range(1, (k - 1) // 2 + 1):
-        # reduce f*j mod K in integers first: the angle stays exact for large K
-        angle = 2 * math.pi * ((f * j) % k).to(torch.float64) / k
-        cols += [math.sqrt(2.0 / k) * torch.cos(angle), math.sqrt(2.0 / k) * torch.sin(angle)]
+    table = _fourier_table(k).flatten()  # cos entries 0 .. K-1, then sin entries K .. 2K-1
+    q = torch.empty(k, k, dtype=torch.float64)
+    q[:, 0] = 1.0 / math.sqrt(k)
+    pairs = (k - 1) // 2
+    for lo in range(1, pairs + 1, 256):  # blocks of frequencies: the integer entries stay O(256 K)
+        f = torch.arange(lo, min(lo + 256, pairs + 1), dtype=torch.int64)
+        m = (j[:, None] * f[None, :]) % k
+        q[:, 2 * lo - 1 : 2 * (lo + f.numel()) - 1 : 2] = table[m]
+        q[:, 2 * lo : 2 * (lo + f.numel()) : 2] = table[m + k]
     if k % 2 == 0:
-        cols.append((1.0 - 2.0 * (j % 2)).to(torch.float64) / math.sqrt(k))
-    return torch.stack(cols, dim=1)
+        q[:, k - 1] = (1.0 - 2.0 * (j % 2)).to(torch.float64) / math.sqrt(k)
+    return q
 
 
 def basis_matrix(

@@ -11,6 +11,9 @@ WALSH_K = [2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 FOURIER_K = list(range(2, 65))
 
 
+EPS64 = torch.finfo(torch.float64).eps
+
+
 def _admissible(k: int, kind: str, gen: torch.Generator, scale: float = 3.0) -> torch.Tensor:
     return paired_spectrum(scale * torch.rand(k, generator=gen, dtype=torch.float64), kind)
 
@@ -36,6 +39,20 @@ def test_fourier_columns_follow_the_spec():
         assert torch.allclose(q[:, 2 * f - 1], math.sqrt(2 / k) * torch.cos(2 * math.pi * f * j / k), atol=1e-15)
         assert torch.allclose(q[:, 2 * f], math.sqrt(2 / k) * torch.sin(2 * math.pi * f * j / k), atol=1e-15)
     assert torch.allclose(q[:, -1], (-1.0) ** j / math.sqrt(k))
+
+
+@pytest.mark.parametrize("k", [1001, 1024])
+def test_fourier_columns_follow_the_spec_across_the_frequency_blocks(k):
+    # the columns are gathered from a 2K-entry table in blocks of 256 frequencies: check columns on both
+    # sides of each block edge against math.cos / math.sin of the exact angle (python floats, independent)
+    q = softmax_basis(k, "fourier")
+    for f in (1, 255, 256, 257, 300, (k - 1) // 2):
+        cos = torch.tensor([math.sqrt(2 / k) * math.cos(2 * math.pi * ((f * j) % k) / k) for j in range(k)],
+                           dtype=torch.float64)
+        sin = torch.tensor([math.sqrt(2 / k) * math.sin(2 * math.pi * ((f * j) % k) / k) for j in range(k)],
+                           dtype=torch.float64)
+        assert (q[:, 2 * f - 1] - cos).abs().max() <= 4 * EPS64
+        assert (q[:, 2 * f] - sin).abs().max() <= 4 * EPS64
 
 
 @pytest.mark.parametrize("kind, sizes", [("walsh", WALSH_K), ("fourier", FOURIER_K)])

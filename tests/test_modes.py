@@ -31,6 +31,29 @@ def test_basis_columns_and_transpose_match_the_dense_basis(k, kind):
     assert torch.allclose(M.basis_transpose(x, kind), q.T @ x, atol=10 * math.log2(k + 1) * EPS * x.abs().max())
 
 
+@pytest.mark.parametrize("k", [1001, 1024])
+def test_basis_columns_match_the_dense_basis_across_row_blocks(k):
+    # more than 256 modes: the rows are generated in blocks; all modes (and a scattered subset) stay exact
+    q = basis_matrix(k, "fourier")
+    assert torch.equal(M.basis_columns(k, "fourier", torch.arange(k)), q)
+    modes = torch.randperm(k, generator=_gen(3))[:600]
+    assert torch.equal(M.basis_columns(k, "fourier", modes), q[:, modes])
+
+
+@pytest.mark.parametrize("k, kind", [(64, "walsh"), (100, "fourier"), (101, "fourier")])
+def test_mode_gains_are_the_closed_form(k, kind):
+    # 1 - chi_i(g) for every shift g: walsh 2 [popcount(i & g) odd], fourier 1 - cos(2 pi f_i g / K)
+    modes = torch.tensor([1, 2, 5, 7, k - 1])
+    gains = M._mode_gains(modes, k, kind)
+    for col, i in enumerate(modes.tolist()):
+        for g in range(k):
+            if kind == "walsh":
+                want = 2.0 * (bin(i & g).count("1") % 2)
+            else:
+                want = 1.0 - math.cos(2 * math.pi * ((g * ((i + 1) // 2)) % k) / k)
+            assert abs(float(gains[g, col]) - want) <= 2 * EPS
+
+
 # ------------------------------------------------------------------ m_g
 
 
@@ -190,6 +213,18 @@ def test_auto_selection_bound_is_a_certified_lower_bound(k, d, kind):
         assert 0 < bound <= lp.upper * (1 + 1e-9)
         assert bound >= 0.9 * lp.value  # and close: it chooses well
     assert M._margin_lower_bound(torch.arange(1, k), k, kind) == pytest.approx(1 / (k - 1), rel=1e-12)
+
+
+@pytest.mark.parametrize("k, d, kind", [(64, 20, "walsh"), (100, 40, "fourier"), (1001, 300, "fourier")])
+def test_batched_lower_bounds_equal_the_single_ones(k, d, kind):
+    # auto_modes scores its candidates in one batch (one transform per step for all): batching changes no
+    # value, bit for bit, including sets whose ascent stops early (all modes: the ETF margin is flat)
+    sets = [M.auto_modes(k, d, kind), torch.arange(1, k)] + [M.random_modes(k, d, kind, generator=_gen(i))
+                                                              for i in range(3)]
+    batched = M._margin_lower_bounds(sets, k, kind)
+    single = [M._margin_lower_bounds([s], k, kind)[0] for s in sets]
+    assert batched == single
+    assert batched[1] == pytest.approx(1 / (k - 1), rel=1e-12)
 
 
 @pytest.mark.slow

@@ -10,6 +10,8 @@ adjustment over all comparisons of the study, and the minimal detectable effect 
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import math
 import platform
@@ -149,7 +151,14 @@ def forecast(table: list[dict], epochs: int, start: float = 0.0) -> dict:
     terminal phase), fitted up to the geometric middle of the window and scored on the rest."""
     e, lam = spectra(table)
     keep = [i for i, x in enumerate(e) if x >= start and x > 0]
-    e, lam = [e[i] for i in keep], [lam[i] for i in keep]
+    # the fits are the analysis's whole cost (ODE solves in a least-squares loop): memoized in-process on
+    # the window's values, so re-analysing a study (--analyze-only after a change) refits only changed runs
+    return copy.deepcopy(_forecast_window(tuple(e[i] for i in keep), tuple(tuple(lam[i]) for i in keep), start))
+
+
+@functools.lru_cache(maxsize=512)
+def _forecast_window(e: tuple, lam: tuple, start: float) -> dict:
+    e, lam = list(e), [list(row) for row in lam]
     if len(e) < 5:
         return {"error": f"{len(e)} measured epochs from {start:g}: too few to fit and score"}
     fit_until = math.sqrt(e[0] * e[-1])

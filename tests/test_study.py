@@ -517,3 +517,22 @@ def test_rerun_identity_counts_a_changed_value(tmp_path):
     got = rerun_identity(tmp_path / "a.csv", tmp_path / "b.csv")
     assert got["values"] == 4 and got["differ"] == 1
     assert math.isclose(got["max_relative"], 1e-7 / 0.2500001, rel_tol=1e-6)
+
+
+def test_the_forecast_memo_returns_the_fit_itself_and_a_copy(study):
+    """Re-analysis reuses the fits of unchanged runs: the memoized value is what a fresh fit gives, and a
+    caller mutating it cannot change what the next analysis reads."""
+    from hadainit.experiments import study as analysis
+    from hadainit.experiments.runs import read_metrics
+
+    out, report = study
+    table = read_metrics(out / "runs" / report["runs"][0]["name"] / "metrics.csv")
+    start = analysis.terminal_start(table, validate.QUICK_EPOCHS)
+    got = analysis.forecast(table, validate.QUICK_EPOCHS, start)
+    e, lam = analysis.spectra(table)
+    keep = [i for i, x in enumerate(e) if x >= start and x > 0]
+    fresh = analysis._forecast_window.__wrapped__(tuple(e[i] for i in keep), tuple(tuple(lam[i]) for i in keep), start)
+    assert "variants" in fresh and json.dumps(got, sort_keys=True) == json.dumps(fresh, sort_keys=True)
+    got["variants"].clear()
+    again = analysis.forecast(table, validate.QUICK_EPOCHS, start)
+    assert json.dumps(again, sort_keys=True) == json.dumps(fresh, sort_keys=True)

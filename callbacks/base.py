@@ -81,6 +81,22 @@ def _plain(value):
     return value
 
 
+def _check_identity(cls, num_classes, classifier, name, metrics) -> None:
+    """The monitor's own options (the schedule and the feature source check theirs)."""
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2):
+        raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    if classifier is not None and not isinstance(classifier, str):
+        raise TypeError(f"classifier must be an attribute path string, got {type(classifier).__name__}")
+    if name is not None and (not isinstance(name, str) or not name or "/" in name):
+        raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
+    if metrics is not None:
+        if isinstance(metrics, str) or not all(isinstance(m, str) for m in metrics):
+            raise TypeError(f"metrics must be a list of key names, got {metrics!r}")
+        unknown = sorted(set(metrics) - set(cls.KEYS))
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown} for {cls.__name__}; choose from {list(cls.KEYS)}")
+
+
 class MonitorBase(Callback):
     """Shared by :class:`NeuralCollapseMonitor` and :class:`SpectralMonitor`; see the module docstring."""
 
@@ -118,18 +134,7 @@ class MonitorBase(Callback):
                                     val_dataloader_idx=val_dataloader_idx, ignore_index=ignore_index,
                                     labels_from_batch=labels_from_batch, inputs_from_batch=inputs_from_batch,
                                     forward_fn=forward_fn, owner=type(self).__name__, warn=self._warn_once)
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2):
-            raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
-        if classifier is not None and not isinstance(classifier, str):
-            raise TypeError(f"classifier must be an attribute path string, got {type(classifier).__name__}")
-        if name is not None and (not isinstance(name, str) or not name or "/" in name):
-            raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
-        if metrics is not None:
-            if isinstance(metrics, str) or not all(isinstance(m, str) for m in metrics):
-                raise TypeError(f"metrics must be a list of key names, got {metrics!r}")
-            unknown = sorted(set(metrics) - set(self.KEYS))
-            if unknown:
-                raise ValueError(f"unknown metrics {unknown} for {type(self).__name__}; choose from {list(self.KEYS)}")
+        _check_identity(type(self), num_classes, classifier, name, metrics)
         self.publisher = Publisher("", self._selected, owner=type(self).__name__)
         self.state = self.STATE(type(self).__name__)
         self.name = name or (self.PREFIX if mode == "train" else f"{self.PREFIX}_{mode}")
@@ -151,23 +156,10 @@ class MonitorBase(Callback):
     _classifier = property(lambda self: self.source.classifier)
     _metrics = property(lambda self: self.state.metrics)
 
-    @property
-    def history(self) -> list[dict]:
-        """One row per measurement: ``epoch`` (-1 at initialization), ``step``, ``epochs_done`` and the values."""
-        return self.state.history
-
-    @history.setter
-    def history(self, rows: list[dict]) -> None:
-        self.state.history = rows
-
-    @property
-    def basis(self):
-        """The classifier's initial basis (:class:`~hadainit.drift.InitialBasis`) the drift is measured from."""
-        return self.state.basis
-
-    @basis.setter
-    def basis(self, value) -> None:
-        self.state.basis = value
+    history = property(lambda self: self.state.history, lambda self, rows: setattr(self.state, "history", rows),
+                       doc="One row per measurement: ``epoch`` (-1 at initialization), ``step``, ``epochs_done``, values.")
+    basis = property(lambda self: self.state.basis, lambda self, basis: setattr(self.state, "basis", basis),
+                     doc="The classifier's initial basis (:class:`~hadainit.drift.InitialBasis`) drift is measured from.")
 
     def update(self, features: Tensor, labels: Tensor, logits: Tensor | None = None) -> None:
         """Feed the monitor from your own step (``capture="manual"``): the classifier's input features and

@@ -16,10 +16,14 @@ function                      internal it reads (lightning 2.x / torchmetrics 1.
 :func:`batches_completed`     ``fit_loop.epoch_loop.batch_progress.total.completed``
 :func:`is_last_batch`         ``fit_loop.epoch_loop.batch_progress.is_last_batch``
 :func:`has_val_loader`        ``fit_loop.epoch_loop.val_loop._data_source.is_defined()``
+:func:`setup_val_data`        ``fit_loop.epoch_loop.val_loop.setup_data()`` (the loop's own setup, public on
+                              the loop, not on the Trainer)
 :func:`every_n_epochs`        ``ModelCheckpoint._every_n_epochs`` (no public getter)
 :func:`before_transfer`       ``LightningModule._on_before_batch_transfer``: the module's and the
                               datamodule's ``on_before_batch_transfer`` hooks, as Lightning runs them
 :func:`saved_progress`        a checkpoint's ``loops.fit_loop["epoch_loop.batch_progress"]`` and ``epoch``
+:func:`callbacks_in_check`    the frame of ``_validate_callbacks_list`` (Trainer's check of its callback
+                              list asks every ``state_key``): the list being checked
 :func:`set_update_count`      ``Metric._update_count`` (read-only property ``update_count``) and the
                               ``compute()`` cache ``Metric._computed``
 ============================  ===============================================================
@@ -27,13 +31,14 @@ function                      internal it reads (lightning 2.x / torchmetrics 1.
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
 from torchmetrics import Metric
 
-__all__ = ["batches_completed", "batches_ready", "before_transfer", "every_n_epochs", "has_val_loader",
-           "is_last_batch", "logger_step", "saved_progress", "set_update_count"]
+__all__ = ["batches_completed", "batches_ready", "before_transfer", "callbacks_in_check", "every_n_epochs", "has_val_loader",
+           "is_last_batch", "logger_step", "saved_progress", "set_update_count", "setup_val_data"]
 
 
 def logger_step(trainer: Trainer) -> int:
@@ -87,3 +92,19 @@ def saved_progress(checkpoint: dict) -> tuple[int, int]:
     if progress.get("is_last_batch"):  # saved at the end of an epoch (validation end or epoch end)
         return epoch + 1, 0
     return epoch, int(progress.get("current", {}).get("completed", 0))
+
+
+def setup_val_data(trainer: Trainer) -> None:
+    """Set up the fit's validation loaders now (Lightning does it lazily, at the first validation run), so that
+    ``trainer.val_dataloaders`` and ``trainer.num_val_batches`` are known before it."""
+    trainer.fit_loop.epoch_loop.val_loop.setup_data()
+
+
+def callbacks_in_check() -> list | None:
+    """The callback list ``Trainer(...)`` is checking, when a callback's ``state_key`` is asked by that check
+    (``connectors.callback_connector._validate_callbacks_list``), else None: a callback can refuse a bad list
+    with its own message before Lightning's generic one."""
+    caller = sys._getframe(2)  # 0: here, 1: the state_key property, 2: whoever asked for it
+    if caller.f_code.co_name == "_validate_callbacks_list":
+        return list(caller.f_locals.get("callbacks") or [])
+    return None

@@ -74,6 +74,20 @@ def find_classifier(module: nn.Module, path: str | None, num_classes: int | None
     return _shaped(*matches[0])
 
 
+def known_num_classes(given: int | None, trainer: Any, pl_module: nn.Module) -> int | None:
+    """``given``, else the module's or the datamodule's ``num_classes`` (hyperparameter or attribute)."""
+    hparams = getattr(pl_module, "hparams", None)
+    for value in (
+        given,
+        hparams.get("num_classes") if isinstance(hparams, dict) else None,
+        getattr(pl_module, "num_classes", None),
+        getattr(trainer.datamodule, "num_classes", None),
+    ):
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 2:
+            return value
+    return None
+
+
 def _shaped(name: str, layer: nn.Linear) -> tuple[str, nn.Linear]:
     """A lazy classifier (``nn.LazyLinear`` before its first call) has no shape yet: refused with the fix."""
     if isinstance(layer.weight, nn.parameter.UninitializedParameter):

@@ -11,8 +11,11 @@ from torch import Tensor
 
 from hadainit.metrics import COLLAPSE_KEYS, NearestMeanDisagreement, NeuralCollapse
 
-from .base import SHARED_ARGS, Capture, Mode, MonitorBase
+from .base import SHARED_ARGS, MonitorBase
 from .capture import RunningMean, default_inputs, default_labels, quiet_compute
+from .schedule import Mode
+from .source import Capture
+from .state import CollapseState
 
 #: What :class:`hadainit.metrics.NeuralCollapse` computes, NC4, and the sample counts.
 NC_KEYS = COLLAPSE_KEYS + ("nc4", "num_samples", "num_ignored")
@@ -58,6 +61,7 @@ class NeuralCollapseMonitor(MonitorBase):
     KEYS = NC_KEYS
     PLOT_NAME = "neural_collapse"
     TITLE = "Neural-collapse metrics"
+    STATE = CollapseState
 
     def __init__(
         self,
@@ -90,13 +94,7 @@ class NeuralCollapseMonitor(MonitorBase):
                          capture=capture, ignore_index=ignore_index, labels_from_batch=labels_from_batch,
                          inputs_from_batch=inputs_from_batch, forward_fn=forward_fn)
         self.global_mean = global_mean
-        self._means: Tensor | None = None
-        self._seen: Tensor | None = None
         self._step_weight: Tensor | None = None
-
-    def _reset(self) -> None:
-        super()._reset()
-        self._means = self._seen = None
 
     def _build(self, num_classes: int, feature_dim: int) -> dict:
         # validate_args=False: no per-batch device sync; non-finite features still raise at compute()
@@ -105,8 +103,8 @@ class NeuralCollapseMonitor(MonitorBase):
             "nc4": NearestMeanDisagreement(num_classes, feature_dim, validate_args=False),
             "classifier": RunningMean((num_classes, feature_dim)),
         }
-        if self._means is not None:
-            metrics["nc4"].set_means(self._means, self._seen)
+        if self.state.means is not None:
+            metrics["nc4"].set_means(self.state.means, self.state.seen)
         return metrics
 
     def _set_active(self, active: bool) -> None:
@@ -116,7 +114,7 @@ class NeuralCollapseMonitor(MonitorBase):
 
     def _consume(self, features: Tensor, labels: Tensor, logits: Tensor) -> None:
         self._metrics["nc"].update(features, labels)
-        if self._means is not None:
+        if self.state.means is not None:
             self._metrics["nc4"].update(features, logits)
         if self._step_weight is not None:
             self._metrics["classifier"].update(self._step_weight, features.shape[0])
@@ -130,37 +128,14 @@ class NeuralCollapseMonitor(MonitorBase):
         averaged = quiet_compute(self._metrics["classifier"]) if self.mode == "train" else None
         nc.set_classifier((averaged if averaged is not None else self._classifier.weight).detach())
         values = nc.compute()  # synced across ranks: every rank gets the same values
-        if self._means is not None:
+        if self.state.means is not None:
             try:
                 values["nc4"] = self._metrics["nc4"].compute()  # synced; raises on every rank alike
             except ValueError as err:
                 self._warn_once(f"nc4:{err}", f"NeuralCollapseMonitor({self.name!r}): nc4 not logged: {err} (said once)")
-        self._means, self._seen = nc.class_means.detach().clone(), nc.seen.clone()
-        self._metrics["nc4"].set_means(self._means, self._seen)
+        self.state.means, self.state.seen = nc.class_means.detach().clone(), nc.seen.clone()
+        self._metrics["nc4"].set_means(self.state.means, self.state.seen)
         return values
-
-    def state_dict(self) -> dict:
-        return {**super().state_dict(), "means": self._means, "seen": self._seen}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict(state_dict)
-        means, seen = state_dict.get("means"), state_dict.get("seen")
-        if (means is None) != (seen is None):
-            raise ValueError("NeuralCollapseMonitor state: 'means' and 'seen' must both be given or both None")
-        if means is not None and (not isinstance(means, Tensor) or means.dim() != 2 or not torch.isfinite(means).all()):
-            raise ValueError("NeuralCollapseMonitor state 'means' must be a finite 2-D tensor")
-        self._means, self._seen = means, seen
-        if self._classifier is not None:  # else checked when the classifier is found
-            self._check_restored(self._classifier)
-        if means is not None and self._metrics:
-            self._metrics["nc4"].set_means(means, seen)
-
-    def _check_restored(self, classifier) -> None:
-        super()._check_restored(classifier)
-        means = self._means
-        if means is not None and means.shape != (classifier.out_features, classifier.in_features):
-            raise ValueError(f"NeuralCollapseMonitor state 'means' has shape {tuple(means.shape)}, the classifier "
-                             f"is {(classifier.out_features, classifier.in_features)}")
 
 
 NeuralCollapseMonitor.__doc__ += SHARED_ARGS

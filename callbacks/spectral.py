@@ -14,17 +14,17 @@ from hadainit._threads import lapack
 from hadainit.drift import DRIFT_KEYS, drift
 from hadainit.metrics import coefficient_of_variation
 from hadainit.metrics.logits import LOGIT_KEYS, OPTIONAL_LOGIT_KEYS, LogitSpectrum
-from hadainit.ufm.forecast import baseline_forecast, fit_forecast, spectral_margin
+from typing_extensions import override
 
-from .base import SHARED_ARGS, Capture, Mode, MonitorBase
+from .base import SHARED_ARGS, MonitorBase
+from .phase import Phase
 from .capture import default_inputs, default_labels
+from .forecast import FORECAST_KEYS, SpectralForecast, check_options
 from .plotting import epoch_axis, label, new_figure, save
+from .schedule import Mode
+from .source import Capture
 
 SV_KEYS = ("sv_max", "sv_min", "sv_cv")
-#: With ``forecast=True``, from the measurement after the first fit on (see :class:`SpectralMonitor`).
-FORECAST_KEYS = ("forecast_time_scale", "forecast_fit_error", "forecast_final_margin", "forecast_epochs_to_margin",
-                 "forecast_margin", "forecast_margin_error", "baseline_margin_error", "forecast_spectrum_error",
-                 "baseline_spectrum_error")
 #: Every key :class:`SpectralMonitor` logs: the same for every initialization.
 #: above this size of K x K float64 logit sums, the spectrum uses the factored state in every mode
 FACTORED_ABOVE_BYTES = 256 * 2**20
@@ -81,7 +81,6 @@ class SpectralMonitor(MonitorBase):
     KEYS = SPECTRAL_KEYS + MODE_SET_KEYS
     PLOT_NAME = "spectral"
     TITLE = "Classifier drift and logit spectrum"
-    needs_basis = True
 
     def __init__(
         self,
@@ -112,11 +111,7 @@ class SpectralMonitor(MonitorBase):
     ) -> None:
         if init_basis is not None and init_basis not in ("auto", "walsh", "fourier", "hadamard", "svd"):
             raise ValueError(f"init_basis must be one of auto, walsh, fourier, hadamard, svd or None, got {init_basis!r}")
-        if forecast_target_margin is not None and not (isinstance(forecast_target_margin, (int, float))
-                                                       and math.isfinite(forecast_target_margin)):
-            raise ValueError(f"forecast_target_margin must be a finite number, got {forecast_target_margin!r}")
-        if isinstance(forecast_window, bool) or not isinstance(forecast_window, int) or forecast_window < 3:
-            raise ValueError(f"forecast_window must be an int >= 3 (a start and two epochs to fit), got {forecast_window!r}")
+        check_options(forecast_window, forecast_target_margin)
         super().__init__(num_classes=num_classes, classifier=classifier, mode=mode, every_n_epochs=every_n_epochs, at_epochs=at_epochs,
                          eval_loader=eval_loader, eval_batches=eval_batches, val_dataloader_idx=val_dataloader_idx,
                          name=name, metrics=metrics, plot=plot, plot_dir=plot_dir, log_at_init=log_at_init,
@@ -127,12 +122,33 @@ class SpectralMonitor(MonitorBase):
         self.forecast = bool(forecast)
         self.forecast_window = forecast_window
         self.forecast_target_margin = forecast_target_margin
-        self._forecasts: tuple | None = None
+        self._t_star: tuple | None = None  # (the mode set, its t*), computed once per basis
+        if self.forecast:  # its values join this monitor's rows (see SpectralForecast)
+            SpectralForecast(self, window=forecast_window, target_margin=forecast_target_margin)
 
     def _reset(self) -> None:
         super()._reset()
-        self._forecasts = None
-        self._t_star: tuple | None = None  # (the mode set, its t*), computed once per basis
+        self._t_star = None
+
+    # ----------------------------------------------------------- the basis policy
+    @override
+    def _weights_final(self, trainer: Trainer) -> None:
+        """The initial basis, taken once the weights are final for the start of training: after the DDP
+        broadcast and after a checkpoint's weights and callback state were loaded (for every strategy,
+        also those that restore after setup)."""
+        if self.basis is not None:
+            return
+        resumed_without_state = trainer.ckpt_path is not None and not self.state.restored
+        if resumed_without_state:
+            self._warn_once("resume", f"{type(self).__name__}({self.name!r}): the checkpoint has no state of this "
+                            "callback; its history starts now and its initial basis is taken from the resumed weights")
+        kind = "svd" if resumed_without_state or self.phase is Phase.REFIT else self.init_basis
+        from hadainit.drift import monitor_basis  # the whole policy: given, detected from W(0), or the SVD
+
+        basis, warning = monitor_basis(self._classifier.weight, kind)
+        if warning is not None:
+            self._warn_once("guessed", f"{type(self).__name__}({self.name!r}): {warning}")
+        self.basis = basis
 
     def _build(self, num_classes: int, feature_dim: int) -> dict:
         if num_classes < 3:
@@ -195,44 +211,7 @@ class SpectralMonitor(MonitorBase):
                             "spectrum is not logged (is the classifier called in the step?)")
         if self.log_modes and "lam" in values:  # the whole spectrum in the loggers' tables, as lam_1 .. lam_(K-1)
             values.update({f"lam_{i}": v for i, v in enumerate(values["lam"], start=1)})
-        if self.forecast and "lam" in values:
-            values.update(self._forecast(trainer, epochs_done, values))
         return values
-
-    def _forecast(self, trainer: Trainer, now: float, values: dict) -> dict:
-        """Score the previous fits on this measurement (``now`` epochs done), then refit on all so far."""
-        out = {}
-        lam = torch.tensor(values["lam"], dtype=torch.float64)
-        if self._forecasts is not None:
-            model, baseline = self._forecasts
-            truth = spectral_margin(lam, model.basis).item()
-            for name, fc in (("forecast", model), ("baseline", baseline)):
-                try:
-                    pred = fc.predict([now])
-                except (RuntimeError, ValueError):
-                    continue
-                if name == "forecast":
-                    out["forecast_margin"] = pred["margin"].item()
-                out[f"{name}_margin_error"] = abs(pred["margin"].item() - truth)
-                out[f"{name}_spectrum_error"] = (torch.linalg.vector_norm(pred["lam"][0] - lam)
-                                                 / torch.linalg.vector_norm(lam)).item()
-        rows = [r for r in self.history if "lam" in r] + [{"epochs_done": now, "lam": values["lam"]}]
-        rows = [r for r in rows[-self.forecast_window :] if r["epochs_done"] > 0]
-        epochs = [r["epochs_done"] for r in rows]
-        spectra = [r["lam"] for r in rows]
-        try:
-            model = fit_forecast(epochs, spectra)
-            used = [i for i, e in enumerate(epochs) if e >= model.epoch0]
-            baseline = baseline_forecast([epochs[i] for i in used], [spectra[i] for i in used])
-        except (ValueError, RuntimeError):  # not enough measurements with positive modes yet
-            return out
-        self._forecasts = (model, baseline)
-        out.update(forecast_time_scale=model.time_scale, forecast_fit_error=model.fit_error)
-        if trainer.max_epochs is not None and trainer.max_epochs > 0 and trainer.max_epochs >= now:
-            out["forecast_final_margin"] = model.predict([float(trainer.max_epochs)])["margin"].item()
-        if self.forecast_target_margin is not None:
-            out["forecast_epochs_to_margin"] = model.epochs_to_margin(self.forecast_target_margin)
-        return out
 
     def _selected(self, key: str) -> bool:
         return super()._selected(key) or (self.log_modes and key.startswith("lam_"))

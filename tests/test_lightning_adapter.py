@@ -122,3 +122,35 @@ def test_saved_progress_of_real_checkpoints(tmp_path):
     cut.fit(Tiny(), _loader(), _loader())
     state = torch.load(tmp_path / "d" / "last.ckpt", weights_only=False, map_location="cpu")
     assert internals.saved_progress(state) == (1, 2)  # one epoch, then 2 batches of the second
+
+
+def test_setup_val_data_makes_the_loaders_known_before_the_first_validation(tmp_path):
+    class Probe(Callback):
+        def on_train_start(self, trainer, pl_module):
+            internals.setup_val_data(trainer)
+            self.loaders, self.batches = trainer.val_dataloaders, trainer.num_val_batches
+
+    probe = Probe()
+    trainer = L.Trainer(max_epochs=1, callbacks=[probe], logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        limit_val_batches=3)
+    trainer.fit(Tiny(), _loader(), _loader())
+    assert isinstance(probe.loaders, DataLoader) and probe.batches == [3]
+
+
+def test_callbacks_in_check_gives_the_list_trainer_validates():
+    seen = []
+
+    class Asks(Callback):
+        def state_dict(self):
+            return {"x": 1}
+
+        @property
+        def state_key(self):
+            seen.append(internals.callbacks_in_check())
+            return "asks"
+
+    cb = Asks()
+    L.Trainer(callbacks=[cb], logger=False, enable_progress_bar=False, enable_model_summary=False)
+    assert any(s is not None and cb in s for s in seen)
+    assert internals.callbacks_in_check() is None

@@ -70,20 +70,41 @@ def _metrics(x, labels):
     return {key: float(value) for key, value in metric.compute().items()}  # 0-d tensors -> JSON
 
 
+def _sampler_scenario(rank, world, out_dir):
+    x, labels = _data()
+    sampler = torch.utils.data.DistributedSampler(range(len(x)), num_replicas=world, rank=rank, shuffle=False)
+    idx = torch.tensor(list(sampler))
+    with open(f"{out_dir}/rank{rank}.json", "w") as fh:
+        json.dump({"indices": idx.tolist(), "metrics": _metrics(x[idx], labels[idx])}, fh)
+
+
 def _worker(rank, world, init_file, out_dir):
+    """Every DDP scenario of this file in one spawned group of 2 gloo ranks (a spawn costs ~10 s of start-up)."""
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        x, labels = _data()
-        sampler = torch.utils.data.DistributedSampler(range(len(x)), num_replicas=world, rank=rank, shuffle=False)
-        idx = torch.tensor(list(sampler))
-        with open(f"{out_dir}/rank{rank}.json", "w") as fh:
-            json.dump({"indices": idx.tolist(), "metrics": _metrics(x[idx], labels[idx])}, fh)
+        for scenario in (_sampler_scenario, _checkpoint_scenario, _functional_scenario):
+            scenario(rank, world, out_dir)
+            dist.barrier()
     finally:
         dist.destroy_process_group()
 
 
-def test_distributed_sampler_padding_is_counted_and_bounded(tmp_path):
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory):
+    """The folder the 2 ranks wrote their scenarios' results to (a hang is dumped and exits after 180 s)."""
+    import faulthandler
+
+    out = tmp_path_factory.mktemp("ddp")
+    faulthandler.dump_traceback_later(180, exit=True)
+    try:
+        mp.spawn(_worker, args=(2, str(out / "init"), str(out)), nprocs=2, join=True)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    return out
+
+
+def test_distributed_sampler_padding_is_counted_and_bounded(ddp_run):
+    tmp_path = ddp_run
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     seen = ranks[0]["indices"] + ranks[1]["indices"]
     padded = [i for i in set(seen) if seen.count(i) > 1]
@@ -98,45 +119,40 @@ def test_distributed_sampler_padding_is_counted_and_bounded(tmp_path):
         assert abs(value - clean[key]) <= 4 * (1 / 301) * max(abs(clean[key]), 1e-12) + 1e-12, key
 
 
-def _checkpoint_worker(rank, world, init_file, out_dir):
+def _checkpoint_scenario(rank, world, out_dir):
     """Each rank accumulates its shard, a mid-epoch checkpoint is taken (metric_checkpoint: a collective),
     every rank restores rank 0's copy into fresh metrics (as on resume), then each adds more of its shard."""
     from hadainit.callbacks.capture import metric_checkpoint, restore_metric
     from hadainit.metrics.logits import LogitSpectrum
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        x, labels = _data()
-        mine = torch.arange(rank, 300, world)
-        before, after = mine[:60], mine[60:]
-        nc, spec = NeuralCollapse(4, 6), LogitSpectrum(4)
-        nc.update(x[before], labels[before])
-        spec.update(x[before][:, :4], labels[before])
-        saved = [metric_checkpoint(nc), metric_checkpoint(spec)]
-        shared = [saved]
-        dist.broadcast_object_list(shared, src=0)  # Lightning writes rank 0's state; every rank resumes from it
-        saved = shared[0]
-        nc2, spec2 = NeuralCollapse(4, 6), LogitSpectrum(4)
-        restore_metric(nc2, saved[0], "nc")
-        restore_metric(spec2, saved[1], "logits")
-        nc2.update(x[after], labels[after])
-        spec2.update(x[after][:, :4], labels[after])
-        result = {"nc": {k: float(v) for k, v in nc2.compute().items()},  # 0-d tensors -> JSON
-                  "logits": {k: float(v) for k, v in spec2.compute().items()},
-                  "saved_count": saved[0]["states"]["counts"].sum().item()}
-        with open(f"{out_dir}/ckpt{rank}.json", "w") as fh:
-            json.dump(result, fh)
-    finally:
-        dist.destroy_process_group()
+    x, labels = _data()
+    mine = torch.arange(rank, 300, world)
+    before, after = mine[:60], mine[60:]
+    nc, spec = NeuralCollapse(4, 6), LogitSpectrum(4)
+    nc.update(x[before], labels[before])
+    spec.update(x[before][:, :4], labels[before])
+    saved = [metric_checkpoint(nc), metric_checkpoint(spec)]
+    shared = [saved]
+    dist.broadcast_object_list(shared, src=0)  # Lightning writes rank 0's state; every rank resumes from it
+    saved = shared[0]
+    nc2, spec2 = NeuralCollapse(4, 6), LogitSpectrum(4)
+    restore_metric(nc2, saved[0], "nc")
+    restore_metric(spec2, saved[1], "logits")
+    nc2.update(x[after], labels[after])
+    spec2.update(x[after][:, :4], labels[after])
+    result = {"nc": {k: float(v) for k, v in nc2.compute().items()},  # 0-d tensors -> JSON
+              "logits": {k: float(v) for k, v in spec2.compute().items()},
+              "saved_count": saved[0]["states"]["counts"].sum().item()}
+    with open(f"{out_dir}/ckpt{rank}.json", "w") as fh:
+        json.dump(result, fh)
 
 
-def test_a_mid_epoch_checkpoint_under_ddp_holds_every_ranks_sums(tmp_path):
+def test_a_mid_epoch_checkpoint_under_ddp_holds_every_ranks_sums(ddp_run):
     """The monitors' mid-epoch checkpoint held rank 0's partial sums only and every rank restored them (nc1
     19.06 instead of 13.05 in a 2-rank run): the sums are now synced when saved and restored on one rank."""
     from hadainit.metrics.logits import logit_spectrum
 
-    mp.spawn(_checkpoint_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    ranks = [json.loads((tmp_path / f"ckpt{r}.json").read_text()) for r in (0, 1)]
+    ranks = [json.loads((ddp_run / f"ckpt{r}.json").read_text()) for r in (0, 1)]
     x, labels = _data()
     x, labels = x[:300], labels[:300]  # every sample exactly once over the two ranks, before and after
     want = _metrics(x, labels)
@@ -154,33 +170,24 @@ def _blocks(rank: int) -> torch.Tensor:
     return torch.tensor([i for i in range(300) if (i // 4) % 2 == rank])
 
 
-def _functional_worker(rank, world, init_file, out_dir):
+def _functional_scenario(rank, world, out_dir):
     from hadainit.metrics.logits import logit_spectrum
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        x, labels = _data()
-        mine = _blocks(rank)
-        w = torch.eye(4, 6, dtype=torch.float64) * (1 + rank)  # a different classifier per rank
-        local = logit_spectrum(x[mine], labels[mine], w)  # a function of its arguments: no collective
-        alone = logit_spectrum(x[mine], labels[mine], w) if rank == 0 else None  # rank 0 alone: must not wait
-        with open(f"{out_dir}/fn{rank}.json", "w") as fh:
-            json.dump({"logit_norm": local["logit_norm"], "alone": None if alone is None else alone["logit_norm"]}, fh)
-    finally:
-        dist.destroy_process_group()
+    x, labels = _data()
+    mine = _blocks(rank)
+    w = torch.eye(4, 6, dtype=torch.float64) * (1 + rank)  # a different classifier per rank
+    local = logit_spectrum(x[mine], labels[mine], w)  # a function of its arguments: no collective
+    alone = logit_spectrum(x[mine], labels[mine], w) if rank == 0 else None  # rank 0 alone: must not wait
+    with open(f"{out_dir}/fn{rank}.json", "w") as fh:
+        json.dump({"logit_norm": local["logit_norm"], "alone": None if alone is None else alone["logit_norm"]}, fh)
 
 
-def test_the_functional_logit_spectrum_stays_local_under_ddp(tmp_path):
-    """It pooled the ranks' values (and hung when called on one rank) because its metric synced on compute."""
-    import faulthandler
-
+def test_the_functional_logit_spectrum_stays_local_under_ddp(ddp_run):
+    """It pooled the ranks' values (and hung when called on one rank) because its metric synced on compute
+    (a hang is caught by the fixture's 180 s dump)."""
     from hadainit.metrics.logits import logit_spectrum
 
-    faulthandler.dump_traceback_later(120, exit=True)
-    try:
-        mp.spawn(_functional_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    finally:
-        faulthandler.cancel_dump_traceback_later()
+    tmp_path = ddp_run
     x, labels = _data()
     for rank in (0, 1):
         got = json.loads((tmp_path / f"fn{rank}.json").read_text())

@@ -15,6 +15,7 @@ from typing import Callable
 
 import torch
 from lightning.pytorch import Trainer
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 from . import _lightning as lightning_internals
@@ -59,8 +60,6 @@ class Publisher:
             return
         for key, value in scalars.items():
             trainer.callback_metrics[key] = torch.tensor(value, dtype=torch.float64)
-        from lightning.pytorch.loggers import CSVLogger
-
         for logger in trainer.loggers:  # loggers write on rank zero only
             sep = getattr(logger, "group_separator", "/")
             values = {k.replace("/", sep, 1): v for k, v in scalars.items()}

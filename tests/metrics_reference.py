@@ -139,3 +139,12 @@ def reference_per_class(features, labels, weight=None):
         w = weight.to(torch.float64)[classes]
         out["duality"] = torch.stack([(w[j] / w.norm() - m[j] / m.norm()).norm() for j in range(kk)])
     return out
+
+
+def mixture(k=4, d=6, n=12, seed=0, offset=3.0):
+    """``n`` samples per class around ``k`` random means (scale ``offset``) in ``d`` dimensions, float64, and
+    their labels (classes interleaved)."""
+    gen = torch.Generator().manual_seed(seed)
+    means = offset * torch.randn(k, d, generator=gen, dtype=torch.float64)
+    labels = torch.arange(k * n) % k
+    return means[labels] + torch.randn(k * n, d, generator=gen, dtype=torch.float64), labels

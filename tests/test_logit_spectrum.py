@@ -145,3 +145,11 @@ def test_negative_modes_are_counted_and_v_is_infinite():
     res = _metric(z.T, torch.arange(k), k)
     assert res["modes_nonpositive"] == 1.0 and res["kl_lyapunov_modes"] == math.inf
     assert math.isclose(res["etf_angle"], etf_angle(lam).item(), rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [[0, 1, 7], [0, -1, 2], [4, 0, 1]])
+def test_logit_spectrum_labels_outside_range_are_a_clear_error(bad):
+    metric = LogitSpectrum(4)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 4\)"):
+        metric.update(torch.randn(3, 4), torch.tensor(bad))
+    assert metric.counts.sum() == 0  # nothing was added

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from hadainit.metrics import NearestMeanDisagreement, NeuralCollapse
 from hadainit.metrics.functional import neural_collapse
-from tests.metrics_reference import reference_metrics
+from tests.metrics_reference import mixture, reference_metrics
 
 STREAMED = ("nc1", "within_class_trace", "cdnv", "etf_gap_means", "cos_std_means", "equinorm_means")
 
@@ -243,3 +243,32 @@ def test_set_classifier_accepts_a_linear_layer():
         a.set_classifier("fc")
     with pytest.raises(ValueError, match=r"\(3, 4\)"):
         a.set_classifier(nn.Linear(3, 3))
+
+
+# ------------------------------------------- load_state_dict: the sums follow the loaded reference
+def test_load_state_dict_moves_the_held_sums_to_the_loaded_reference():
+    x, y = mixture(seed=1)
+    other, _ = mixture(seed=2, offset=-9.0)
+    held = NeuralCollapse(4, 6)
+    held.update(x, y)
+    donor = NeuralCollapse(4, 6)
+    donor.update(other, y)  # its reference lies far from ``held``'s data
+    held.load_state_dict(donor.state_dict())
+    assert torch.equal(held.reference, donor.reference)
+    want = reference_metrics(x, y)
+    got = held.compute()
+    for key in ("nc1", "cdnv", "within_class_trace"):  # the held data's values, not a mix
+        assert math.isclose(got[key], want[key], rel_tol=1e-10), (key, got[key], want[key])
+
+
+def test_load_state_dict_with_persistent_states_takes_both_sums_and_reference():
+    x, y = mixture(seed=3)
+    donor = NeuralCollapse(4, 6)
+    donor.persistent(True)
+    donor.update(x, y)
+    target = NeuralCollapse(4, 6)
+    target.persistent(True)
+    target.update(mixture(seed=4)[0], y)
+    target.load_state_dict(donor.state_dict())
+    want = reference_metrics(x, y)
+    assert math.isclose(target.compute()["nc1"], want["nc1"], rel_tol=1e-10)

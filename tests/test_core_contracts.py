@@ -1,8 +1,9 @@
-"""Issue 14: the root causes behind silently wrong results in the core, each checked independently.
+"""The numerical core's contracts that cut across its modules (each a root cause of a silently wrong result
+once, issue 14): one dtype rule for every entry point, divergence reports, degenerate time grids, arguments
+read one way, and the code-health rules.
 
 The raising cases are rows of docs/bad_inputs.md (tests/test_bad_inputs.py); the extreme
-scales are in tests/test_extremes.py. Here: what must *work* the same for every input form,
-the degenerate time grids, the divergence reports and the code-health rules.
+scales are in tests/test_extremes.py. Here: what must *work* the same for every input form.
 """
 
 import math

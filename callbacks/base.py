@@ -274,7 +274,7 @@ class MonitorBase(Callback):
         for metric in metrics.values():  # on the module's device: a sync (NCCL) before the first batch works
             metric.to(pl_module.device)
         self.state.set_metrics(metrics)
-        self.source.attach(classifier, self._take)
+        self.source.attach(classifier, self._take, self._wants_pass)
         self.state.follow(classifier.weight)
         if fitting:
             self.schedule.check_readers(trainer.callbacks, self.name, f"{type(self).__name__}({self.name!r})",
@@ -318,7 +318,7 @@ class MonitorBase(Callback):
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._weights_final(trainer)
-        if self.log_at_init and not self.history and trainer.global_step == 0:
+        if self._wants_pass("init", trainer):
             if self.source.init_pass(trainer, pl_module):
                 self._measure(trainer, -1, 0.0)
 
@@ -343,6 +343,13 @@ class MonitorBase(Callback):
         self._set_active(False)
         if self.schedule.epoch_end_pending(trainer):
             self._finish_epoch(trainer, pl_module, step_back=1)
+
+    def _wants_pass(self, kind: str, trainer: Trainer) -> bool:
+        """Whether this monitor makes the eval pass ``kind`` now: ``"init"`` (the measurement at initialization)
+        or ``"epoch"`` (due at this epoch's end, not measured yet); decided alike on every rank."""
+        if kind == "init":
+            return self.log_at_init and not self.history and trainer.global_step == 0
+        return self.schedule.epoch_end_pending(trainer)
 
     def _finish_epoch(self, trainer: Trainer, pl_module: LightningModule, step_back: int = 0) -> None:
         """Measure the epoch; ``step_back``: Lightning counted the last batch already (at the epoch's end it logs

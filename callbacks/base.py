@@ -4,17 +4,25 @@
 question                 part                                        module
 =======================  ==========================================  ==========================
 when does it measure?    :class:`~.schedule.Schedule`                ``callbacks/schedule.py``
-what data does it see?   :class:`~.source.FeatureSource`             ``callbacks/source.py``
-where does a value go?   :class:`~.publish.Publisher`                ``callbacks/publish.py``
-what does it keep?       :class:`~.state.MonitorState`               ``callbacks/state.py``
+what data does it see?   :class:`~.source.FeatureSource`, its share  ``callbacks/source.py``,
+                         of the classifier's one hook                ``callbacks/capture.py``
+                         (:class:`~.capture.ClassifierHub`)
+where does a value go?   :class:`~.publish.Publisher` (and the       ``callbacks/publish.py``
+                         figures)
+what does it keep?       :class:`~.state.MonitorState` (and what     ``callbacks/state.py``
+                         one measurement's sums give)
 where does the run       :class:`~.phase.Phase`, decided by          ``callbacks/phase.py``
-stand?                   :func:`~.phase.decide_phase`
+stand?                   :func:`~.phase.decide_phase`; the sequence
+                         around it: :class:`~.phase.Binding`
 =======================  ==========================================  ==========================
+
+:class:`MonitorBase` holds the parts and wires Lightning's hooks to them.
 
 A monitor measures at the end of every ``every_n_epochs``-th training epoch (or of the
 epochs listed in ``at_epochs``, counted from 1, e.g. :func:`log_spaced_epochs` for long runs)
 (``mode="train"``: the features of that epoch's training steps; ``"eval"``: one
-extra eval-mode pass) or at the end of each validation run (``mode="val"``, also
+extra eval-mode pass, shared by the eval-mode monitors of one classifier that pass over
+the same data then) or at the end of each validation run (``mode="val"``, also
 under ``trainer.validate``), and once at initialization, before the first step.
 
 Values are written to every logger of the trainer (with the epoch and global
@@ -142,7 +150,7 @@ class MonitorBase(Callback):
         self.metrics = None if metrics is None else tuple(metrics)
         self.plot, self.plot_dir = bool(plot), None if plot_dir is None else Path(plot_dir)
         self.extensions: list = []
-        self.binding = Binding(self.source, self.state, build=self._build, consume=self._consume,
+        self.binding = Binding(self.source, self.state, self.schedule, build=self._build, consume=self._consume,
                                wants=self._wants_pass, reset=self._reset, warn=self._warn_once)
 
     # ------------------------------------------------------------ the parts' faces
@@ -225,13 +233,8 @@ class MonitorBase(Callback):
         refuse_twins(self, trainer.callbacks)
         if stage == "fit":
             self.source.check_fit(trainer, pl_module)
-        self._plot_dir = self.publisher.prepare(trainer, self.plot, self.plot_dir, self._warn_once)
+        self.publisher.prepare(trainer, self.plot, self.plot_dir, self._warn_once)
         self.binding.clear()
-
-    def _bind(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """At the start of a fit or a validation, after the module's setup/configure_model and a checkpoint's load."""
-        if self.binding.bind(trainer, pl_module, self.classifier_path, self.num_classes) and trainer.state.fn == "fit":
-            self.schedule.check_readers(trainer.callbacks, self.name, self.source.label, self._warn_once)
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -245,13 +248,13 @@ class MonitorBase(Callback):
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._bind(trainer, pl_module)
+        self.binding.bind(trainer, pl_module, self.classifier_path, self.num_classes)
         if not getattr(trainer.strategy, "restore_checkpoint_after_setup", False):
             self._weights_final(trainer)  # else at the start of training, once the checkpoint is loaded
 
     @override
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._bind(trainer, pl_module)  # trainer.validate: no fit bound it
+        self.binding.bind(trainer, pl_module, self.classifier_path, self.num_classes)  # trainer.validate: no fit did
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -259,7 +262,7 @@ class MonitorBase(Callback):
         if self._wants_pass("init", trainer) and self.source.init_pass(trainer, pl_module):
             self._measure(trainer, -1, 0.0)
 
-    # ----------------------------------------------------------- the schedule's hooks
+    # ------------------------------------------------ the schedule's hooks, measure, publish, resume
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         # decided per batch: Lightning skips on_train_epoch_start when resuming mid-epoch
@@ -282,8 +285,7 @@ class MonitorBase(Callback):
     def _finish_epoch(self, trainer: Trainer, pl_module: LightningModule, step_back: int = 0) -> None:
         """Measure the epoch (or what max_steps or a stop left of it); ``step_back``: see ``publish_measurement``."""
         self.schedule.measured_epoch = trainer.current_epoch
-        if self.mode == "eval":
-            self.source.epoch_pass(trainer, pl_module)
+        self.source.epoch_pass(trainer, pl_module)
         self._measure(trainer, trainer.current_epoch, epochs_done(trainer, epoch_end=True), step_back)
 
     @override
@@ -303,7 +305,6 @@ class MonitorBase(Callback):
         if self.schedule.captures_validation(trainer):
             self._measure(trainer, trainer.current_epoch, epochs_done(trainer))
 
-    # ---------------------------------------------------------- measure, publish
     def _measure(self, trainer: Trainer, epoch: int, done: float, step_back: int = 0) -> None:
         measure = partial(self.state.measure, trainer, done, self._compute, self.extensions)
         self.publisher.publish_measurement(trainer, epoch, done, measure, self.history, self._warn_once, step_back)
@@ -313,11 +314,9 @@ class MonitorBase(Callback):
         self._plot(trainer)
 
     def _plot(self, trainer: Trainer, quiet: bool = False) -> None:
-        if self.plot:
-            self.publisher.plot(trainer, self._plot_dir, self.history, [k for k in self.KEYS if self._selected(k)],
-                                self.TITLE, self.PLOT_NAME, self._figures, quiet)
+        keys = [k for k in self.KEYS if self._selected(k)]
+        self.publisher.plot(trainer, self.history, keys, self.TITLE, self.PLOT_NAME, self._figures, quiet)
 
-    # ------------------------------------------------------------------- resume
     @override
     def state_dict(self) -> dict:
         return self.state.state_dict()

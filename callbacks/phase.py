@@ -94,15 +94,16 @@ def enter_phase(trainer, state, weight, label: str, warn: Callable[[str, str], N
 
 class Binding:
     """A monitor's tie to one model for one stage: the classifier its :class:`~.source.FeatureSource` captures,
-    the metrics its :class:`~.state.MonitorState` gathers, and the phase (None between stages).
+    the metrics its :class:`~.state.MonitorState` gathers, and the phase (None between stages). For a fit, its
+    :class:`~.schedule.Schedule` checks the checkpoint callbacks that read the monitor's values.
 
     The monitor's side is given once: ``build(K, d)`` (its metrics), ``consume(features, labels, logits)``,
     ``wants(kind, trainer)`` (the eval passes it makes now), ``reset()`` (start afresh), ``warn(key, message)``.
     """
 
-    def __init__(self, source, state, *, build: Callable, consume: Callable, wants: Callable, reset: Callable[[], None],
-                 warn: Callable[[str, str], None]) -> None:
-        self.source, self.state = source, state
+    def __init__(self, source, state, schedule, *, build: Callable, consume: Callable, wants: Callable,
+                 reset: Callable[[], None], warn: Callable[[str, str], None]) -> None:
+        self.source, self.state, self.schedule = source, state, schedule
         self.build, self.consume, self.wants, self.reset, self.warn = build, consume, wants, reset, warn
         self.phase: Phase | None = None
         self.classifier_name: str | None = None
@@ -114,18 +115,20 @@ class Binding:
         self.source.detach()
         self.source.classifier, self.phase, self.state.metrics = None, None, {}
 
-    def bind(self, trainer, pl_module, path: str | None, num_classes: int | None) -> bool:
-        """Find the classifier, enter the phase (:func:`enter_phase`; ``reset()`` when it starts afresh), build the
-        metrics, attach the hook; False when bound already in this stage."""
+    def bind(self, trainer, pl_module, path: str | None, num_classes: int | None) -> None:
+        """At the start of a fit or a validation (after the module's setup/configure_model and a checkpoint's load;
+        once per stage): find the classifier, enter the phase (:func:`enter_phase`; ``reset()`` when it starts
+        afresh), build the metrics, attach the hook."""
         if self.phase is not None:
-            return False
+            return
         self.classifier_name, classifier = self.source.locate(trainer, pl_module, path, num_classes)
         self.phase = enter_phase(trainer, self.state, classifier.weight, self.source.label, self.warn)
         if self.phase.starts_afresh:
             self.reset()
         self.state.bind(classifier, self.build, pl_module.device)
         self.source.attach(classifier, partial(self.state.take, self.consume), self.wants)
-        return True
+        if trainer.state.fn == "fit":
+            self.schedule.check_readers(trainer.callbacks, self.source.name, self.source.label, self.warn)
 
     def release(self) -> None:
         """At the stage's end (or its failure): the hook leaves the model; a state loaded for this stage (fit, or

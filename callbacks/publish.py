@@ -58,20 +58,21 @@ class Publisher:
         self.name = name
         self.selected = selected
         self.owner = owner
+        self.directory: Path | None = None  # where the figures go (settled at setup); None: no figures
 
-    def prepare(self, trainer: Trainer, plot: bool, plot_dir: Path | None, warn: Callable[[str, str], None]) -> Path | None:
-        """At setup: ``warn(key, message)`` when the trainer has no logger, check ``plot_dir``; the folder the
-        figures go to (default the trainer's ``log_dir``; None: no figures)."""
+    def prepare(self, trainer: Trainer, plot: bool, plot_dir: Path | None, warn: Callable[[str, str], None]) -> None:
+        """At setup: ``warn(key, message)`` when the trainer has no logger, check ``plot_dir``, and settle the
+        folder of the figures (``plot_dir``, default the trainer's ``log_dir``; none without ``plot``)."""
         if not trainer.loggers:
             warn("no-logger", f"{self.owner}({self.name!r}): the trainer has no logger: the values go to the monitor's "
                  "history and trainer.callback_metrics only" + ("" if plot_dir is not None or not plot else
                                                                  ", and no figures are made (pass plot_dir=... for them)"))
         if plot and plot_dir is not None:
             check_writable(plot_dir, "plot_dir")
+        self.directory = plot_dir if plot else None
         if plot_dir is None and plot and trainer.loggers:
             log_dir = trainer.log_dir  # a collective under DDP: called on every rank
-            return None if log_dir is None else Path(log_dir)
-        return plot_dir
+            self.directory = None if log_dir is None else Path(log_dir)
 
     def scalars(self, row: dict) -> dict[str, float]:
         """The row's logged values: the selected keys whose values are numbers (bools are not)."""
@@ -116,11 +117,12 @@ class Publisher:
         self.publish(trainer, {"epoch": epoch, "step": step, "epochs_done": done, **values}, history)
 
     @rank_zero_only
-    def plot(self, trainer: Trainer, directory: Path | None, history: list[dict], keys: list[str], title: str,
-             plot_name: str, more: Callable[[Path], list], quiet: bool = False) -> None:
+    def plot(self, trainer: Trainer, history: list[dict], keys: list[str], title: str, plot_name: str,
+             more: Callable[[Path], list], quiet: bool = False) -> None:
         """On rank zero: the history panels of ``keys`` and the figures of ``more(directory)`` saved under
-        ``directory`` and sent to the loggers that take images; nothing without a directory or a history.
+        :attr:`directory` and sent to the loggers that take images; nothing without a directory or a history.
         ``quiet`` (after an interrupt): a failure is warned, never raised over the interrupt."""
+        directory = self.directory
         if directory is None or not history:
             return
         try:

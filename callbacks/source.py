@@ -208,8 +208,9 @@ class FeatureSource:
                 and self._wants(point[0], trainer))
 
     def epoch_pass(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """``mode="eval"``: the extra pass at the end of an epoch (or its share of another source's)."""
-        self.shared_pass(trainer, pl_module, "epoch", *self.eval_data(trainer))
+        """``mode="eval"``: the extra pass at the end of an epoch (or its share of another source's); else nothing."""
+        if self.mode == "eval":
+            self.shared_pass(trainer, pl_module, "epoch", *self.eval_data(trainer))
 
     def init_pass(self, trainer: Trainer, pl_module: LightningModule) -> bool:
         """The pass of the measurement at initialization; False (warned) when there is none to make."""

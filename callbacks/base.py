@@ -220,7 +220,7 @@ class MonitorBase(Callback):
         return key in self.KEYS and (self.metrics is None or key in self.metrics)
 
     def _wants_pass(self, kind: str, trainer: Trainer) -> bool:
-        """Whether this monitor makes the eval pass ``kind`` (``"init"``, ``"epoch"``) now (:meth:`~.schedule.Schedule.wants_pass`)."""
+        """Whether this monitor makes the eval pass ``kind`` (``"init"``, ``"epoch"``) now; see ``Schedule.wants_pass``."""
         return self.schedule.wants_pass(kind, trainer, measured=bool(self.history))
 
     # ------------------------------------------------------------------ binding

@@ -4,17 +4,25 @@
 question                 part                                        module
 =======================  ==========================================  ==========================
 when does it measure?    :class:`~.schedule.Schedule`                ``callbacks/schedule.py``
-what data does it see?   :class:`~.source.FeatureSource`             ``callbacks/source.py``
-where does a value go?   :class:`~.publish.Publisher`                ``callbacks/publish.py``
-what does it keep?       :class:`~.state.MonitorState`               ``callbacks/state.py``
+what data does it see?   :class:`~.source.FeatureSource`, its share  ``callbacks/source.py``,
+                         of the classifier's one hook                ``callbacks/capture.py``
+                         (:class:`~.capture.ClassifierHub`)
+where does a value go?   :class:`~.publish.Publisher` (and the       ``callbacks/publish.py``
+                         figures)
+what does it keep?       :class:`~.state.MonitorState` (and what     ``callbacks/state.py``
+                         one measurement's sums give)
 where does the run       :class:`~.phase.Phase`, decided by          ``callbacks/phase.py``
-stand?                   :func:`~.phase.decide_phase`
+stand?                   :func:`~.phase.decide_phase`; the sequence
+                         around it: :class:`~.phase.Binding`
 =======================  ==========================================  ==========================
+
+:class:`MonitorBase` holds the parts and wires Lightning's hooks to them.
 
 A monitor measures at the end of every ``every_n_epochs``-th training epoch (or of the
 epochs listed in ``at_epochs``, counted from 1, e.g. :func:`log_spaced_epochs` for long runs)
 (``mode="train"``: the features of that epoch's training steps; ``"eval"``: one
-extra eval-mode pass) or at the end of each validation run (``mode="val"``, also
+extra eval-mode pass, shared by the eval-mode monitors of one classifier that pass over
+the same data then) or at the end of each validation run (``mode="val"``, also
 under ``trainer.validate``), and once at initialization, before the first step.
 
 Values are written to every logger of the trainer (with the epoch and global
@@ -29,21 +37,19 @@ A subclass defines what one measurement is (``_build``, ``_consume``, ``_compute
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
 from torchmetrics import Metric
 from typing_extensions import override
 
 from . import _lightning as lightning_internals
-from .capture import SampleCount, default_inputs, default_labels, find_classifier, known_num_classes, quiet_compute
-from .phase import Phase, decide_phase
-from .plotting import plot_history
-from .publish import Publisher, check_writable
+from .capture import default_inputs, default_labels
+from .phase import Binding
+from .publish import Publisher, WarnOnce
 from .schedule import Mode, Schedule, epochs_done
 from .source import Capture, FeatureSource
 from .state import MonitorState
@@ -74,12 +80,6 @@ SHARED_ARGS = """
 
 
 
-def _plain(value):
-    """A metric's value as the history keeps it: a 0-d tensor as a float, a 1-d one as a list."""
-    if isinstance(value, Tensor):
-        return float(value) if value.dim() == 0 else value.detach().cpu().tolist()
-    return value
-
 
 def _check_identity(cls, num_classes, classifier, name, metrics) -> None:
     """The monitor's own options (the schedule and the feature source check theirs)."""
@@ -95,6 +95,14 @@ def _check_identity(cls, num_classes, classifier, name, metrics) -> None:
         unknown = sorted(set(metrics) - set(cls.KEYS))
         if unknown:
             raise ValueError(f"unknown metrics {unknown} for {cls.__name__}; choose from {list(cls.KEYS)}")
+
+
+def refuse_twins(monitor: MonitorBase, callbacks) -> None:
+    """Two monitors of a trainer's ``callbacks`` that log under one name are refused, naming the fix."""
+    others = [cb for cb in callbacks if isinstance(cb, MonitorBase) and cb is not monitor and cb.name == monitor.name]
+    if others:
+        raise ValueError(f"two monitors log under {monitor.name!r}/: give each a distinct name=... "
+                         f"({type(monitor).__name__} and {type(others[0]).__name__})")
 
 
 class MonitorBase(Callback):
@@ -128,8 +136,8 @@ class MonitorBase(Callback):
         inputs_from_batch: Callable[[Any], Any] = default_inputs,
         forward_fn: Callable[[LightningModule, Any], Any] | None = None,
     ) -> None:
-        self._warned: set[str] = set()
-        self.schedule = Schedule(mode, every_n_epochs, at_epochs)
+        self._warn_once = WarnOnce()
+        self.schedule = Schedule(mode, every_n_epochs, at_epochs, log_at_init)
         self.source = FeatureSource(mode, capture, eval_loader=eval_loader, eval_batches=eval_batches,
                                     val_dataloader_idx=val_dataloader_idx, ignore_index=ignore_index,
                                     labels_from_batch=labels_from_batch, inputs_from_batch=inputs_from_batch,
@@ -140,10 +148,10 @@ class MonitorBase(Callback):
         self.name = name or (self.PREFIX if mode == "train" else f"{self.PREFIX}_{mode}")
         self.num_classes, self.classifier_path = num_classes, classifier
         self.metrics = None if metrics is None else tuple(metrics)
-        self.plot, self.plot_dir, self.log_at_init = bool(plot), None if plot_dir is None else Path(plot_dir), bool(log_at_init)
-        self.phase: Phase | None = None  # decided when the monitor binds to a model; None between stages
+        self.plot, self.plot_dir = bool(plot), None if plot_dir is None else Path(plot_dir)
         self.extensions: list = []
-        self._classifier_name: str | None = None
+        self.binding = Binding(self.source, self.state, self.schedule, build=self._build, consume=self._consume,
+                               wants=self._wants_pass, reset=self._reset, warn=self._warn_once)
 
     # ------------------------------------------------------------ the parts' faces
     name = property(lambda self: self.publisher.name, doc="The key prefix: values are logged as ``<name>/<key>``.")
@@ -153,7 +161,11 @@ class MonitorBase(Callback):
         self.publisher.name = self.source.name = value
 
     mode = property(lambda self: self.schedule.mode, doc="Where the features come from (``train``, ``eval``, ``val``).")
+    log_at_init = property(lambda self: self.schedule.at_init, lambda self, on: setattr(self.schedule, "at_init", bool(on)),
+                           doc="Whether the start of training is measured (an eval-mode pass before the first step).")
+    phase = property(lambda self: self.binding.phase, doc="Where the run stands (:class:`~.phase.Phase`); None between stages.")
     _classifier = property(lambda self: self.source.classifier)
+    _classifier_name = property(lambda self: self.binding.classifier_name)
     _metrics = property(lambda self: self.state.metrics)
 
     history = property(lambda self: self.state.history, lambda self, rows: setattr(self.state, "history", rows),
@@ -177,19 +189,8 @@ class MonitorBase(Callback):
     def state_key(self) -> str:
         checked = lightning_internals.callbacks_in_check()  # Trainer(...)'s check of its callbacks asks first
         if checked is not None:
-            self._refuse_twins(checked)
+            refuse_twins(self, checked)
         return self._generate_state_key(name=self.name, classifier=self.classifier_path, mode=self.mode)
-
-    def _refuse_twins(self, callbacks) -> None:
-        others = [cb for cb in callbacks if isinstance(cb, MonitorBase) and cb is not self and cb.name == self.name]
-        if others:
-            raise ValueError(f"two monitors log under {self.name!r}/: give each a distinct name=... "
-                             f"({type(self).__name__} and {type(others[0]).__name__})")
-
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            rank_zero_warn(message)
 
     # ------------------------------------------------------ subclass interface
     def _build(self, num_classes: int, feature_dim: int) -> dict[str, Metric]:
@@ -218,111 +219,50 @@ class MonitorBase(Callback):
     def _selected(self, key: str) -> bool:
         return key in self.KEYS and (self.metrics is None or key in self.metrics)
 
+    def _wants_pass(self, kind: str, trainer: Trainer) -> bool:
+        """Whether this monitor makes the eval pass ``kind`` (``"init"``, ``"epoch"``) now; see ``Schedule.wants_pass``."""
+        return self.schedule.wants_pass(kind, trainer, measured=bool(self.history))
+
     # ------------------------------------------------------------------ binding
     def _reset(self) -> None:
-        self.state.reset()
-        self.schedule.reset()
-        self._warned = set()
-        for extension in self.extensions:
-            extension.reset()
+        for part in (self.state, self.schedule, self._warn_once, *self.extensions):
+            part.reset()
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._refuse_twins(trainer.callbacks)
+        refuse_twins(self, trainer.callbacks)
         if stage == "fit":
             self.source.check_fit(trainer, pl_module)
-        if not trainer.loggers:
-            self._warn_once("no-logger", f"{type(self).__name__}({self.name!r}): the trainer has no logger: the values "
-                            "go to the monitor's history and trainer.callback_metrics only"
-                            + ("" if self.plot_dir is not None or not self.plot else ", and no figures are made "
-                               "(pass plot_dir=... for them)"))
-        if self.plot and self.plot_dir is not None:
-            check_writable(self.plot_dir, "plot_dir")
-        # the classifier is found later (_bind): the module's own setup() and configure_model() run after
-        # this hook and may build or replace layers; a checkpoint's state is loaded in between
-        self.source.detach()
-        self.source.classifier, self.phase, self.state.metrics = None, None, {}
-        self._plot_dir = self.plot_dir
-        if self._plot_dir is None and self.plot and trainer.loggers:
-            log_dir = trainer.log_dir  # a collective under DDP: called on every rank
-            self._plot_dir = None if log_dir is None else Path(log_dir)
-
-    def _bind(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """Find the classifier, decide the phase, build the metrics, attach the hook: at the start of a fit or a
-        validation, after the module's setup/configure_model and after a checkpoint's state was loaded."""
-        if self.phase is not None:
-            return
-        name, classifier = find_classifier(pl_module, self.classifier_path,
-                                           known_num_classes(self.num_classes, trainer, pl_module))
-        self.source.check_forward(pl_module)
-        fitting = trainer.state.fn == "fit"
-        self.phase = decide_phase(fitting=fitting, restored=self.state.restored, trained=trainer.global_step > 0,
-                                  same_model=self.state.follows(classifier.weight), history=bool(self.history),
-                                  basis=self.basis is not None)
-        if self.phase is Phase.REFIT:
-            self._warn_once("refit", f"{type(self).__name__}({self.name!r}): this fit (a new Trainer) starts from weights "
-                            "an earlier fit trained: the history starts afresh and drift is measured from the SVD of "
-                            "the weights now. To continue the history, continue with the same Trainer (fit again with "
-                            "a larger max_epochs) or resume from its checkpoint.")
-        if self.phase.starts_afresh:
-            self._reset()
-        shape = (classifier.out_features, classifier.in_features)
-        self._classifier_name = name
-        self.source.classifier = classifier
-        self.state.check(shape)
-        metrics = {**self._build(*shape), "count": SampleCount()}
-        for metric in metrics.values():  # on the module's device: a sync (NCCL) before the first batch works
-            metric.to(pl_module.device)
-        self.state.set_metrics(metrics)
-        self.source.attach(classifier, self._take)
-        self.state.follow(classifier.weight)
-        if fitting:
-            self.schedule.check_readers(trainer.callbacks, self.name, f"{type(self).__name__}({self.name!r})",
-                                        self._warn_once)
-
-    def _take(self, features: Tensor, labels: Tensor, logits: Tensor, ignored: int) -> None:
-        """The source's sink: count the rows, and measure the kept ones."""
-        metrics = self.state.metrics
-        if metrics["count"].device != features.device:
-            for metric in metrics.values():
-                metric.to(features.device)
-        metrics["count"].update(torch.tensor(float(features.shape[0])), torch.tensor(float(ignored)))
-        if features.shape[0]:
-            self._consume(features, labels, logits)
+        self.publisher.prepare(trainer, self.plot, self.plot_dir, self._warn_once)
+        self.binding.clear()
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self.source.detach()
-        self.phase = None
-        self.state.restored = False  # a state loaded for this stage (fit, or validate with ckpt_path) is used up
+        self.binding.release()
 
     @override
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self.teardown(trainer, pl_module, "exception")  # never leave the hook on a model whose run failed
+        self.binding.release()  # never leave the hook on a model whose run failed
         if isinstance(exception, KeyboardInterrupt) and trainer.state.fn == "fit":
-            try:  # Ctrl-C: the figures of the epochs so far
-                self._plot(trainer)
-            except Exception as err:  # never mask the interrupt
-                rank_zero_warn(f"{type(self).__name__}: no figures after the interrupt: {err}")
+            self._plot(trainer, quiet=True)  # Ctrl-C: the figures of the epochs so far
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._bind(trainer, pl_module)
+        self.binding.bind(trainer, pl_module, self.classifier_path, self.num_classes)
         if not getattr(trainer.strategy, "restore_checkpoint_after_setup", False):
             self._weights_final(trainer)  # else at the start of training, once the checkpoint is loaded
 
     @override
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._bind(trainer, pl_module)  # trainer.validate: no fit bound it
+        self.binding.bind(trainer, pl_module, self.classifier_path, self.num_classes)  # trainer.validate: no fit did
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._weights_final(trainer)
-        if self.log_at_init and not self.history and trainer.global_step == 0:
-            if self.source.init_pass(trainer, pl_module):
-                self._measure(trainer, -1, 0.0)
+        if self._wants_pass("init", trainer) and self.source.init_pass(trainer, pl_module):
+            self._measure(trainer, -1, 0.0)
 
-    # ----------------------------------------------------------- the schedule's hooks
+    # ------------------------------------------------ the schedule's hooks, measure, publish, resume
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         # decided per batch: Lightning skips on_train_epoch_start when resuming mid-epoch
@@ -333,9 +273,7 @@ class MonitorBase(Callback):
                            batch_idx: int) -> None:
         self.source.take_batch(batch)
         self._set_active(False)
-        # measure before the epoch's validation runs, so checkpoint callbacks see this epoch's values
-        last = lightning_internals.is_last_batch(trainer) or batch_idx + 1 >= trainer.num_training_batches
-        if self.schedule.at_epoch_end(trainer) and last:
+        if self.schedule.ends_epoch(trainer, batch_idx):
             self._finish_epoch(trainer, pl_module)
 
     @override
@@ -345,12 +283,9 @@ class MonitorBase(Callback):
             self._finish_epoch(trainer, pl_module, step_back=1)
 
     def _finish_epoch(self, trainer: Trainer, pl_module: LightningModule, step_back: int = 0) -> None:
-        """Measure the epoch; ``step_back``: Lightning counted the last batch already (at the epoch's end it logs
-        the epoch's rows one step back, and so do we)."""
+        """Measure the epoch (or what max_steps or a stop left of it); ``step_back``: see ``publish_measurement``."""
         self.schedule.measured_epoch = trainer.current_epoch
-        if self.mode == "eval":
-            self.source.epoch_pass(trainer, pl_module)
-        # a whole epoch, or less when max_steps (or a stop) ended it early
+        self.source.epoch_pass(trainer, pl_module)
         self._measure(trainer, trainer.current_epoch, epochs_done(trainer, epoch_end=True), step_back)
 
     @override
@@ -370,44 +305,18 @@ class MonitorBase(Callback):
         if self.schedule.captures_validation(trainer):
             self._measure(trainer, trainer.current_epoch, epochs_done(trainer))
 
-    # ---------------------------------------------------------- measure, publish
     def _measure(self, trainer: Trainer, epoch: int, done: float, step_back: int = 0) -> None:
-        metrics = self.state.metrics
-        try:
-            counts = quiet_compute(metrics["count"])  # synced: every rank takes the same branches below
-            values = {k: _plain(v) for k, v in self._compute(trainer, done, counts["num_samples"]).items()}
-            for extension in self.extensions:
-                values.update({k: _plain(v) for k, v in extension.extend(trainer, done, values).items()})
-            values.update({k: _plain(v) for k, v in counts.items()})
-        except ValueError as err:  # undefined (collapsed or non-finite features, a class missing): say so, go on
-            self._warn_once(f"undefined:{err}", f"{type(self).__name__}({self.name!r}): values not logged at "
-                            f"{'initialization' if epoch < 0 else f'epoch {epoch}'}: {err} (said once; the same cause "
-                            "at a later epoch is not repeated)")
-            values = None
-        finally:
-            for metric in metrics.values():
-                metric.reset()
-        if values is None:
-            return
-        # the step Lightning logs its own rows of this point at (its loggers' x axis), not global_step
-        step = max(0, lightning_internals.logger_step(trainer) - step_back)
-        self.publisher.publish(trainer, {"epoch": epoch, "step": step, "epochs_done": done, **values}, self.history)
+        measure = partial(self.state.measure, trainer, done, self._compute, self.extensions)
+        self.publisher.publish_measurement(trainer, epoch, done, measure, self.history, self._warn_once, step_back)
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._plot(trainer)
 
-    @rank_zero_only
-    def _plot(self, trainer: Trainer) -> None:
-        if not self.plot or self._plot_dir is None or not self.history:
-            return
-        self._plot_dir.mkdir(parents=True, exist_ok=True)
+    def _plot(self, trainer: Trainer, quiet: bool = False) -> None:
         keys = [k for k in self.KEYS if self._selected(k)]
-        figures = [(self.PLOT_NAME, plot_history(self.history, self._plot_dir / f"{self.name}.png",
-                                                 f"{self.TITLE} ({self.name})", keys))]
-        self.publisher.send_figures(trainer, figures + self._figures(self._plot_dir))
+        self.publisher.plot(trainer, self.history, keys, self.TITLE, self.PLOT_NAME, self._figures, quiet)
 
-    # ------------------------------------------------------------------- resume
     @override
     def state_dict(self) -> dict:
         return self.state.state_dict()

@@ -1,8 +1,11 @@
-"""Shared plumbing of the monitors: find the classifier, capture its calls, pass over data, checkpoint metrics."""
+"""Shared plumbing of the monitors: find the classifier, capture its calls (one hook per classifier, shared by
+its monitors), pass over data, checkpoint metrics."""
 
 from __future__ import annotations
 
 import warnings
+import weakref
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import torch
@@ -105,32 +108,90 @@ def has_forward(module: nn.Module) -> bool:
 
 
 class FeatureCapture:
-    """A forward hook on the classifier that keeps every call's (input features, logits), detached.
+    """One source's share of a classifier's calls: every call made while it is ``active`` is kept, as
+    (input features, logits), detached, until :meth:`take`.
 
     A training step may call the classifier several times (two augmented views,
-    chunks, an auxiliary call): every call is kept until :meth:`take`.
+    chunks, an auxiliary call): every call is kept. ``owner``: whose share it is (its source).
     """
 
-    #: The capture that owns the current extra (eval) pass, if any: every other capture ignores that
-    #: pass's calls, so one monitor's pass never leaks into another monitor's training-batch sums.
-    exclusive: "FeatureCapture | None" = None
-
-    def __init__(self, classifier: nn.Linear) -> None:
+    def __init__(self, owner: Any = None) -> None:
+        self.owner = owner
         self.active = False
         self.calls: list[tuple[Tensor, Tensor]] = []
-        self._handle = classifier.register_forward_hook(self._hook)
-
-    def _hook(self, module: nn.Module, inputs: tuple, output: Tensor) -> None:
-        if self.active and FeatureCapture.exclusive in (None, self):
-            self.calls.append((inputs[0].detach(), output.detach()))
 
     def take(self) -> list[tuple[Tensor, Tensor]]:
         calls, self.calls = self.calls, []
         return calls
 
-    def remove(self) -> None:
-        self._handle.remove()
-        self.calls = []
+
+class ClassifierHub:
+    """The one forward hook on a classifier, shared by every capture subscribed to it (see :func:`hub_of`).
+
+    A call goes to each active capture; while :meth:`only` holds (an eval pass), to the pass's captures
+    alone, so one monitor's pass never leaks into another monitor's training-batch sums. The hook is
+    removed when the last capture leaves (:meth:`leave`).
+    """
+
+    def __init__(self, classifier: nn.Linear) -> None:
+        self.captures: list[FeatureCapture] = []
+        self._only: list[FeatureCapture] | None = None
+        self._classifier = weakref.ref(classifier)  # the registry's key; the hub must not keep the model alive
+        self._handle = classifier.register_forward_hook(self._hook)
+
+    def __getstate__(self) -> dict:
+        """A copy of the model (``deepcopy``, pickle) carries a hook that feeds no capture."""
+        return {"captures": [], "_only": None, "_classifier": None, "_handle": None}
+
+    def _hook(self, module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        call = None
+        for capture in self.captures if self._only is None else self._only:
+            if capture.active:
+                call = call or (inputs[0].detach(), output.detach())
+                capture.calls.append(call)
+
+    def leave(self, capture: FeatureCapture) -> None:
+        """Unsubscribe ``capture`` (its kept calls are dropped); the last one to leave removes the hook."""
+        capture.calls = []
+        if capture in self.captures:
+            self.captures.remove(capture)
+        if not self.captures:
+            if self._handle is not None:
+                self._handle.remove()
+            classifier = None if self._classifier is None else self._classifier()
+            if classifier is not None and _HUBS.get(classifier) is self:
+                del _HUBS[classifier]
+
+    @contextmanager
+    def only(self, captures: list[FeatureCapture]):
+        """Within this block the classifier's calls go to ``captures`` only (those active)."""
+        if self._only is not None:
+            raise RuntimeError("an eval pass is already running on this classifier")
+        self._only = list(captures)
+        try:
+            yield
+        finally:
+            self._only = None
+
+
+#: The hub of each classifier with subscribed captures (weak keys: a dropped model takes its entry along).
+_HUBS: "weakref.WeakKeyDictionary[nn.Linear, ClassifierHub]" = weakref.WeakKeyDictionary()
+
+
+def hub_of(classifier: nn.Linear) -> ClassifierHub | None:
+    """The hub on ``classifier``, or None when no capture is subscribed to it."""
+    return _HUBS.get(classifier)
+
+
+def subscribe(classifier: nn.Linear, capture: FeatureCapture) -> ClassifierHub:
+    """Add ``capture`` to the classifier's hub (made, with its hook, for the first capture); it leaves
+    with :meth:`ClassifierHub.leave`."""
+    hub = _HUBS.get(classifier)
+    if hub is None:
+        hub = _HUBS[classifier] = ClassifierHub(classifier)
+    if capture not in hub.captures:
+        hub.captures.append(capture)
+    return hub
 
 
 def eval_pass(

@@ -25,11 +25,16 @@ monitor holds measurements (for validate: or an initial basis).
 
 A strategy that restores the checkpoint after its setup (``restore_checkpoint_after_setup``) loads the
 state after this decision; the loaded history and basis then replace what the phase kept.
+
+:class:`Binding` runs the sequence around the decision: cleared at setup, bound at the start of the fit or
+validation (classifier found, phase entered, metrics built, hook attached), released at its end.
 """
 
 from __future__ import annotations
 
 from enum import Enum
+from functools import partial
+from typing import Any, Callable
 
 
 class Phase(Enum):
@@ -72,3 +77,62 @@ def decide_phase(*, fitting: bool, restored: bool, same_model: bool, trained: bo
     if not same_model and (history or basis):
         return Phase.VALIDATING_OTHER
     return Phase.VALIDATING
+
+
+def enter_phase(trainer, state, weight, label: str, warn: Callable[[str, str], None]) -> Phase:
+    """The phase of the monitor ``label`` (e.g. ``SpectralMonitor('spectral')``) binding to the classifier ``weight``,
+    from the trainer's stage and step and its :class:`~.state.MonitorState` ``state``; ``warn(key, message)`` says
+    what a ``REFIT`` means, with the fix."""
+    phase = decide_phase(fitting=trainer.state.fn == "fit", restored=state.restored, trained=trainer.global_step > 0,
+                         same_model=state.follows(weight), history=bool(state.history), basis=state.basis is not None)
+    if phase is Phase.REFIT:
+        warn("refit", f"{label}: this fit (a new Trainer) starts from weights an earlier fit trained: the history "
+             "starts afresh and drift is measured from the SVD of the weights now. To continue the history, continue "
+             "with the same Trainer (fit again with a larger max_epochs) or resume from its checkpoint.")
+    return phase
+
+
+class Binding:
+    """A monitor's tie to one model for one stage: the classifier its :class:`~.source.FeatureSource` captures,
+    the metrics its :class:`~.state.MonitorState` gathers, and the phase (None between stages). For a fit, its
+    :class:`~.schedule.Schedule` checks the checkpoint callbacks that read the monitor's values.
+
+    The monitor's side is given once: ``build(K, d)`` (its metrics), ``consume(features, labels, logits)``,
+    ``wants(kind, trainer)`` (the eval passes it makes now), ``reset()`` (start afresh), ``warn(key, message)``.
+    """
+
+    def __init__(self, source, state, schedule, *, build: Callable, consume: Callable, wants: Callable,
+                 reset: Callable[[], None], warn: Callable[[str, str], None]) -> None:
+        self.source, self.state, self.schedule = source, state, schedule
+        self.build, self.consume, self.wants, self.reset, self.warn = build, consume, wants, reset, warn
+        self.phase: Phase | None = None
+        self.classifier_name: str | None = None
+
+    def clear(self) -> None:
+        """At setup: nothing bound. The classifier is found later (:meth:`bind`): the module's own setup() and
+        configure_model() run after this hook and may build or replace layers; a checkpoint's state is loaded
+        in between."""
+        self.source.detach()
+        self.source.classifier, self.phase, self.state.metrics = None, None, {}
+
+    def bind(self, trainer, pl_module, path: str | None, num_classes: int | None) -> None:
+        """At the start of a fit or a validation (after the module's setup/configure_model and a checkpoint's load;
+        once per stage): find the classifier, enter the phase (:func:`enter_phase`; ``reset()`` when it starts
+        afresh), build the metrics, attach the hook."""
+        if self.phase is not None:
+            return
+        self.classifier_name, classifier = self.source.locate(trainer, pl_module, path, num_classes)
+        self.phase = enter_phase(trainer, self.state, classifier.weight, self.source.label, self.warn)
+        if self.phase.starts_afresh:
+            self.reset()
+        self.state.bind(classifier, self.build, pl_module.device)
+        self.source.attach(classifier, partial(self.state.take, self.consume), self.wants)
+        if trainer.state.fn == "fit":
+            self.schedule.check_readers(trainer.callbacks, self.source.name, self.source.label, self.warn)
+
+    def release(self) -> None:
+        """At the stage's end (or its failure): the hook leaves the model; a state loaded for this stage (fit, or
+        validate with ``ckpt_path``) is used up."""
+        self.source.detach()
+        self.phase = None
+        self.state.restored = False

@@ -1,5 +1,6 @@
 """Where a monitor's measured values go: its history, ``trainer.callback_metrics`` (what ``ModelCheckpoint``
-and ``EarlyStopping`` read), every logger of the trainer, and the figures at the end.
+and ``EarlyStopping`` read), every logger of the trainer, and the figures at the end (where they go is
+settled at setup, :meth:`Publisher.prepare`).
 
 A row is published once, as soon as it is measured. Its values are global already (the metric states
 are synced across DDP ranks, every rank computes the same numbers), so they are not reduced again.
@@ -16,9 +17,25 @@ from typing import Callable
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from . import _lightning as lightning_internals
+from .plotting import plot_history
+
+
+class WarnOnce:
+    """``warn(key, message)``: a warning on rank zero, said once per ``key`` until :meth:`reset`."""
+
+    def __init__(self) -> None:
+        self.said: set[str] = set()
+
+    def __call__(self, key: str, message: str) -> None:
+        if key not in self.said:
+            self.said.add(key)
+            rank_zero_warn(message)
+
+    def reset(self) -> None:
+        self.said = set()
 
 
 def check_writable(path: Path, what: str) -> None:
@@ -41,6 +58,21 @@ class Publisher:
         self.name = name
         self.selected = selected
         self.owner = owner
+        self.directory: Path | None = None  # where the figures go (settled at setup); None: no figures
+
+    def prepare(self, trainer: Trainer, plot: bool, plot_dir: Path | None, warn: Callable[[str, str], None]) -> None:
+        """At setup: ``warn(key, message)`` when the trainer has no logger, check ``plot_dir``, and settle the
+        folder of the figures (``plot_dir``, default the trainer's ``log_dir``; none without ``plot``)."""
+        if not trainer.loggers:
+            warn("no-logger", f"{self.owner}({self.name!r}): the trainer has no logger: the values go to the monitor's "
+                 "history and trainer.callback_metrics only" + ("" if plot_dir is not None or not plot else
+                                                                 ", and no figures are made (pass plot_dir=... for them)"))
+        if plot and plot_dir is not None:
+            check_writable(plot_dir, "plot_dir")
+        self.directory = plot_dir if plot else None
+        if plot_dir is None and plot and trainer.loggers:
+            log_dir = trainer.log_dir  # a collective under DDP: called on every rank
+            self.directory = None if log_dir is None else Path(log_dir)
 
     def scalars(self, row: dict) -> dict[str, float]:
         """The row's logged values: the selected keys whose values are numbers (bools are not)."""
@@ -66,6 +98,41 @@ class Publisher:
             if isinstance(logger, CSVLogger):  # a table: where the row belongs (epoch -1: initialization), as
                 values.update(epoch=row["epoch"], epochs_done=row["epochs_done"])  # hadainit's readers use
             logger.log_metrics(values, step=row["step"])
+
+    def publish_measurement(self, trainer: Trainer, epoch: int, done: float, measure: Callable[[], dict],
+                            history: list[dict], warn: Callable[[str, str], None], step_back: int = 0) -> None:
+        """:meth:`publish` the values ``measure()`` gives at epoch ``epoch`` (-1: initialization) after ``done``
+        epochs, at the step Lightning logs its own rows of this point at (its loggers' x axis), not ``global_step``;
+        ``step_back``: Lightning counted the epoch's last batch already (at the epoch's end it logs the epoch's rows
+        one step back). Undefined values (``ValueError``: collapsed or non-finite features, a class missing) are
+        not published: ``warn(key, message)`` says so, once per cause, and the run goes on."""
+        try:
+            values = measure()
+        except ValueError as err:
+            where = "initialization" if epoch < 0 else f"epoch {epoch}"
+            warn(f"undefined:{err}", f"{self.owner}({self.name!r}): values not logged at {where}: {err} (said once; "
+                 "the same cause at a later epoch is not repeated)")
+            return
+        step = max(0, lightning_internals.logger_step(trainer) - step_back)
+        self.publish(trainer, {"epoch": epoch, "step": step, "epochs_done": done, **values}, history)
+
+    @rank_zero_only
+    def plot(self, trainer: Trainer, history: list[dict], keys: list[str], title: str, plot_name: str,
+             more: Callable[[Path], list], quiet: bool = False) -> None:
+        """On rank zero: the history panels of ``keys`` and the figures of ``more(directory)`` saved under
+        :attr:`directory` and sent to the loggers that take images; nothing without a directory or a history.
+        ``quiet`` (after an interrupt): a failure is warned, never raised over the interrupt."""
+        directory = self.directory
+        if directory is None or not history:
+            return
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            figure = plot_history(history, directory / f"{self.name}.png", f"{title} ({self.name})", keys)
+            self.send_figures(trainer, [(plot_name, figure)] + more(directory))
+        except Exception as err:
+            if not quiet:
+                raise
+            rank_zero_warn(f"{self.owner}: no figures after the interrupt: {err}")
 
     def send_figures(self, trainer: Trainer, figures: list) -> None:
         """``(tag, figure)`` pairs to the loggers that take images (TensorBoard, Weights & Biases)."""

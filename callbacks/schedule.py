@@ -28,9 +28,11 @@ def positive_int(value, name: str, *, allow_none: bool = False) -> None:
 
 
 class Schedule:
-    """``mode``, and which training epochs are due: every ``every_n_epochs``-th, or those in ``at_epochs``."""
+    """``mode``, and which training epochs are due: every ``every_n_epochs``-th, or those in ``at_epochs``; and
+    whether the start of training is measured (``at_init``)."""
 
-    def __init__(self, mode: Mode = "train", every_n_epochs: int = 1, at_epochs: Iterable[int] | None = None) -> None:
+    def __init__(self, mode: Mode = "train", every_n_epochs: int = 1, at_epochs: Iterable[int] | None = None,
+                 at_init: bool = True) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         positive_int(every_n_epochs, "every_n_epochs")
@@ -43,6 +45,7 @@ class Schedule:
         self.mode = mode
         self.every_n_epochs = every_n_epochs
         self.at_epochs = None if at_epochs is None else frozenset(at_epochs)
+        self.at_init = bool(at_init)
         self.measured_epoch: int | None = None  # the training epoch last measured at its end
 
     def epoch_due(self, epochs_done: int) -> bool:
@@ -63,9 +66,22 @@ class Schedule:
         """A measurement at the end of this training epoch (``"train"``, ``"eval"``) is due."""
         return self.mode != "val" and self.due(trainer)
 
+    def ends_epoch(self, trainer: Trainer, batch_idx: int) -> bool:
+        """The training batch ``batch_idx`` just run ends an epoch measured at its end (measured then, before the
+        epoch's validation runs, so checkpoint callbacks see its values)."""
+        last = lightning_internals.is_last_batch(trainer) or batch_idx + 1 >= trainer.num_training_batches
+        return self.at_epoch_end(trainer) and last
+
     def epoch_end_pending(self, trainer: Trainer) -> bool:
         """Due at the epoch's end and not measured yet (e.g. on the last batch, before validation)."""
         return self.at_epoch_end(trainer) and self.measured_epoch != trainer.current_epoch
+
+    def wants_pass(self, kind: str, trainer: Trainer, measured: bool) -> bool:
+        """Whether the eval pass ``kind`` is due now: ``"init"`` (the measurement at initialization: asked for,
+        nothing ``measured`` yet, no step taken) or ``"epoch"`` (:meth:`epoch_end_pending`); alike on every rank."""
+        if kind == "init":
+            return self.at_init and not measured and trainer.global_step == 0
+        return self.epoch_end_pending(trainer)
 
     def captures_validation(self, trainer: Trainer) -> bool:
         """The validation run going on feeds the measurement: ``mode="val"``, a due epoch of a fit, or any

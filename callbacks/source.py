@@ -1,9 +1,14 @@
 """What a monitor sees: the classifier's calls, captured by a forward hook or fed through ``update()``, or
-made by the monitor's own eval-mode pass, checked and handed on as ``(features, labels, logits)`` rows.
+made by an eval-mode pass, checked and handed on as ``(features, labels, logits)`` rows.
 
-The monitor tells its :class:`FeatureSource` when to capture (``set_active``) and where the rows go (the
-``sink`` given to :meth:`FeatureSource.attach`); the source owns the hook, the label checks, the
-ignore index and the loaders of the extra passes.
+The monitor tells its :class:`FeatureSource` when to capture (``set_active``), where the rows go (the
+``sink`` given to :meth:`FeatureSource.attach`) and which eval passes it wants now (``wants``); the source
+owns its share of the classifier's hook (:class:`~.capture.ClassifierHub`, one per classifier), the label
+checks, the ignore index and the loaders of the extra passes.
+
+An eval pass is made once per point of the run: it feeds every source on the classifier that would make
+the same pass now (``mode="eval"``, the same data and forward, a measurement due), and those skip their
+own. A source with other data makes its own pass, whose calls no other source sees.
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, nn
 
 from . import _lightning as lightning_internals
-from .capture import FeatureCapture, default_inputs, default_labels, eval_pass, has_forward
+from .capture import (ClassifierHub, FeatureCapture, default_inputs, default_labels, eval_pass, find_classifier,
+                      has_forward, known_num_classes, subscribe)
 from .schedule import positive_int
 
 Capture = Literal["hook", "manual"]
@@ -24,6 +30,13 @@ CAPTURES = ("hook", "manual")
 #: ``sink(features, labels, logits, ignored)``: the kept rows of one classifier call (possibly none) and how
 #: many rows the ignore index excluded.
 Sink = Callable[[Tensor, Tensor, Tensor, int], None]
+#: ``wants(kind, trainer)``: whether the monitor makes the eval pass ``kind`` (``"init"``, ``"epoch"``) now.
+Wants = Callable[[str, Trainer], bool]
+
+
+def _wants_none(kind: str, trainer: Trainer) -> bool:
+    """The default ``wants``: no pass of another source feeds this one."""
+    return False
 
 
 class FeatureSource:
@@ -71,8 +84,11 @@ class FeatureSource:
         self.owner, self.name, self.warn = owner, name, warn
         self.active = False  # the coming calls are measured
         self.classifier: nn.Linear | None = None
-        self._hook: FeatureCapture | None = None
+        self.fed: tuple | None = None  # the point of the run whose eval pass fed this source last
+        self._capture = FeatureCapture(self)  # this source's share of the classifier's hook
+        self._hub: ClassifierHub | None = None  # the hook of the classifier attached to
         self._sink: Sink | None = None
+        self._wants: Wants = _wants_none
 
     # ---------------------------------------------------------------- requirements
     def check_fit(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -95,6 +111,14 @@ class FeatureSource:
     def label(self) -> str:
         return f"{self.owner}({self.name!r})"
 
+    def locate(self, trainer: Trainer, pl_module: LightningModule, path: str | None,
+               num_classes: int | None) -> tuple[str, nn.Linear]:
+        """Find the classifier (:func:`~.capture.find_classifier`; ``num_classes`` default: the module's or
+        datamodule's), known from now on, and check that the module can make this source's passes."""
+        name, self.classifier = find_classifier(pl_module, path, known_num_classes(num_classes, trainer, pl_module))
+        self.check_forward(pl_module)
+        return name, self.classifier
+
     def check_forward(self, pl_module: LightningModule) -> None:
         """``mode="eval"`` runs the module itself: it needs a ``forward`` (or ``forward_fn``)."""
         if self.mode == "eval" and self.forward_fn is None and not has_forward(pl_module):
@@ -102,30 +126,33 @@ class FeatureSource:
                              "(or use mode='train', which captures the training steps' calls)")
 
     # ---------------------------------------------------------------- binding
-    def attach(self, classifier: nn.Linear, sink: Sink) -> None:
-        """Capture ``classifier``'s calls (a forward hook) and hand the rows to ``sink``."""
+    def attach(self, classifier: nn.Linear, sink: Sink, wants: Wants | None = None) -> None:
+        """Capture ``classifier``'s calls (through its hub's hook) and hand the rows to ``sink``; ``wants``: the
+        eval passes the monitor makes now (another source's same pass then feeds this one)."""
         self.detach()
         self.classifier, self._sink = classifier, sink
-        self._hook = FeatureCapture(classifier)
+        if wants is not None:
+            self._wants = wants
+        self._hub = subscribe(classifier, self._capture)
 
     def detach(self) -> None:
-        """Remove the hook (the classifier stays known, e.g. for a checkpoint's shape)."""
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-        self.active = False
+        """Leave the classifier's hook (the classifier stays known, e.g. for a checkpoint's shape)."""
+        if self._hub is not None:
+            self._hub.leave(self._capture)
+            self._hub = None
+        self.active = self._capture.active = False
+        self.fed = None
 
     def set_active(self, active: bool) -> None:
         """Measure the coming calls (or not): the hook captures unless the user feeds ``update()``."""
         self.active = active
-        if self._hook is not None:
-            self._hook.active = active and self.capture == "hook"
+        self._capture.active = active and self.capture == "hook" and self._hub is not None
 
     # ---------------------------------------------------------------- the three ways in
     def take_batch(self, batch: Any) -> None:
         """Hand on the calls the hook captured during ``batch`` (a training or validation step)."""
-        if self._hook is not None and self._hook.calls:
-            self.consume(self._hook.take(), batch)
+        if self._capture.calls:
+            self.consume(self._capture.take(), batch)
 
     def update(self, features: Tensor, labels: Tensor, logits: Tensor | None = None) -> None:
         """``capture="manual"``: one call's features and labels (logits default to the current classifier's)."""
@@ -139,21 +166,51 @@ class FeatureSource:
                 logits = self.classifier(features.detach())
         self.consume([(features.detach(), logits.detach())], labels=labels)
 
-    def run_pass(self, trainer: Trainer, pl_module: LightningModule, loader, limit) -> None:
-        """An eval-mode pass over ``loader`` feeding the monitor through the hook (also with capture='manual');
-        no other monitor's hook captures it."""
-        self.active = True
-        self._hook.active = True
-        FeatureCapture.exclusive = self._hook
+    def run_pass(self, trainer: Trainer, pl_module: LightningModule, loader, limit,
+                 receivers: list[FeatureSource] = ()) -> None:
+        """An eval-mode pass over ``loader`` feeding this source and ``receivers`` through the hook (also with
+        capture='manual'); no other source's capture sees its calls."""
+        sources = [self, *receivers]
+        for source in sources:
+            source.active = source._capture.active = True
+
+        def consume(batch: Any) -> None:
+            for source in sources:
+                source.consume(source._capture.take(), batch)
+
         try:
-            eval_pass(trainer, pl_module, loader, limit, self._forward, lambda batch: self.consume(self._hook.take(), batch))
+            with self._hub.only([source._capture for source in sources]):
+                eval_pass(trainer, pl_module, loader, limit, self._forward, consume)
         finally:
-            FeatureCapture.exclusive = None
-            self.set_active(False)
+            for source in sources:
+                source.set_active(False)
+
+    def shared_pass(self, trainer: Trainer, pl_module: LightningModule, kind: str, loader, limit) -> None:
+        """The eval pass ``kind`` (``"init"``, ``"epoch"``) of this point of the run, made once: nothing when
+        another source's pass fed this one already, else it also feeds every source on the classifier that
+        would make the same pass now (:meth:`makes_same_pass`)."""
+        point = (kind, trainer.current_epoch, trainer.global_step)
+        if self.fed == point:
+            return
+        receivers = [c.owner for c in self._hub.captures if isinstance(c.owner, FeatureSource) and c.owner is not self
+                     and c.owner.makes_same_pass(self, point, trainer)]
+        for source in (self, *receivers):
+            source.fed = point
+        self.run_pass(trainer, pl_module, loader, limit, receivers)
+
+    def makes_same_pass(self, other: FeatureSource, point: tuple, trainer: Trainer) -> bool:
+        """Whether this source would make ``other``'s eval pass at ``point`` (``(kind, epoch, step)``) itself:
+        both ``mode="eval"`` with the same data (``eval_loader`` object, ``eval_batches``) and forward
+        (``forward_fn``, ``inputs_from_batch``), not fed at this point yet, and its monitor wants the pass now."""
+        return (self.mode == other.mode == "eval" and self.fed != point
+                and self.eval_loader is other.eval_loader and self.eval_batches == other.eval_batches
+                and self.forward_fn is other.forward_fn and self.inputs_from_batch is other.inputs_from_batch
+                and self._wants(point[0], trainer))
 
     def epoch_pass(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        """``mode="eval"``: the extra pass at the end of an epoch."""
-        self.run_pass(trainer, pl_module, *self.eval_data(trainer))
+        """``mode="eval"``: the extra pass at the end of an epoch (or its share of another source's); else nothing."""
+        if self.mode == "eval":
+            self.shared_pass(trainer, pl_module, "epoch", *self.eval_data(trainer))
 
     def init_pass(self, trainer: Trainer, pl_module: LightningModule) -> bool:
         """The pass of the measurement at initialization; False (warned) when there is none to make."""
@@ -165,7 +222,7 @@ class FeatureSource:
         if loader is None:
             self.warn("init", f"{self.label}: no data loader at initialization")
             return False
-        self.run_pass(trainer, pl_module, loader, limit)
+        self.shared_pass(trainer, pl_module, "init", loader, limit)
         return True
 
     # ---------------------------------------------------------------- rows

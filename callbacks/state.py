@@ -1,5 +1,6 @@
 """What a monitor keeps between measurements and across a resume: its history, the initial basis, the
-partial sums of the measurement going on, and the checkpoint format (``state_dict`` version 2).
+partial sums of the measurement going on (fed through :meth:`MonitorState.take`, turned into values by
+:meth:`MonitorState.measure`), and the checkpoint format (``state_dict`` version 2).
 
 The checkpoint is ``{"version": 2, "history": [row, ...], "basis": InitialBasis.state_dict() | None}``,
 plus ``"metrics"`` (each metric's partial sums over every rank, :func:`~.capture.metric_checkpoint`)
@@ -9,16 +10,24 @@ when there are metrics, so a run resumed mid-epoch continues the epoch's sums ex
 from __future__ import annotations
 
 import weakref
+from typing import Callable, Iterable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import Metric
 
 from hadainit.drift import InitialBasis
 
-from .capture import metric_checkpoint, restore_metric
+from .capture import SampleCount, metric_checkpoint, quiet_compute, restore_metric
 
 STATE_VERSION = 2
+
+
+def plain(value):
+    """A metric's value as the history keeps it: a 0-d tensor as a float, a 1-d one as a list."""
+    if isinstance(value, Tensor):
+        return float(value) if value.dim() == 0 else value.detach().cpu().tolist()
+    return value
 
 
 class MonitorState:
@@ -51,6 +60,43 @@ class MonitorState:
         self.history = []
         self.basis = None
         self.pending = None
+
+    def bind(self, classifier: nn.Linear, build: Callable[[int, int], dict[str, Metric]], device) -> None:
+        """The classifier found at binding: a restored state must fit it; ``build(K, d)``'s metrics and the sample
+        count, on ``device`` (so a sync, e.g. NCCL, works before the first batch), gather the next measurement;
+        the classifier's weight is followed."""
+        shape = (classifier.out_features, classifier.in_features)
+        self.check(shape)
+        metrics = {**build(*shape), "count": SampleCount()}
+        for metric in metrics.values():
+            metric.to(device)
+        self.set_metrics(metrics)
+        self.follow(classifier.weight)
+
+    def take(self, consume: Callable[[Tensor, Tensor, Tensor], None], features: Tensor, labels: Tensor,
+             logits: Tensor, ignored: int) -> None:
+        """A source's sink (with the monitor's ``consume`` bound first): count the rows, and measure the kept ones."""
+        if self.metrics["count"].device != features.device:
+            for metric in self.metrics.values():
+                metric.to(features.device)
+        self.metrics["count"].update(torch.tensor(float(features.shape[0])), torch.tensor(float(ignored)))
+        if features.shape[0]:
+            consume(features, labels, logits)
+
+    def measure(self, trainer, done: float, compute: Callable, extensions: Iterable = ()) -> dict:
+        """The values of the measurement after ``done`` epochs, as plain numbers and lists: ``compute(trainer, done,
+        samples)``, each extension's ``extend(trainer, done, values)``, the sample counts. The counts are synced
+        first (every rank takes the same branches); the metrics are reset for the next measurement, also when
+        this raises (``ValueError``: undefined)."""
+        try:
+            counts = quiet_compute(self.metrics["count"])
+            values = {k: plain(v) for k, v in compute(trainer, done, counts["num_samples"]).items()}
+            for extension in extensions:
+                values.update({k: plain(v) for k, v in extension.extend(trainer, done, values).items()})
+            return {**values, **{k: plain(v) for k, v in counts.items()}}
+        finally:
+            for metric in self.metrics.values():
+                metric.reset()
 
     def set_metrics(self, metrics: dict[str, Metric]) -> None:
         """The metrics of the classifier bound now; partial sums loaded before they existed are restored."""

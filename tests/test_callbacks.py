@@ -204,16 +204,18 @@ def test_bad_classifier_paths():
 
 
 def test_ddp_spawn_two_processes_equal_single_process():
-    # torch.multiprocessing drops the hadamard_ record from the weight: the kind is given explicitly
+    # torch.multiprocessing drops the hadamard_ record from the weight: the kind is given explicitly; the two
+    # eval-mode monitors share one pass on every rank (tests/test_feature_source.py)
     def monitors():
-        return [NeuralCollapseMonitor(), SpectralMonitor(init_basis="fourier")]
+        return [NeuralCollapseMonitor(), SpectralMonitor(init_basis="fourier"),
+                NeuralCollapseMonitor(mode="eval"), SpectralMonitor(mode="eval", init_basis="fourier")]
 
     single = trainer(monitors(), max_epochs=2)
     single.fit(TinyModule(), loader(batch_size=40))
     ddp = trainer(monitors(), max_epochs=2, strategy="ddp_spawn", devices=2, use_distributed_sampler=False)
     ddp.fit(TinyModule(), loader(batch_size=20))  # 2 ranks x 20 = the single run's batches of 40
-    keys = [k for k in single.callback_metrics if k.startswith(("nc/", "spectral/"))]
-    assert len(keys) > 15
+    keys = [k for k in single.callback_metrics if k.startswith(("nc/", "spectral/", "nc_eval/", "spectral_eval/"))]
+    assert len(keys) > 15 and any(k.startswith("spectral_eval/") for k in keys)
     for key in keys:
         a, b = single.callback_metrics[key].item(), ddp.callback_metrics[key].item()
         assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-8), (key, a, b)  # float32 training, 2 reductions

@@ -1,6 +1,6 @@
-"""The named parts of a monitor, each on its own (issue 23): the schedule (when), the phase table (where the
-run stands), the publisher (where a value goes), the state (what is kept and checkpointed), the adapter's
-callback-list check, and the forecaster as a callback of its own."""
+"""The named parts of a monitor, each on its own (issue 23): the schedule (when), the phase table and the binding
+around it (where the run stands), the publisher (where a value goes), the state (what is kept, measured and
+checkpointed), the adapter's callback-list check, and the forecaster as a callback of its own."""
 
 from types import SimpleNamespace
 
@@ -70,6 +70,31 @@ def test_schedule_warns_about_checkpoints_reading_between_measurements():
     assert len(said) == 3 and all("at the epochs in at_epochs" in m for m in said.values())
 
 
+def test_schedule_says_which_eval_passes_are_wanted():
+    def at(epoch=1, step=0):
+        return SimpleNamespace(**vars(_trainer(epoch)), global_step=step)
+
+    schedule, t = Schedule("eval", 2), at()
+    assert schedule.wants_pass("init", t, measured=False) and not schedule.wants_pass("init", t, measured=True)
+    assert not schedule.wants_pass("init", at(step=3), measured=False)  # trained already
+    assert not Schedule("eval", at_init=False).wants_pass("init", t, measured=False)
+    assert schedule.wants_pass("epoch", t, measured=True)  # epoch 2 is due, not measured yet
+    schedule.measured_epoch = 1
+    assert not schedule.wants_pass("epoch", t, measured=True)
+    assert not schedule.wants_pass("epoch", at(epoch=2), measured=True)  # epoch 3 is not due
+
+
+def test_schedule_knows_the_batch_that_ends_a_measured_epoch():
+    def at(batch_idx, last=False, epoch=1):
+        loop = SimpleNamespace(batch_progress=SimpleNamespace(is_last_batch=last))
+        return SimpleNamespace(**vars(_trainer(epoch)), num_training_batches=4, fit_loop=SimpleNamespace(epoch_loop=loop))
+
+    schedule = Schedule("train", 2)
+    assert schedule.ends_epoch(at(3), 3) and schedule.ends_epoch(at(1, last=True), 1)
+    assert not schedule.ends_epoch(at(2), 2) and not schedule.ends_epoch(at(3, epoch=0), 3)  # epoch 1 is not due
+    assert not Schedule("val", 2).ends_epoch(at(3), 3)
+
+
 # ---------------------------------------------------------------- phase table
 # (fitting, restored, same_model, trained, history, basis) -> phase: every row of phase.py's table, and the
 # cases a wrong order of the rules would get wrong
@@ -116,6 +141,33 @@ def test_the_phase_of_real_runs():
     assert spectral.phase is None  # between stages
 
 
+def test_the_binding_binds_once_per_stage_and_releases_the_hook():
+    from hadainit.callbacks.phase import Binding
+    from hadainit.callbacks.source import FeatureSource
+
+    module, calls = TinyModule(), []
+    source, state, schedule = FeatureSource("train", owner="M", name="m"), MonitorState("M"), Schedule("train")
+    binding = Binding(source, state, schedule, build=lambda k, d: calls.append(("build", k, d)) or {},
+                      consume=lambda *rows: None, wants=lambda kind, t: False, reset=lambda: calls.append("reset"),
+                      warn=lambda key, message: calls.append(key))
+    t = SimpleNamespace(state=SimpleNamespace(fn="fit"), global_step=0, datamodule=None, callbacks=[])
+    binding.clear()
+    assert binding.phase is None and source.classifier is None
+    binding.bind(t, module, None, None)
+    assert binding.phase is Phase.FRESH and binding.classifier_name == "fc" and source.classifier is module.fc
+    assert calls == ["reset", ("build", 5, 16)] and set(state.metrics) == {"count"}
+    assert state.follows(module.fc.weight) and len(module.fc._forward_hooks) == 1
+    binding.bind(t, module, None, None)  # bound already in this stage: nothing again
+    assert calls == ["reset", ("build", 5, 16)] and len(module.fc._forward_hooks) == 1
+    state.restored = True
+    binding.release()
+    assert binding.phase is None and not state.restored and not module.fc._forward_hooks
+    state.history = [{"epoch": 0}]
+    binding.bind(t, module, None, None)  # a new Trainer (no steps) on the weights it followed: refit, said so
+    assert binding.phase is Phase.REFIT and calls[-3:] == ["refit", "reset", ("build", 5, 16)]
+    binding.release()
+
+
 # ---------------------------------------------------------------- publisher
 class _Logger:
     def __init__(self, sep="/"):
@@ -147,7 +199,99 @@ def test_the_publisher_logs_through_the_module_under_validate():
     assert ("nc_val/nc1", 2.0) in logged and not t.callback_metrics and not t.loggers[0].rows
 
 
+def _fit_trainer(step=12, loggers=(), log_dir=None):
+    loop = SimpleNamespace(_batches_that_stepped=step)
+    return SimpleNamespace(state=SimpleNamespace(fn="fit"), validating=False, lightning_module=None, callback_metrics={},
+                           loggers=list(loggers), log_dir=log_dir, fit_loop=SimpleNamespace(epoch_loop=loop))
+
+
+def test_the_publisher_publishes_a_measurement_or_says_once_why_not():
+    said, history = {}, []
+    publisher = Publisher("nc", lambda key: True, owner="M")
+    warn = lambda key, message: said.setdefault(key, message)  # noqa: E731
+    publisher.publish_measurement(_fit_trainer(12), 3, 4.0, lambda: {"nc1": 0.5}, history, warn, step_back=1)
+    assert history == [{"epoch": 3, "step": 11, "epochs_done": 4.0, "nc1": 0.5}] and not said
+
+    def undefined():
+        raise ValueError("a class is missing")
+
+    publisher.publish_measurement(_fit_trainer(0), -1, 0.0, undefined, history, warn)
+    assert len(history) == 1 and said == {"undefined:a class is missing": "M('nc'): values not logged at "
+                                          "initialization: a class is missing (said once; the same cause at a later "
+                                          "epoch is not repeated)"}
+
+
+def test_the_publisher_settles_where_the_figures_go(tmp_path):
+    said = []
+    publisher = Publisher("nc", lambda key: True, owner="M")
+    publisher.prepare(_fit_trainer(), True, None, lambda key, message: said.append(message))
+    assert publisher.directory is None and said[-1].endswith("no figures are made (pass plot_dir=... for them)")
+    publisher.prepare(_fit_trainer(), True, tmp_path / "figs", lambda key, message: said.append(message))
+    assert publisher.directory == tmp_path / "figs" and said[-1].endswith("trainer.callback_metrics only")
+    publisher.prepare(_fit_trainer(loggers=[_Logger()], log_dir=str(tmp_path)), True, None, None)
+    assert publisher.directory == tmp_path
+    publisher.prepare(_fit_trainer(loggers=[_Logger()], log_dir=str(tmp_path)), False, tmp_path / "figs", None)
+    assert publisher.directory is None  # plot=False: no figures
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="is a file"):
+        publisher.prepare(_fit_trainer(), True, tmp_path / "file", lambda key, message: None)
+
+
+def test_the_publisher_draws_the_history_and_after_an_interrupt_never_raises(tmp_path):
+    publisher = Publisher("nc", lambda key: True, owner="M")
+    publisher.directory = tmp_path
+    history = [{"epoch": -1, "step": 0, "epochs_done": 0.0, "nc1": 1.0}, {"epoch": 0, "step": 5, "epochs_done": 1.0,
+                                                                         "nc1": 0.5}]
+    publisher.plot(_fit_trainer(), history, ["nc1"], "Title", "panel", lambda directory: [])
+    assert (tmp_path / "nc.png").is_file()
+
+    def broken(directory):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        publisher.plot(_fit_trainer(), history, ["nc1"], "Title", "panel", broken)
+    with pytest.warns(UserWarning, match="M: no figures after the interrupt: disk full"):
+        publisher.plot(_fit_trainer(), history, ["nc1"], "Title", "panel", broken, quiet=True)
+
+
+def test_warn_once_says_each_key_once_until_reset():
+    from hadainit.callbacks.publish import WarnOnce
+
+    warn = WarnOnce()
+    with pytest.warns(UserWarning) as record:
+        warn("a", "first")
+        warn("a", "again")
+        warn("b", "other")
+        warn.reset()
+        warn("a", "after reset")
+    assert [str(w.message) for w in record] == ["first", "other", "after reset"]
+
+
 # ---------------------------------------------------------------- state
+def test_the_state_takes_rows_and_measures_them_once():
+    from hadainit.callbacks.capture import SampleCount, RunningMean
+
+    state, fed = MonitorState("M"), []
+    state.bind(torch.nn.Linear(4, 3), lambda k, d: {"mean": RunningMean((d,))}, "cpu")
+    take = lambda *row: state.take(lambda f, y, z: fed.append(f.shape[0]), *row)  # noqa: E731
+    take(torch.ones(2, 4), torch.zeros(2, dtype=torch.long), torch.zeros(2, 3), 1)
+    take(torch.ones(0, 4), torch.zeros(0, dtype=torch.long), torch.zeros(0, 3), 3)  # all ignored: counted only
+    assert fed == [2] and isinstance(state.metrics["count"], SampleCount)
+    extension = SimpleNamespace(extend=lambda t, done, values: {"twice": 2 * values["x"]})
+    values = state.measure("trainer", 1.5, lambda t, done, samples: {"x": torch.tensor(samples), "v": torch.ones(2)},
+                           [extension])
+    assert values == {"x": 2.0, "v": [1.0, 1.0], "twice": 4.0, "num_samples": 2.0, "num_ignored": 4.0}
+    assert list(values) == ["x", "v", "twice", "num_samples", "num_ignored"]  # the row's column order
+
+    def undefined(t, done, samples):
+        raise ValueError("undefined")
+
+    take(torch.ones(2, 4), torch.zeros(2, dtype=torch.long), torch.zeros(2, 3), 0)
+    with pytest.raises(ValueError, match="undefined"):
+        state.measure("trainer", 2.0, undefined)
+    assert state.measure("trainer", 3.0, lambda t, done, samples: {})["num_samples"] == 0.0  # reset after a raise
+
+
 def test_the_state_round_trips_and_refuses_what_it_cannot_read():
     state = CollapseState("NeuralCollapseMonitor")
     state.history = [{"epoch": -1, "nc1": 1.0}]

@@ -439,7 +439,8 @@ def _parser_message(err: BaseException, chain: list[BaseException]) -> str | Non
     value = given[2] if given else None
     base = f"--{action.dest}"
     nested = option.startswith(base + ".")  # --data.batch_size: an option of the class chosen for --data
-    reason = next(line.strip() for line in (str(leaf) or type(leaf).__name__).splitlines() if line.strip())
+    text = leaf.args[0] if isinstance(leaf, KeyError) and leaf.args else str(leaf)  # a KeyError's str is a repr
+    reason = next((line.strip() for line in str(text).splitlines() if line.strip()), type(leaf).__name__)
     if action.dest == "data" and option in ("--data", "--data.class_path") and isinstance(value, str) \
             and value.isidentifier() and value not in DATA_MODULES:
         return (f"--data {value}: unknown data module; choose one of {', '.join(DATA_MODULES)} "

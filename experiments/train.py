@@ -31,13 +31,13 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from jsonargparse import ActionYesNo
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger
 
 from hadainit.callbacks import NeuralCollapseMonitor, SpectralMonitor
 from hadainit.callbacks import _lightning as lightning_internals
 
-from .data import ClassificationData
+from .data import ClassificationData, Digits
 from .module import ClassifierModule
 from .run_report import write_run_report
 from .outdir import LOCK, MARKER, check_out, claim
@@ -65,13 +65,28 @@ class Throughput(L.Callback):
         self.steps_per_second.append(self._batches / (time.perf_counter() - self._start))
 
 
+class TrainParser(LightningArgumentParser):
+    """LightningCLI's parser; a chosen logger whose package is missing is said before the logger's arguments are
+    checked, and a configuration it refuses travels on the error (``err.config``: the classes chosen)."""
+
+    def validate(self, namespace, *args, **kwargs) -> None:
+        if "trainer" in namespace:
+            _check_logger_packages(namespace.get("trainer.logger"))
+        try:
+            return super().validate(namespace, *args, **kwargs)
+        except (TypeError, KeyError) as err:
+            err.config = namespace
+            raise
+
+
 class TrainCLI(LightningCLI):
     """LightningCLI with the monitors as configurable callbacks, the run folder and resume."""
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_lightning_class_args(NeuralCollapseMonitor, "nc_monitor")
         parser.add_lightning_class_args(SpectralMonitor, "spectral_monitor")
-        parser.set_defaults({"nc_monitor.classifier": "model.fc", "nc_monitor.mode": "eval",
+        parser.set_defaults({"data": {"class_path": f"{Digits.__module__}.{Digits.__name__}"},
+                             "nc_monitor.classifier": "model.fc", "nc_monitor.mode": "eval",
                              "spectral_monitor.classifier": "model.fc", "spectral_monitor.mode": "eval"})
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.input_shape", "model.input_shape", apply_on="instantiate")
@@ -80,25 +95,15 @@ class TrainCLI(LightningCLI):
                             help="replace a non-empty --out (only a folder an earlier hadainit command made)")
         parser.add_argument("--ckpt_path", type=Optional[str], default=None,
                             help="resume from this checkpoint (e.g. OUT/checkpoints/last.ckpt)")
-
-    #: the command line as given (set by :func:`main`): integer literals of the batch limits are read from it
-    argv: list[str] = []
+        _counts_before_fractions(parser)
 
     def before_instantiate_classes(self) -> None:
-        self.one_batch: set[str] = set()
         cfg = self.config
         trainer = cfg.trainer
         for key in ("limit_train_batches", "limit_val_batches"):
             value = trainer.get(key)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"--trainer.{key} must be a positive number (a count or a fraction), got {value!r}")
-            if value == 1:  # jsonargparse reads "1" as 1.0, which Lightning takes as 100 %
-                literal = _argv_value(self.argv, f"--trainer.{key}")
-                if literal is not None and literal.strip().lstrip("+").isdigit():
-                    self.one_batch.add(key)  # the command line said a count: one batch (instantiate_trainer)
-                else:
-                    warnings.warn(f"trainer.{key} = {value!r} is a fraction: all batches (to use one batch, give "
-                                  f"--trainer.{key} 1 on the command line)", stacklevel=2)
         if trainer.get("max_epochs") is not None and trainer.max_epochs < 1 and trainer.max_epochs != -1:
             raise ValueError(f"--trainer.max_epochs must be >= 1 (or -1), got {trainer.max_epochs}")
         devices = trainer.get("devices")
@@ -124,12 +129,8 @@ class TrainCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         """The run folder's contents do not depend on the logger chosen: hadainit's CSVLogger writes
         ``OUT/metrics.csv`` first (``trainer.log_dir`` is ``OUT``: config.yaml), the user's loggers come after;
-        checkpoints go to ``OUT/checkpoints`` and the monitors' figures to ``OUT``. A batch limit the command
-        line gave as the count 1 is passed as the int 1 (jsonargparse re-reads it as 1.0 while instantiating,
-        which Lightning takes as 100 %)."""
+        checkpoints go to ``OUT/checkpoints`` and the monitors' figures to ``OUT``."""
         init = self.config_init.trainer
-        for key in self.one_batch:
-            init[key] = 1
         chosen = init.get("logger")
         user = [] if chosen in (None, True, False) else list(chosen) if isinstance(chosen, (list, tuple)) else [chosen]
         callbacks = list(init.get("callbacks") or [])
@@ -152,6 +153,7 @@ def cli(argv: list[str] | None = None) -> TrainCLI:
         ClassifierModule,
         ClassificationData,
         subclass_mode_data=True,
+        parser_class=TrainParser,
         args=argv,
         run=False,
         seed_everything_default=0,
@@ -165,17 +167,6 @@ def cli(argv: list[str] | None = None) -> TrainCLI:
                        "default_env": False},
         auto_configure_optimizers=False,
     )
-
-
-def _argv_value(argv: list[str], option: str) -> str | None:
-    """The last value given to ``option`` on the command line (``--opt v`` or ``--opt=v``), else None."""
-    value = None
-    for i, a in enumerate(argv):
-        if a == option and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif a.startswith(option + "="):
-            value = a.split("=", 1)[1]
-    return value
 
 
 def _read_checkpoint(path: str) -> dict:
@@ -206,18 +197,6 @@ def _progress(checkpoint: dict) -> tuple[int, int]:
 
 
 DATA_MODULES = ("Digits", "MNIST1D", "CIFAR")
-
-
-def _default_data(argv: list[str]) -> list[str]:
-    """The digits unless the command line chooses a data module: given first, so a --config file that has a
-    ``data`` section replaces it and one without keeps it. An unknown name is refused in one line."""
-    for i, a in enumerate(argv):
-        name = a.split("=", 1)[1] if a.startswith("--data=") else argv[i + 1] if a == "--data" and i + 1 < len(argv) else None
-        if name is not None and name.isidentifier() and name not in DATA_MODULES:  # paths, files, JSON: jsonargparse's
-            raise ValueError(f"--data {name}: unknown data module; choose one of {', '.join(DATA_MODULES)} "
-                             "(see hadainit train --data.help NAME)")
-    chosen = any(a == "--data" or a.startswith(("--data=", "--data.class_path")) for a in argv)
-    return argv if chosen else ["--data", "Digits", *argv]
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -281,11 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     run = folder = None
     trained = interrupted = False
     try:
-        _check_logger_packages(argv)
         # our own CSVLogger writes into the run folder, which holds the marker (and, on resume, the run)
         warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
-        TrainCLI.argv = argv
-        run = cli(_default_data(argv))
+        run = cli(argv)
         threads = os.environ.get("HADAINIT_THREADS")
         if threads or _small_work(run):
             torch.set_num_threads(int(threads) if threads else 1)
@@ -349,75 +326,167 @@ LOGGER_PACKAGES = {"TensorBoardLogger": ("tensorboard", "tensorboardX"), "WandbL
                    "MLFlowLogger": ("mlflow",), "CometLogger": ("comet_ml",), "NeptuneLogger": ("neptune",)}
 
 
-def _check_logger_packages(argv: list[str]) -> None:
-    """A logger named on the command line whose package is missing: "install X" in one line, before parsing."""
+def _check_logger_packages(logger) -> None:
+    """A chosen logger (the parsed ``trainer.logger``: a class spec, a list of them, a bool or None) whose package
+    is missing: "install X" in one line, before anything is instantiated."""
+    for spec in logger if isinstance(logger, list) else [logger]:
+        missing = _missing_package(str(spec.get("class_path", ""))) if hasattr(spec, "get") else None
+        if missing:
+            raise ImportError(missing)
+
+
+def _missing_package(logger: str) -> str | None:
+    """For a logger (a class name or import path) whose package is not installed, the one-line "pip install X"."""
     import importlib.util
 
-    for name, packages in LOGGER_PACKAGES.items():
-        if any(name in a for a in argv) and not any(importlib.util.find_spec(p) for p in packages):
-            raise ImportError(f"--trainer.logger {name} needs the {packages[0]} package: pip install {packages[0]}")
-
-
-def _one_line(err: BaseException) -> str:
-    """The error in one line; jsonargparse's nested dumps (every subtype it tried) cut to their first line."""
-    import re
-
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    if not lines:
-        return type(err).__name__
-    if len(lines) <= 3:
-        return " ".join(lines)
-    # a parser dump: its first line names the key, the given value and the types it tried say what was wrong
-    message = lines[0].rstrip(":")
-    given = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("Given value:")), None)
-    expected = [re.sub(r"<class '([\w.]+)'>", r"\1", line.split("Expected a", 1)[1].strip())
-                for line in lines if "Expected a" in line]
-    nested = re.match(r"NestedArg\(key='([\w.]+)'", given or "")
-    if nested:  # an option the chosen class does not take
-        key = lines[0].split('"')[1] if '"' in lines[0] else "?"
-        return (f"--{key}.{nested.group(1)}: not an option of the chosen {key} class "
-                f"(hadainit train --{key}.help NAME lists its options)")
-    cause = _root_cause(err)
-    if cause is not None:  # what the class itself (or the parser, deep down) said: the reason, not the dump
-        key = next((re.search(r'Parser key "([\w.]+)"', str(e)).group(1) for e in _chain(err)
-                    if re.search(r'Parser key "([\w.]+)"', str(e))), None)
-        path = re.search(r"class_path='([\w.]+)'", given or "")
-        where = f"--{key}" if key else f"--{_option_of(path.group(1))}" if path else "the configuration"
-        return f"{where}{f' ({path.group(1).rsplit(chr(46), 1)[-1]})' if path else ''}: {cause}"
-    if given is not None:
-        message += f": got {given!r}"
-    if expected:
-        message += f", expected {' or '.join(dict.fromkeys(expected))}"
-    return f"{message} (hadainit train --help lists the options)"
-
-
-_DUMPS = ("Does not validate", "Parser key", "Problem with given class_path", "Expected a", "Given value")
-
-
-def _chain(err: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    while err is not None and err not in seen:
-        seen.append(err)
-        err = err.__cause__ or err.__context__
-    return seen
-
-
-def _root_cause(err: BaseException) -> str | None:
-    """The deepest one-line message under a parser dump (e.g. the data module's "batch size must be positive")."""
-    for e in reversed(_chain(err)[1:]):
-        text = str(e).strip()
-        if text and "\n" not in text and not text.startswith(_DUMPS):
-            return text
+    name = logger.rsplit(".", 1)[-1]
+    packages = LOGGER_PACKAGES.get(name)
+    if packages and not any(importlib.util.find_spec(p) for p in packages):
+        return f"--trainer.logger {name} needs the {packages[0]} package: pip install {packages[0]}"
     return None
 
 
-def _option_of(class_path: str) -> str:
-    """The option a class path was given to: the data module, the model, or a trainer part."""
-    if ".data." in class_path:
-        return "data"
-    if ".loggers." in class_path:
-        return "trainer.logger"
-    return "model" if ".module." in class_path else "trainer"
+def _counts_before_fractions(parser) -> None:
+    """The trainer's int-or-float options (``limit_*_batches``, ``val_check_interval``, ...) try int first.
+
+    Lightning takes an int as a count of batches and a float as a fraction of them; jsonargparse tries a union's
+    subtypes in the given order, and typing's union cache can hand it the signature's ``Union[int, float]`` as
+    ``Union[float, int]``, which reads ``1`` as ``1.0``: all batches. ``types.UnionType`` keeps the order."""
+    import functools
+    import operator
+    import typing
+
+    for action in parser._actions:
+        hint = getattr(action, "_typehint", None)
+        args = typing.get_args(hint)
+        if action.dest.startswith("trainer.") and typing.get_origin(hint) is typing.Union and {int, float} <= set(args):
+            ordered = sorted(args, key=lambda t: (t is not int, t is not float))  # int, float, then the rest (None)
+            action._typehint = functools.reduce(operator.or_, ordered)
+
+
+def _one_line(err: BaseException) -> str:
+    """The error in one line: a parser error (jsonargparse's, whose message nests the dumps of every type it tried)
+    from the option, the value given and the reason; any other error as its message, cut to its first line."""
+    chain = _chain(err)
+    if any(_raised_in(e, "jsonargparse") for e in chain):
+        message = _parser_message(err, chain)
+        if message:
+            return message
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    return " ".join(lines) if len(lines) <= 3 else f"{lines[0].rstrip(':')} (hadainit train --help lists the options)"
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    """``err`` and the exceptions it was raised from, outermost first."""
+    seen: list[BaseException] = []
+    while err is not None and err not in seen:
+        seen.append(err)
+        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+    return seen
+
+
+def _frames(err: BaseException):
+    tb = err.__traceback__
+    while tb is not None:
+        yield tb.tb_frame
+        tb = tb.tb_next
+
+
+def _raised_in(err: BaseException, package: str) -> bool:
+    """``err`` was raised by code of ``package`` (its traceback's innermost frame)."""
+    frames = list(_frames(err))
+    name = frames[-1].f_globals.get("__name__", "") if frames else ""
+    return name == package or name.startswith(package + ".")
+
+
+def _actions(err: BaseException) -> list[argparse.Action]:
+    """The parser actions (options) in whose methods ``err`` travelled, outermost first."""
+    found = [f.f_locals.get("self") for f in _frames(err)]
+    return list(dict.fromkeys(a for a in found if isinstance(a, argparse.Action)))
+
+
+def _given(chain: list[BaseException]) -> tuple[argparse.Action, str, object] | None:
+    """``(action, option string, value)`` of the outermost option the parser called (argparse's
+    ``Action.__call__(parser, namespace, values, option_string)``) on the way to the error; None if none was."""
+    import inspect
+
+    for err in chain:
+        for frame in _frames(err):
+            action = frame.f_locals.get("self")
+            if isinstance(action, argparse.Action) and frame.f_code.co_name == "__call__":
+                info = inspect.getargvalues(frame)
+                args = [info.locals[a] for a in info.args[1:]] + list(info.locals.get(info.varargs) or ())
+                if len(args) >= 4 and isinstance(args[3], str):
+                    return action, args[3], args[2]
+    return None
+
+
+def _parser_message(err: BaseException, chain: list[BaseException]) -> str | None:
+    """A jsonargparse error in one line, from the structure of its chain: the option the parser was given and its
+    value (argparse's call of the option's action), the options the error passed through, and the innermost error
+    (the reason: the class's own words, a key its parser does not accept, a value no type takes). None: no option
+    known (the message is short: used as it is)."""
+    leaf, given = chain[-1], _given(chain)
+    actions = [a for e in chain for a in _actions(e)]
+    if given is not None and given[0].dest == "config":  # a --config file: the option inside it that failed
+        given, actions = None, [a for a in actions if a.dest != "config"]
+    if given is None and not actions:
+        return None
+    action = given[0] if given else actions[0]
+    option = given[1].rstrip("+") if given else f"--{action.dest}"
+    value = given[2] if given else None
+    base = f"--{action.dest}"
+    nested = option.startswith(base + ".")  # --data.batch_size: an option of the class chosen for --data
+    text = leaf.args[0] if isinstance(leaf, KeyError) and leaf.args else str(leaf)  # a KeyError's str is a repr
+    reason = next((line.strip() for line in str(text).splitlines() if line.strip()), type(leaf).__name__)
+    if action.dest == "data" and option in ("--data", "--data.class_path") and isinstance(value, str) \
+            and value.isidentifier() and value not in DATA_MODULES:
+        return (f"--data {value}: unknown data module; choose one of {', '.join(DATA_MODULES)} "
+                f"(see hadainit train --data.help NAME)")
+    if isinstance(leaf, KeyError) and nested:  # jsonargparse's NSKeyError: the chosen class has no such parameter
+        return (f"{option}: not an option of the chosen {action.dest} class "
+                f"(hadainit train {base}.help NAME lists its options)")
+    inner = [e for e in chain[1:] if isinstance(e, argparse.ArgumentError)]  # the chosen class's own parser said
+    if not _raised_in(leaf, "jsonargparse") and not isinstance(leaf, argparse.ArgumentError):
+        cls = _instance_of(leaf)
+        return f"{base}{f' ({cls})' if cls else ''}: {reason}"  # the class refused its arguments
+    hint = getattr(actions[-1] if actions else action, "_typehint", None)
+    if given is not None and hint is not None and (actions[-1] is not action if nested else not inner):
+        found = f" ({reason})" if isinstance(leaf, (ImportError, AttributeError)) else ""
+        return f"{option}: got {value!r}, expected {_type_name(hint)}{found} (hadainit train --help lists the options)"
+    config = next((e.config for e in chain if hasattr(e, "config")), None)  # see TrainParser.validate
+    chosen = config.get(action.dest) if config is not None and action.dest in config else None
+    name = str(chosen.get("class_path", "")).rsplit(".", 1)[-1] if hasattr(chosen, "get") else ""
+    return f"{option}{f' ({name})' if inner and name else ''}: {reason}"
+
+
+def _instance_of(err: BaseException) -> str | None:
+    """The class whose ``__init__`` raised ``err`` (the outermost such frame), else None."""
+    for frame in _frames(err):
+        if frame.f_code.co_name == "__init__" and "self" in frame.f_locals \
+                and not frame.f_globals.get("__name__", "").startswith("jsonargparse"):
+            return type(frame.f_locals["self"]).__name__
+    return None
+
+
+def _type_name(hint) -> str:
+    """A type hint in words: ``int or None``, ``one of 'a', 'b'``, ``ClassificationData``."""
+    import typing
+
+    if typing.get_origin(hint) in (typing.Union, __import__("types").UnionType):
+        return " or ".join(dict.fromkeys(_type_name(t) for t in typing.get_args(hint)))
+    if typing.get_origin(hint) is typing.Literal:
+        return "one of " + ", ".join(repr(v) for v in typing.get_args(hint))
+    if hint is type(None):
+        return "None"
+    if isinstance(hint, type):
+        return hint.__name__
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is not None and args:  # list[Callback], Iterable[Logger]
+        return f"{getattr(origin, '__name__', origin)}[{', '.join(_type_name(a) for a in args)}]"
+    return str(hint).replace("typing.", "")
 
 
 if __name__ == "__main__":

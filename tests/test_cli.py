@@ -15,6 +15,9 @@ from hadainit.experiments.data import MNIST1D, Digits
 from hadainit.experiments.runs import read_metrics
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+# for runs whose tests read no figure: the monitors' figures are most of a short run's time
+NO_FIGURES = ["--nc_monitor.plot", "false", "--spectral_monitor.plot", "false"]
+SHORT = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]  # a run whose batches do not matter
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +40,21 @@ def test_train_with_no_data_argument_trains_the_digits_mlp(digits_run):
     assert report["final"]["nc_eval/nc1"] == [float(r["nc_eval/nc1"]) for r in rows if r.get("nc_eval/nc1")][-1]
 
 
-def test_resume_from_the_checkpoint_continues_the_run(digits_run, tmp_path):
+@pytest.fixture(scope="module")
+def resumed_run(digits_run, tmp_path_factory):
+    """A copy of ``digits_run`` resumed in place from its checkpoint to 5 epochs."""
     import shutil
 
-    resumed = tmp_path / "resumed"
+    resumed = tmp_path_factory.mktemp("resume") / "resumed"
     shutil.copytree(digits_run, resumed)
     argv = ["--out", str(resumed), "--trainer.max_epochs", "5", "--ckpt_path", str(resumed / "checkpoints/last.ckpt"),
-            *QUIET]
+            *QUIET, *NO_FIGURES]
     assert train.main(argv) == 0
+    return resumed
+
+
+def test_resume_from_the_checkpoint_continues_the_run(digits_run, resumed_run):
+    resumed = resumed_run
     table = read_metrics(resumed / "metrics.csv")
     assert [r["epoch"] for r in table] == [-1, 0, 1, 2, 3, 4]
     assert json.loads((resumed / "report.json").read_text())["epochs_trained"] == 5
@@ -91,7 +101,8 @@ def test_config_file_and_mnist1d(tmp_path):
     config.write_text("model:\n  arch: cnn\n  init: etf\ndata:\n  class_path: hadainit.experiments.data.MNIST1D\n"
                       "trainer:\n  max_epochs: 1\n  limit_train_batches: 4\n")
     out = tmp_path / "run"
-    assert train.main(["--config", str(config), "--out", str(out), *QUIET]) == 0
+    assert train.main(["--config", str(config), "--out", str(out), "--trainer.limit_val_batches", "1", *QUIET,
+                       *NO_FIGURES]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["data"] == "MNIST1D" and report["config"]["model"]["arch"] == "cnn"
 
@@ -122,7 +133,8 @@ def test_outputs_are_never_mixed(digits_run, tmp_path, capsys):
     stale.mkdir()
     (stale / "report.json").write_text("{old")
     (stale / ".hadainit-run").write_text("{}")  # an earlier hadainit command's folder
-    assert train.main(["--out", str(stale), "--overwrite", "--trainer.max_epochs", "1", *QUIET]) == 0
+    assert train.main(["--out", str(stale), "--overwrite", "--trainer.max_epochs", "1", *SHORT, *QUIET,
+                       *NO_FIGURES]) == 0
     assert json.loads((stale / "report.json").read_text())["epochs_trained"] == 1
 
 
@@ -222,7 +234,7 @@ def test_resume_into_another_runs_folder_is_refused(digits_run, tmp_path, capsys
 def test_resume_into_a_new_folder_carries_the_history(digits_run, tmp_path):
     new = tmp_path / "new"
     argv = ["--out", str(new), "--ckpt_path", str(digits_run / "checkpoints/last.ckpt"), "--trainer.max_epochs", "4",
-            *QUIET]
+            *QUIET, *NO_FIGURES]
     assert train.main(argv) == 0
     table = read_metrics(new / "metrics.csv")
     assert [r["epoch"] for r in table] == [-1, 0, 1, 2, 3]
@@ -230,16 +242,11 @@ def test_resume_into_a_new_folder_carries_the_history(digits_run, tmp_path):
     assert "resumed from a checkpoint after 3 epochs" in (new / "report.md").read_text()
 
 
-def test_a_resumed_run_follows_the_uninterrupted_one(digits_run, tmp_path):
+def test_a_resumed_run_follows_the_uninterrupted_one(resumed_run, tmp_path):
     """The shuffle of epoch e depends on (seed, e) only: resuming gives the uninterrupted run's batches."""
-    import shutil
-
-    resumed = tmp_path / "resumed"
-    shutil.copytree(digits_run, resumed)
-    assert train.main(["--out", str(resumed), "--trainer.max_epochs", "5",
-                       "--ckpt_path", str(resumed / "checkpoints/last.ckpt"), *QUIET]) == 0
+    resumed = resumed_run
     straight = tmp_path / "straight"
-    assert train.main(["--out", str(straight), "--trainer.max_epochs", "5", *QUIET]) == 0
+    assert train.main(["--out", str(straight), "--trainer.max_epochs", "5", *QUIET, *NO_FIGURES]) == 0
     a, b = read_metrics(resumed / "metrics.csv"), read_metrics(straight / "metrics.csv")
     assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
     for ra, rb in zip(a, b):
@@ -253,7 +260,7 @@ def test_a_config_without_a_data_section_keeps_the_digits(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text("trainer:\n  max_epochs: 1\nmodel:\n  init: default\n")
     out = tmp_path / "run"
-    assert train.main(["--config", str(config), "--out", str(out), *QUIET]) == 0
+    assert train.main(["--config", str(config), "--out", str(out), *SHORT, *QUIET, *NO_FIGURES]) == 0
     assert json.loads((out / "report.json").read_text())["data"] == "Digits"
 
 
@@ -275,7 +282,8 @@ RUN_FILES = ("metrics.csv", "config.yaml", "nc_eval.png", "curves.png", "report.
 def test_the_run_folder_does_not_depend_on_the_logger(tmp_path, logger):
     out = tmp_path / "run"
     flags = [f.format(tmp=tmp_path) for f in logger]
-    assert train.main(["--out", str(out), "--trainer.max_epochs", "1", *flags, *QUIET]) == 0
+    assert train.main(["--out", str(out), "--trainer.max_epochs", "1", *flags, *SHORT, *QUIET,
+                       "--spectral_monitor.plot", "false"]) == 0  # nc_eval.png is one of the RUN_FILES
     for name in RUN_FILES:
         assert (out / name).is_file(), name
     assert any(r.get("nc_eval/nc1") for r in csv.DictReader(open(out / "metrics.csv")))
@@ -304,7 +312,7 @@ def test_digits_split_sizes_match_the_docs():
 def test_data_given_as_json_is_passed_to_the_parser(tmp_path):
     out = tmp_path / "run"
     argv = ["--data", '{"class_path": "Digits", "init_args": {"batch_size": 32}}', "--out", str(out),
-            "--trainer.max_epochs", "1", *QUIET]
+            "--trainer.max_epochs", "1", *SHORT, *QUIET, *NO_FIGURES]
     assert train.main(argv) == 0
     assert json.loads((out / "report.json").read_text())["data"] == "Digits"
 
@@ -399,7 +407,8 @@ def test_ctrl_c_leaves_a_report_and_figures_and_resume_counts_the_epochs(tmp_pat
     out = tmp_path / "run"
     with monkeypatch.context() as m:
         m.setattr(ClassifierModule, "on_train_epoch_end", interrupt, raising=False)
-        assert train.main(["--out", str(out), "--trainer.max_epochs", "4", *QUIET]) == 130
+        assert train.main(["--out", str(out), "--trainer.max_epochs", "4", "--trainer.limit_val_batches", "1",
+                           *QUIET]) == 130
     assert "interrupted in epoch 2" in capsys.readouterr().out
     assert "Interrupted (Ctrl-C)" in (out / "report.md").read_text()
     for name in ("curves.png", "nc_eval.png", "spectral_eval.png", "checkpoints/last.ckpt"):
@@ -410,7 +419,7 @@ def test_ctrl_c_leaves_a_report_and_figures_and_resume_counts_the_epochs(tmp_pat
     saved = torch.load(out / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)["global_step"]
     done = saved // steps_per_epoch
     assert train.main(["--out", str(out), "--trainer.max_epochs", "3", "--ckpt_path",
-                       str(out / "checkpoints/last.ckpt"), *QUIET]) == 0
+                       str(out / "checkpoints/last.ckpt"), *QUIET, *NO_FIGURES]) == 0
     noun = "epoch" if done == 1 else "epochs"
     assert f"resumed from a checkpoint after {done} {noun})" in (out / "report.md").read_text()
     # the README's resume example after a finished run: said in one line, not silently nothing
@@ -422,13 +431,13 @@ def test_ctrl_c_leaves_a_report_and_figures_and_resume_counts_the_epochs(tmp_pat
 def test_limit_train_batches_1_is_one_batch_and_max_steps_counts_the_fraction(tmp_path):
     one = tmp_path / "one"
     assert train.main(["--out", str(one), "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "1",
-                       "--trainer.limit_val_batches", "1", *QUIET]) == 0
+                       "--trainer.limit_val_batches", "1", *QUIET, *NO_FIGURES]) == 0
     assert json.loads((one / "report.json").read_text())["steps"] == 2  # one batch per epoch, not 100 %
     cut = tmp_path / "cut"
     batches = math.ceil(1438 / 128)  # the digits training split in batches of 128 (the default)
     steps = batches + batches // 2
     assert train.main(["--out", str(cut), "--trainer.max_epochs", "5", "--trainer.max_steps", str(steps),
-                       "--trainer.limit_val_batches", "1", *QUIET]) == 0
+                       "--trainer.limit_val_batches", "1", *QUIET, *NO_FIGURES]) == 0
     report = json.loads((cut / "report.json").read_text())
     assert report["epochs_trained"] == steps / batches and f"{steps / batches:.4g} epochs" in (cut / "report.md").read_text()
 
@@ -436,7 +445,8 @@ def test_limit_train_batches_1_is_one_batch_and_max_steps_counts_the_fraction(tm
 def test_disabling_checkpointing_works(tmp_path):
     out = tmp_path / "run"
     assert train.main(["--out", str(out), "--trainer.max_epochs", "1", "--trainer.enable_checkpointing", "false",
-                       "--trainer.limit_train_batches", "2", *QUIET]) == 0
+                       "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", *QUIET,
+                       *NO_FIGURES]) == 0
     assert (out / "report.md").is_file() and not (out / "checkpoints").exists()
 
 
@@ -456,11 +466,10 @@ def test_the_folder_of_a_failed_run_can_be_overwritten(tmp_path, monkeypatch, ca
     with monkeypatch.context() as m:
         m.setattr(ClassifierModule, "on_train_epoch_end", lambda self: (_ for _ in ()).throw(RuntimeError("boom")),
                   raising=False)
-        assert train.main(["--out", str(out), "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
-                           *QUIET]) == 2
+        assert train.main(["--out", str(out), "--trainer.max_epochs", "2", *SHORT, *QUIET, *NO_FIGURES]) == 2
     assert "boom" in capsys.readouterr().err and (out / "metrics.csv").is_file()
-    assert train.main(["--out", str(out), "--overwrite", "--trainer.max_epochs", "1", "--trainer.limit_train_batches",
-                       "2", *QUIET]) == 0
+    assert train.main(["--out", str(out), "--overwrite", "--trainer.max_epochs", "1", *SHORT, *QUIET,
+                       *NO_FIGURES]) == 0
 
 
 @pytest.mark.parametrize("content, message", [(b"", "is empty"), (b"not a checkpoint\n", "not a readable PyTorch"),
@@ -487,8 +496,7 @@ def test_write_failures_and_an_out_under_a_file_are_one_line(tmp_path, monkeypat
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "report.json"))
 
     monkeypatch.setattr(train, "write_run_report", full)
-    assert train.main(["--out", str(tmp_path / "run"), "--trainer.max_epochs", "1", "--trainer.limit_train_batches",
-                       "2", *QUIET]) == 2
+    assert train.main(["--out", str(tmp_path / "run"), "--trainer.max_epochs", "1", *SHORT, *QUIET, *NO_FIGURES]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "No space left on device" in err, err
 
@@ -518,3 +526,69 @@ def test_small_work_runs_one_thread_unless_told(tmp_path, monkeypatch, capsys):
     assert seen == [1, 2, 3] and torch.get_num_threads() == 2  # restored afterwards
     assert cli.main(["compare", str(tmp_path), "--out", str(tmp_path / "d"), "--threads", "0"]) == 2
     assert "--threads must be a positive int" in capsys.readouterr().err
+
+
+# ------------------------------------------- the parser decides (issue 23): no argv scanning, no regex on dumps
+def test_batch_limits_are_counts_as_ints_and_fractions_as_floats(tmp_path, monkeypatch):
+    """jsonargparse tries the trainer's int-or-float options as int first: 1 is one batch, 1.0 all of them, on the
+    command line and in a config file alike."""
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])  # as train.main leaves it for LightningCLI
+    out = ["--out", str(tmp_path / "run"), *QUIET]
+    run = train.cli([*out, "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1.0"])
+    assert type(run.trainer.limit_train_batches) is int and run.trainer.limit_train_batches == 1
+    assert type(run.trainer.limit_val_batches) is float and run.trainer.limit_val_batches == 1.0
+    config = tmp_path / "c.yaml"
+    config.write_text("trainer:\n  limit_train_batches: 1\n  limit_val_batches: 0.5\n  val_check_interval: 3\n")
+    run = train.cli([*out, "--config", str(config)])
+    assert type(run.trainer.limit_train_batches) is int and run.trainer.limit_train_batches == 1
+    assert run.trainer.limit_val_batches == 0.5 and type(run.trainer.val_check_interval) is int
+    assert not (tmp_path / "run").exists()  # parsing and instantiating write nothing
+
+
+def test_the_digits_are_the_parser_default_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
+    run = train.cli(["--out", str(tmp_path / "run"), "--data.batch_size", "32", *QUIET])  # init args of the default
+    assert type(run.datamodule) is Digits and run.datamodule.batch_size == 32
+    run = train.cli(["--out", str(tmp_path / "run"), "--data", "MNIST1D", *QUIET])
+    assert type(run.datamodule) is MNIST1D
+    with pytest.raises(SystemExit):
+        train.main(["--print_config"])
+    assert "class_path: hadainit.experiments.data.Digits" in capsys.readouterr().out
+
+
+def test_a_missing_logger_package_is_found_in_the_parsed_config(tmp_path, capsys, monkeypatch):
+    """Wherever the logger was chosen (a flag, an appended list, a config file); before its arguments are checked."""
+    monkeypatch.setitem(train.LOGGER_PACKAGES, "CSVLogger", ("hadainit_no_such_package",))
+    config = tmp_path / "c.yaml"
+    config.write_text("trainer:\n  logger:\n    class_path: lightning.pytorch.loggers.CSVLogger\n")
+    for flags in (["--trainer.logger", "CSVLogger"], ["--trainer.logger+", "lightning.pytorch.loggers.CSVLogger"],
+                  ["--config", str(config)]):
+        assert train.main(["--out", str(tmp_path / "run"), *flags, *QUIET]) == 2, flags
+        err = capsys.readouterr().err.strip()
+        assert err == ("hadainit train: --trainer.logger CSVLogger needs the hadainit_no_such_package package: "
+                       "pip install hadainit_no_such_package"), err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--data.batch_size", "abc"], "--data.batch_size: got 'abc', expected int"),
+    (["--trainer.limit_val_batches", "abc"], "--trainer.limit_val_batches: got 'abc', expected int or float or None"),
+    (["--model.init", "xavier"], "--model.init: got 'xavier', expected one of 'hadamard', 'etf', 'default'"),
+    (["--trainer.precision", "bogus"], "'bf16-mixed'"),
+    (["--trainer.callbacks+", "Nope"], "expected list[Callback] or Callback or None"),
+    (["--trainer.logger", "CSVLogger"], "--trainer.logger (CSVLogger): the following arguments are required: save_dir"),
+    (["--data", "MNIST1D", "--data.nope", "3"], "--data.nope: not an option of the chosen data class"),
+    (["--data.class_path", "Nope"], "--data Nope: unknown data module"),
+    (["--data", "hadainit.experiments.data.Nope"], "has no attribute 'Nope'"),
+    (["--config", "{tmp}/data.yaml"], "--data: "),
+    (["--config", "{tmp}/model.yaml"], "Group 'model' does not accept option 'nope'"),
+    (["--data.batch_size", "0"], "--data (Digits): batch size must be positive"),
+    (["--nope", "1"], "unrecognized arguments: --nope 1"),
+])
+def test_parser_errors_are_one_line_from_the_chain(tmp_path, capsys, flags, message):
+    (tmp_path / "data.yaml").write_text("data:\n  class_path: Nope\n")
+    (tmp_path / "model.yaml").write_text("model:\n  nope: 1\n")
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    assert train.main(["--out", str(tmp_path / "run"), *flags, *QUIET]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("hadainit train: ") and message in err, err
+    assert "Parser key" not in err and "Does not validate" not in err and "Namespace(" not in err, err

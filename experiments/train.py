@@ -37,6 +37,7 @@ from lightning.pytorch.loggers import CSVLogger
 from hadainit.callbacks import NeuralCollapseMonitor, SpectralMonitor
 from hadainit.callbacks import _lightning as lightning_internals
 
+from . import _jsonargparse as jsonargparse_internals
 from .data import ClassificationData, Digits
 from .module import ClassifierModule
 from .run_report import write_run_report
@@ -95,7 +96,7 @@ class TrainCLI(LightningCLI):
                             help="replace a non-empty --out (only a folder an earlier hadainit command made)")
         parser.add_argument("--ckpt_path", type=Optional[str], default=None,
                             help="resume from this checkpoint (e.g. OUT/checkpoints/last.ckpt)")
-        _counts_before_fractions(parser)
+        jsonargparse_internals.counts_before_fractions(parser)
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config
@@ -346,29 +347,11 @@ def _missing_package(logger: str) -> str | None:
     return None
 
 
-def _counts_before_fractions(parser) -> None:
-    """The trainer's int-or-float options (``limit_*_batches``, ``val_check_interval``, ...) try int first.
-
-    Lightning takes an int as a count of batches and a float as a fraction of them; jsonargparse tries a union's
-    subtypes in the given order, and typing's union cache can hand it the signature's ``Union[int, float]`` as
-    ``Union[float, int]``, which reads ``1`` as ``1.0``: all batches. ``types.UnionType`` keeps the order."""
-    import functools
-    import operator
-    import typing
-
-    for action in parser._actions:
-        hint = getattr(action, "_typehint", None)
-        args = typing.get_args(hint)
-        if action.dest.startswith("trainer.") and typing.get_origin(hint) is typing.Union and {int, float} <= set(args):
-            ordered = sorted(args, key=lambda t: (t is not int, t is not float))  # int, float, then the rest (None)
-            action._typehint = functools.reduce(operator.or_, ordered)
-
-
 def _one_line(err: BaseException) -> str:
     """The error in one line: a parser error (jsonargparse's, whose message nests the dumps of every type it tried)
     from the option, the value given and the reason; any other error as its message, cut to its first line."""
-    chain = _chain(err)
-    if any(_raised_in(e, "jsonargparse") for e in chain):
+    chain = jsonargparse_internals.chain(err)
+    if any(jsonargparse_internals.raised_in(e, "jsonargparse") for e in chain):
         message = _parser_message(err, chain)
         if message:
             return message
@@ -378,58 +361,13 @@ def _one_line(err: BaseException) -> str:
     return " ".join(lines) if len(lines) <= 3 else f"{lines[0].rstrip(':')} (hadainit train --help lists the options)"
 
 
-def _chain(err: BaseException) -> list[BaseException]:
-    """``err`` and the exceptions it was raised from, outermost first."""
-    seen: list[BaseException] = []
-    while err is not None and err not in seen:
-        seen.append(err)
-        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
-    return seen
-
-
-def _frames(err: BaseException):
-    tb = err.__traceback__
-    while tb is not None:
-        yield tb.tb_frame
-        tb = tb.tb_next
-
-
-def _raised_in(err: BaseException, package: str) -> bool:
-    """``err`` was raised by code of ``package`` (its traceback's innermost frame)."""
-    frames = list(_frames(err))
-    name = frames[-1].f_globals.get("__name__", "") if frames else ""
-    return name == package or name.startswith(package + ".")
-
-
-def _actions(err: BaseException) -> list[argparse.Action]:
-    """The parser actions (options) in whose methods ``err`` travelled, outermost first."""
-    found = [f.f_locals.get("self") for f in _frames(err)]
-    return list(dict.fromkeys(a for a in found if isinstance(a, argparse.Action)))
-
-
-def _given(chain: list[BaseException]) -> tuple[argparse.Action, str, object] | None:
-    """``(action, option string, value)`` of the outermost option the parser called (argparse's
-    ``Action.__call__(parser, namespace, values, option_string)``) on the way to the error; None if none was."""
-    import inspect
-
-    for err in chain:
-        for frame in _frames(err):
-            action = frame.f_locals.get("self")
-            if isinstance(action, argparse.Action) and frame.f_code.co_name == "__call__":
-                info = inspect.getargvalues(frame)
-                args = [info.locals[a] for a in info.args[1:]] + list(info.locals.get(info.varargs) or ())
-                if len(args) >= 4 and isinstance(args[3], str):
-                    return action, args[3], args[2]
-    return None
-
-
 def _parser_message(err: BaseException, chain: list[BaseException]) -> str | None:
     """A jsonargparse error in one line, from the structure of its chain: the option the parser was given and its
     value (argparse's call of the option's action), the options the error passed through, and the innermost error
     (the reason: the class's own words, a key its parser does not accept, a value no type takes). None: no option
     known (the message is short: used as it is)."""
-    leaf, given = chain[-1], _given(chain)
-    actions = [a for e in chain for a in _actions(e)]
+    leaf, given = chain[-1], jsonargparse_internals.given(chain)
+    actions = [a for e in chain for a in jsonargparse_internals.actions(e)]
     if given is not None and given[0].dest == "config":  # a --config file: the option inside it that failed
         given, actions = None, [a for a in actions if a.dest != "config"]
     if given is None and not actions:
@@ -449,44 +387,18 @@ def _parser_message(err: BaseException, chain: list[BaseException]) -> str | Non
         return (f"{option}: not an option of the chosen {action.dest} class "
                 f"(hadainit train {base}.help NAME lists its options)")
     inner = [e for e in chain[1:] if isinstance(e, argparse.ArgumentError)]  # the chosen class's own parser said
-    if not _raised_in(leaf, "jsonargparse") and not isinstance(leaf, argparse.ArgumentError):
-        cls = _instance_of(leaf)
+    if not jsonargparse_internals.raised_in(leaf, "jsonargparse") and not isinstance(leaf, argparse.ArgumentError):
+        cls = jsonargparse_internals.instance_of(leaf)
         return f"{base}{f' ({cls})' if cls else ''}: {reason}"  # the class refused its arguments
-    hint = getattr(actions[-1] if actions else action, "_typehint", None)
+    hint = jsonargparse_internals.typehint(actions[-1] if actions else action)
     if given is not None and hint is not None and (actions[-1] is not action if nested else not inner):
         found = f" ({reason})" if isinstance(leaf, (ImportError, AttributeError)) else ""
-        return f"{option}: got {value!r}, expected {_type_name(hint)}{found} (hadainit train --help lists the options)"
+        expected = jsonargparse_internals.type_name(hint)
+        return f"{option}: got {value!r}, expected {expected}{found} (hadainit train --help lists the options)"
     config = next((e.config for e in chain if hasattr(e, "config")), None)  # see TrainParser.validate
     chosen = config.get(action.dest) if config is not None and action.dest in config else None
     name = str(chosen.get("class_path", "")).rsplit(".", 1)[-1] if hasattr(chosen, "get") else ""
     return f"{option}{f' ({name})' if inner and name else ''}: {reason}"
-
-
-def _instance_of(err: BaseException) -> str | None:
-    """The class whose ``__init__`` raised ``err`` (the outermost such frame), else None."""
-    for frame in _frames(err):
-        if frame.f_code.co_name == "__init__" and "self" in frame.f_locals \
-                and not frame.f_globals.get("__name__", "").startswith("jsonargparse"):
-            return type(frame.f_locals["self"]).__name__
-    return None
-
-
-def _type_name(hint) -> str:
-    """A type hint in words: ``int or None``, ``one of 'a', 'b'``, ``ClassificationData``."""
-    import typing
-
-    if typing.get_origin(hint) in (typing.Union, __import__("types").UnionType):
-        return " or ".join(dict.fromkeys(_type_name(t) for t in typing.get_args(hint)))
-    if typing.get_origin(hint) is typing.Literal:
-        return "one of " + ", ".join(repr(v) for v in typing.get_args(hint))
-    if hint is type(None):
-        return "None"
-    if isinstance(hint, type):
-        return hint.__name__
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is not None and args:  # list[Callback], Iterable[Logger]
-        return f"{getattr(origin, '__name__', origin)}[{', '.join(_type_name(a) for a in args)}]"
-    return str(hint).replace("typing.", "")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ test: $(STAMP)
 # oneDNN capped, the compiled kernel built for AVX2), then the kernels' tests on the SSE baseline
 # build: tolerances must hold on every x86-64 CPU, not only on the one CI runs on (issue 21).
 NUMERIC_TESTS := tests/test_metrics.py tests/test_metrics_float32.py tests/test_metrics_state.py \
-	tests/test_logit_spectrum.py tests/test_monitor_setups.py tests/test_real_digits.py \
+	tests/test_logit_spectrum.py tests/test_feature_source.py tests/test_monitor_publish.py \
+	tests/test_monitor_lifecycle.py tests/test_real_digits.py \
 	tests/test_fwht_kernel.py tests/test_fused_step.py tests/test_spectral_dynamics.py \
 	tests/test_ufm_model.py tests/test_lyapunov.py tests/test_unbalanced_lyapunov.py tests/test_drift.py \
 	tests/test_properties.py tests/test_extremes.py

@@ -183,3 +183,27 @@ def assert_values_close(got: dict, ref: dict, rel: float, abs_: float) -> None:
             assert torch.allclose(torch.tensor(got[key]), torch.tensor(value), rtol=rel, atol=abs_), key
         else:
             assert math.isclose(got[key], value, rel_tol=rel, abs_tol=abs_), (key, got[key], value)
+
+
+def batched_features(module, x, batch_size=20, chunks=1):
+    """The body's features of x computed in the shapes the training steps used (batches, chunks).
+    float32 products of other shapes round differently, and by how much depends on the BLAS and
+    the CPU's instruction set (issue 21): a reference on all rows at once can differ from the
+    batched values by ~1e-8 relative on one machine and agree to 1e-12 on another. Computed in
+    the same shapes, the features are the same float32 numbers, and only the monitor's float64
+    summation order remains.
+    """
+    module.eval()
+    with torch.no_grad():
+        return torch.cat([module.body(c) for b in x.split(batch_size) for c in b.chunk(chunks)])
+
+
+def body_features(module, x):
+    """The body's features of all of x at once, in the classifier's dtype (a true-precision run)."""
+    with torch.no_grad():
+        return module.body(x.to(module.fc.weight.dtype))
+
+
+def messages(record, text: str) -> list[str]:
+    """The messages of the recorded warnings that contain ``text``."""
+    return [str(w.message) for w in record if text in str(w.message)]

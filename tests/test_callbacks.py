@@ -1,6 +1,7 @@
 """The Lightning callbacks: correct values against an independent computation, resume, DDP, arguments."""
 
 import math
+import typing
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from torch import nn
 
 from hadainit import DEFAULT_GAIN
 from hadainit.bases import softmax_basis
-from hadainit.callbacks import NeuralCollapseMonitor, SpectralMonitor
+from hadainit.callbacks import NC_KEYS, MonitorBase, NeuralCollapseMonitor, SpectralMonitor
 from hadainit.metrics.functional import neural_collapse
 from hadainit.metrics.logits import logit_spectrum
 from tests.lightning_helpers import K, TinyModule, assert_same_history, assert_values_close, dataset, loader, trainer
@@ -268,3 +269,28 @@ def test_undefined_geometry_warns_and_training_goes_on():
     with pytest.warns(UserWarning, match=r"values not logged at (initialization|epoch \d+): all class means coincide"):
         trainer([monitor, SpectralMonitor()], max_epochs=2).fit(Dead(), loader())
     assert monitor.history == []
+
+
+# ------------------------------------------------------------- the options
+def test_constructor_choices_are_typed_for_lightning_cli():
+    hints = typing.get_type_hints(MonitorBase.__init__)
+    assert typing.get_args(hints["mode"]) == ("train", "eval", "val")
+    assert typing.get_args(hints["capture"]) == ("hook", "manual")
+    assert set(NC_KEYS) >= {"nc1", "nc4", "cdnv"}
+
+
+def test_both_monitors_take_num_classes_first_and_show_every_option():
+    import inspect
+
+    for cls in (NeuralCollapseMonitor, SpectralMonitor):
+        params = inspect.signature(cls).parameters
+        assert list(params)[0] == "num_classes" and params["num_classes"].kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        assert {"mode", "every_n_epochs", "plot_dir", "forward_fn"} <= set(params)
+        assert "every_n_epochs: measure at the end of every n-th" in cls.__doc__
+        assert cls(K).num_classes == K
+
+
+def test_two_default_monitors_of_one_class_get_hadainits_message():
+    with pytest.raises(ValueError, match="two monitors log under 'nc'/: give each a distinct name"):
+        trainer([NeuralCollapseMonitor(), NeuralCollapseMonitor()], max_epochs=1)

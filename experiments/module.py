@@ -89,8 +89,10 @@ class ClassifierModule(L.LightningModule):
         if modes not in MODES:
             raise ValueError(f"unknown modes {modes!r}; expected one of {MODES}")
         if width is not None:
-            if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-                raise ValueError(f"width must be an int >= 1 (or None), got {width!r}")
+            if isinstance(width, bool) or not isinstance(width, int):
+                raise TypeError(f"width must be an int (or None), got {type(width).__name__}")
+            if width < 1:
+                raise ValueError(f"width must be >= 1, got {width}")
             if arch != "mlp":
                 raise ValueError(f"width sets the MLP's last hidden width: it needs arch 'mlp', got arch {arch!r}")
         self.save_hyperparameters()

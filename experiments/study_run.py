@@ -7,9 +7,14 @@ init and batch order); SGD with momentum at a constant learning rate, both monit
 study's margin probe (:mod:`hadainit.experiments.probe`) at log-spaced epochs. Arms that see Q: the
 two-layer linear head on real data (:mod:`hadainit.experiments.twolayer`), whose time map is known; the
 narrow-head setup (K > d, :mod:`hadainit.experiments.narrow`); and a long full-batch GD run for the
-slowdown (:mod:`hadainit.experiments.fullbatch`). Each run is a folder with Lightning's ``metrics.csv``
-(the other experiments: ``extra/*.json``); every number of ``report.json`` / ``report.md`` is computed
-from those files by :mod:`hadainit.experiments.study` (``--analyze-only`` recomputes the report).
+slowdown (:mod:`hadainit.experiments.fullbatch`). Each training run is a ``hadainit train`` configuration
+(:func:`run_config`: LightningCLI's model, data, trainer with the probe as a callback, ``nc_monitor``,
+``spectral_monitor``, ``seed_everything``, ``out``) run through ``hadainit train``'s own entry point
+(:func:`train_one`), without checkpoints or ``curves.png``; its folder ``runs/SETUP/NAME`` holds the
+``config.yaml`` LightningCLI wrote beside ``metrics.csv`` and the run report, so
+``hadainit train --config runs/SETUP/NAME/config.yaml --out NEW`` trains it again. The other experiments
+write ``extra/*.json``; every number of ``report.json`` / ``report.md`` is computed from the runs'
+``metrics.csv`` and those files by :mod:`hadainit.experiments.study` (``--analyze-only`` recomputes the report).
 """
 
 from __future__ import annotations
@@ -89,7 +94,7 @@ def measured_epochs(epochs: int) -> list[int]:
     return log_spaced_epochs(epochs, MEASURED)
 
 
-#: the data module class of each data set name of :data:`SETUPS`
+#: the package of the data modules :data:`SETUPS` names (their class paths in the configs)
 DATA_CLASS = "hadainit.experiments.data."
 
 

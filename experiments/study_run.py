@@ -147,12 +147,17 @@ def train_one(spec: RunSpec, root: str) -> dict:
     warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|log_every_n_steps).*")
     folder = Path(root) / "runs" / spec.name
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="hadainit-study-") as tmp:  # the input, outside the run folder
-        config = Path(tmp) / "config.yaml"
-        config.write_text(json.dumps(run_config(spec, folder), indent=1))  # JSON is YAML
-        printed, errors = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
-            code = train.main(["--config", str(config)])
+    threads = os.environ.pop("HADAINIT_THREADS", None)  # hadainit train would honour it: the study runs one thread
+    try:
+        with tempfile.TemporaryDirectory(prefix="hadainit-study-") as tmp:  # the input, outside the run folder
+            config = Path(tmp) / "config.yaml"
+            config.write_text(json.dumps(run_config(spec, folder), indent=1))  # JSON is YAML
+            printed, errors = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
+                code = train.main(["--config", str(config)])
+    finally:
+        if threads is not None:
+            os.environ["HADAINIT_THREADS"] = threads
     if code != 0:
         raise RuntimeError(f"{spec.name}: hadainit train failed (exit {code}): {errors.getvalue().strip()}")
     sys.stderr.write(errors.getvalue())  # the runs' warnings, as before

@@ -3,7 +3,9 @@
 import csv
 import json
 import math
+import os
 import statistics
+import sys
 
 import numpy as np
 import pytest
@@ -569,11 +571,13 @@ def test_a_run_config_reruns_through_hadainit_train_to_the_same_metrics(study, t
     with open(out / "runs" / name / "metrics.csv") as a, open(new / "metrics.csv") as b:
         assert set(next(csv.reader(a))) == set(next(csv.reader(b)))
     first, second = read_metrics(out / "runs" / name / "metrics.csv"), read_metrics(new / "metrics.csv")
-    assert [r["epochs_done"] for r in first] == [r["epochs_done"] for r in second] and len(first) > validate.QUICK_EPOCHS
+    assert [r["epochs_done"] for r in first] == [r["epochs_done"] for r in second]
+    assert len(first) > validate.QUICK_EPOCHS
     for a, b in zip(first, second):
         assert a.keys() == b.keys()
         for key in a:
-            assert math.isclose(a[key], b[key], rel_tol=1e-12, abs_tol=1e-15) or math.isnan(a[key]) and math.isnan(b[key]), (a["epochs_done"], key)
+            x, y = a[key], b[key]
+            assert math.isclose(x, y, rel_tol=1e-12, abs_tol=1e-15) or math.isnan(x) and math.isnan(y), (key, x, y)
 
 
 def test_run_config_of_each_kind_of_run():
@@ -635,3 +639,35 @@ def test_the_narrow_head_option_draws_what_the_narrow_module_drew():
                                    ({"modes": "all"}, ValueError, "unknown modes")):
         with pytest.raises(error, match=message):
             ClassifierModule(**kwargs)
+
+
+def test_train_one_hands_its_config_to_hadainit_train_with_one_thread(tmp_path, monkeypatch):
+    """train_one calls `hadainit train`'s entry point with --config (its run_config), never with the user's
+    HADAINIT_THREADS (the study's runs use one thread each; restored after); a failed run raises with the reason."""
+    import yaml
+
+    from hadainit.experiments import train
+
+    calls = []
+
+    def fake(argv):
+        assert argv[0] == "--config" and len(argv) == 2
+        calls.append((yaml.safe_load(open(argv[1]).read()), os.environ.get("HADAINIT_THREADS")))
+        print("hadainit train: wrote ...")
+        return 0
+
+    spec = validate.RunSpec("digits-mlp", "default", 5e-4, 1, 3, 128)
+    monkeypatch.setenv("HADAINIT_THREADS", "4")
+    monkeypatch.setattr(train, "main", fake)
+    result = validate.train_one(spec, str(tmp_path))
+    assert calls == [(validate.run_config(spec, tmp_path / "runs" / spec.name), None)]
+    assert result["name"] == spec.name and os.environ["HADAINIT_THREADS"] == "4"
+
+    def failing(argv):
+        print("hadainit train: --data.batch_size: batch size must be positive", file=sys.stderr)
+        return 2
+
+    monkeypatch.setattr(train, "main", failing)
+    with pytest.raises(RuntimeError, match=r"default-wd0.0005-s1: hadainit train failed \(exit 2\).*batch size"):
+        validate.train_one(spec, str(tmp_path))
+    assert os.environ["HADAINIT_THREADS"] == "4"

@@ -4,7 +4,7 @@ by hadainit (``hadamard``, ``etf``) or left at PyTorch's default."""
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, Optional
 
 import lightning as L
 import torch
@@ -12,19 +12,27 @@ from torch import nn
 
 import hadainit
 
-from .models import build_model
+from .models import MLP, build_model
 
 INITS = ("hadamard", "etf", "default")
 
 
-def apply_init(fc: nn.Linear, init: str, seed: int) -> None:
+#: ``hadamard_``'s mode sets for a K > d layer (docs/theory.md §8): ``auto`` (its default) or ``first``
+MODES = ("auto", "first")
+
+
+def apply_init(fc: nn.Linear, init: str, seed: int, modes: str = "auto") -> None:
     """``hadamard``: rows ``Q V^T / sqrt(3)`` (nn.Linear's row norm); ``etf``: the same without the constant
-    mode (a simplex ETF); both zero the bias. ``default``: nn.Linear's own init, untouched."""
+    mode (a simplex ETF); both zero the bias. ``default``: nn.Linear's own init, untouched. ``modes``: the
+    mode set of a K > d layer (passed to ``hadamard_`` unless ``auto``, its default)."""
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
+    if modes not in MODES:
+        raise ValueError(f"unknown modes {modes!r}; expected one of {MODES}")
     if init == "default":
         return
-    hadainit.hadamard_(fc.weight, zero_mean=init == "etf", generator=torch.Generator().manual_seed(seed))
+    extra = {} if modes == "auto" else {"modes": modes}
+    hadainit.hadamard_(fc.weight, zero_mean=init == "etf", generator=torch.Generator().manual_seed(seed), **extra)
     if fc.bias is not None:
         nn.init.zeros_(fc.bias)
 
@@ -51,6 +59,9 @@ class ClassifierModule(L.LightningModule):
         schedule: ``"constant"`` (epochs proportional to flow time: what the slowdown law speaks of),
             ``"cosine"`` or ``"onecycle"`` (per step).
         seed: seeds the hadamard_ basis of the last layer.
+        width: the MLP's last hidden width (hidden layers (128, width)); None: (128, 64). Below K it is the
+            narrow head of the study (K > d, :mod:`hadainit.experiments.narrow`).
+        modes: the mode set ``hadamard_`` gives a K > d last layer: ``"auto"`` or ``"first"``.
     """
 
     def __init__(
@@ -64,6 +75,8 @@ class ClassifierModule(L.LightningModule):
         weight_decay: float = 5e-4,
         schedule: Literal["constant", "cosine", "onecycle"] = "constant",
         seed: int = 0,
+        width: Optional[int] = None,
+        modes: Literal["auto", "first"] = "auto",
     ) -> None:
         super().__init__()
         _number(lr, "lr", low_open=True)
@@ -73,10 +86,21 @@ class ClassifierModule(L.LightningModule):
             raise ValueError(f"schedule must be 'constant', 'cosine' or 'onecycle', got {schedule!r}")
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
+        if modes not in MODES:
+            raise ValueError(f"unknown modes {modes!r}; expected one of {MODES}")
+        if width is not None:
+            if isinstance(width, bool) or not isinstance(width, int):
+                raise TypeError(f"width must be an int (or None), got {type(width).__name__}")
+            if width < 1:
+                raise ValueError(f"width must be >= 1, got {width}")
+            if arch != "mlp":
+                raise ValueError(f"width sets the MLP's last hidden width: it needs arch 'mlp', got arch {arch!r}")
         self.save_hyperparameters()
         self.num_classes = num_classes  # how the monitors find the classifier
         self.model = build_model(arch, num_classes, tuple(input_shape))
-        apply_init(self.model.fc, init, seed)
+        if width is not None:  # built after the (128, 64) MLP, whose draws it follows (the study's narrow runs)
+            self.model = MLP(num_classes, tuple(input_shape), hidden=(128, width))
+        apply_init(self.model.fc, init, seed, modes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)

@@ -46,12 +46,14 @@ def epochs_trained(trainer) -> float:
 
 
 def write_run_report(out: Path, trainer, module, datamodule, seconds: float, steps_per_second: list[float],
-                     config: dict, resumed_at: str | None = None, interrupted: bool = False) -> dict:
+                     config: dict, resumed_at: str | None = None, interrupted: bool = False,
+                     curves: bool = True) -> dict:
     """Read the run's ``metrics.csv`` back and write the report files (atomically).
 
     Args:
         resumed_at: how far the checkpoint this session resumed from had trained, in words (e.g. ``"25 epochs"``).
         interrupted: the run was stopped by Ctrl-C (the report says so; figures of the epochs so far).
+        curves: draw ``curves.png``.
     """
     metrics = out / "metrics.csv"
     table = read_metrics(metrics) if metrics.is_file() else []
@@ -76,7 +78,7 @@ def write_run_report(out: Path, trainer, module, datamodule, seconds: float, ste
         "final": final,
         "epochs": table,
     }
-    if table:
+    if table and curves:
         plot_curves(table, out / "curves.png")
     write_atomic(out / "report.json", json.dumps(report, indent=2, allow_nan=True))
     hp = module.hparams

@@ -7,9 +7,14 @@ init and batch order); SGD with momentum at a constant learning rate, both monit
 study's margin probe (:mod:`hadainit.experiments.probe`) at log-spaced epochs. Arms that see Q: the
 two-layer linear head on real data (:mod:`hadainit.experiments.twolayer`), whose time map is known; the
 narrow-head setup (K > d, :mod:`hadainit.experiments.narrow`); and a long full-batch GD run for the
-slowdown (:mod:`hadainit.experiments.fullbatch`). Each run is a folder with Lightning's ``metrics.csv``
-(the other experiments: ``extra/*.json``); every number of ``report.json`` / ``report.md`` is computed
-from those files by :mod:`hadainit.experiments.study` (``--analyze-only`` recomputes the report).
+slowdown (:mod:`hadainit.experiments.fullbatch`). Each training run is a ``hadainit train`` configuration
+(:func:`run_config`: LightningCLI's model, data, trainer with the probe as a callback, ``nc_monitor``,
+``spectral_monitor``, ``seed_everything``, ``out``) run through ``hadainit train``'s own entry point
+(:func:`train_one`), without checkpoints or ``curves.png``; its folder ``runs/SETUP/NAME`` holds the
+``config.yaml`` LightningCLI wrote beside ``metrics.csv`` and the run report, so
+``hadainit train --config runs/SETUP/NAME/config.yaml --out NEW`` trains it again. The other experiments
+write ``extra/*.json``; every number of ``report.json`` / ``report.md`` is computed from the runs'
+``metrics.csv`` and those files by :mod:`hadainit.experiments.study` (``--analyze-only`` recomputes the report).
 """
 
 from __future__ import annotations
@@ -89,49 +94,73 @@ def measured_epochs(epochs: int) -> list[int]:
     return log_spaced_epochs(epochs, MEASURED)
 
 
+#: the package of the data modules :data:`SETUPS` names (their class paths in the configs)
+DATA_CLASS = "hadainit.experiments.data."
+
+
+def run_config(spec: RunSpec, out: str | Path) -> dict:
+    """The ``hadainit train`` configuration (LightningCLI's, as a dict) of one study run into the folder ``out``:
+    the model, the data module, both monitors in eval mode and the margin probe at :func:`measured_epochs`, a
+    one-device CPU trainer without checkpoints or the run report's curves.png, the seed."""
+    from .narrow import module_args
+
+    if spec.setup != NARROW and spec.setup not in SETUPS:
+        raise ValueError(f"unknown setup {spec.setup!r}; expected one of {(*SETUPS, NARROW)}")
+    data_name, arch, lr = SETUPS["digits-mlp" if spec.setup == NARROW else spec.setup]
+    head = module_args(spec.init) if spec.setup == NARROW else {"arch": arch, "init": MODULE_INIT[spec.init]}
+    when = measured_epochs(spec.epochs)  # measured densely early, sparsely late: log epoch axes
+    monitor = {"classifier": "model.fc", "mode": "eval", "plot": False, "at_epochs": when}
+    return {
+        "seed_everything": spec.seed,
+        "model": {**head, "lr": lr, "momentum": 0.9, "weight_decay": spec.weight_decay, "schedule": "constant",
+                  "seed": spec.seed},
+        "data": {"class_path": DATA_CLASS + data_name, "init_args": {"batch_size": spec.batch_size}},
+        "trainer": {"max_epochs": spec.epochs, "accelerator": "cpu", "devices": 1, "enable_checkpointing": False,
+                    "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
+                    "log_every_n_steps": 1,
+                    "callbacks": [{"class_path": "hadainit.experiments.probe.MarginProbe",
+                                   "init_args": {"at_epochs": when}}]},
+        "nc_monitor": monitor,
+        "spectral_monitor": {**monitor, "log_modes": True, "init_basis": "svd" if spec.init == "default" else "auto"},
+        "out": str(out),
+        "curves": False,
+    }
+
+
 def train_one(spec: RunSpec, root: str) -> dict:
-    """One run, in this process: its folder gets metrics.csv (and nothing else the report needs)."""
+    """One run, in this process, through ``hadainit train``'s entry point (:func:`hadainit.experiments.train.main`)
+    on :func:`run_config`: its folder gets ``config.yaml`` (``hadainit train --config`` re-runs it), metrics.csv
+    (all the report needs), report.json and report.md."""
+    import contextlib
+    import io
     import logging
+    import tempfile
     import warnings
 
-    import lightning as L
     import torch
-    from lightning.pytorch.loggers import CSVLogger
 
-    from hadainit.callbacks import NeuralCollapseMonitor, SpectralMonitor
-
-    from . import data
-    from .module import ClassifierModule
-    from .narrow import NarrowModule
-    from .probe import MarginProbe
+    from . import train
 
     torch.set_num_threads(1)
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no per-run banner in the study's output
+    for name in ("lightning.pytorch", "lightning.fabric"):  # no per-run banner ("Seed set to") in the study's output
+        logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|log_every_n_steps).*")
-    data_name, arch, lr = SETUPS["digits-mlp" if spec.setup == NARROW else spec.setup]
-    dm = getattr(data, data_name)(batch_size=spec.batch_size)
     folder = Path(root) / "runs" / spec.name
-    folder.mkdir(parents=True, exist_ok=True)
-    L.seed_everything(spec.seed, verbose=False)
-    common = dict(num_classes=dm.num_classes, input_shape=dm.input_shape, lr=lr, momentum=0.9,
-                  weight_decay=spec.weight_decay, schedule="constant", seed=spec.seed)
-    if spec.setup == NARROW:
-        module = NarrowModule(width=NARROW_WIDTH, head_init=spec.init, **common)
-    else:
-        module = ClassifierModule(arch=arch, init=MODULE_INIT[spec.init], **common)
-    when = measured_epochs(spec.epochs)  # measured densely early, sparsely late: log epoch axes
-    monitors = [
-        NeuralCollapseMonitor(classifier="model.fc", mode="eval", plot=False, at_epochs=when),
-        SpectralMonitor(classifier="model.fc", mode="eval", plot=False, log_modes=True, at_epochs=when,
-                        init_basis="svd" if spec.init == "default" else "auto"),
-        MarginProbe(when),
-    ]
     start = time.perf_counter()
-    trainer = L.Trainer(max_epochs=spec.epochs, accelerator="cpu", devices=1, callbacks=monitors,
-                        logger=CSVLogger(folder, name="", version=""), enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        log_every_n_steps=1)
-    trainer.fit(module, datamodule=dm)
+    threads = os.environ.pop("HADAINIT_THREADS", None)  # hadainit train would honour it: the study runs one thread
+    try:
+        with tempfile.TemporaryDirectory(prefix="hadainit-study-") as tmp:  # the input, outside the run folder
+            config = Path(tmp) / "config.yaml"
+            config.write_text(json.dumps(run_config(spec, folder), indent=1))  # JSON is YAML
+            printed, errors = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
+                code = train.main(["--config", str(config)])
+    finally:
+        if threads is not None:
+            os.environ["HADAINIT_THREADS"] = threads
+    if code != 0:
+        raise RuntimeError(f"{spec.name}: hadainit train failed (exit {code}): {errors.getvalue().strip()}")
+    sys.stderr.write(errors.getvalue())  # the runs' warnings, as before
     return {**asdict(spec), "name": spec.name, "seconds": time.perf_counter() - start}
 
 

@@ -9,7 +9,7 @@
 ``--model.*`` (:class:`~hadainit.experiments.module.ClassifierModule`), ``--data.*`` (a data module:
 ``Digits``, ``MNIST1D``, ``CIFAR``; e.g. ``--data MNIST1D``), ``--trainer.*`` (Lightning's Trainer),
 ``--nc_monitor.*`` and ``--spectral_monitor.*`` (the callbacks). The run folder ``--out`` gets
-``metrics.csv``, ``config.yaml``, ``checkpoints/``, the monitors' figures, ``curves.png``,
+``metrics.csv``, ``config.yaml``, ``checkpoints/``, the monitors' figures, ``curves.png`` (``--curves``),
 ``report.json`` and ``report.md``; a non-empty ``--out`` is refused unless ``--overwrite``.
 """
 
@@ -96,6 +96,8 @@ class TrainCLI(LightningCLI):
                             help="replace a non-empty --out (only a folder an earlier hadainit command made)")
         parser.add_argument("--ckpt_path", type=Optional[str], default=None,
                             help="resume from this checkpoint (e.g. OUT/checkpoints/last.ckpt)")
+        parser.add_argument("--curves", type=bool, default=True,
+                            help="draw the run report's curves.png (false: report.json and report.md only)")
         jsonargparse_internals.counts_before_fractions(parser)
 
     def before_instantiate_classes(self) -> None:
@@ -292,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         if run.trainer.is_global_zero:
             write_run_report(run.out, run.trainer, run.model, run.datamodule, time.perf_counter() - start,
                              run.throughput.steps_per_second, config=run.config.as_dict(),
-                             resumed_at=_resumed_at(run.checkpoint), interrupted=interrupted)
+                             resumed_at=_resumed_at(run.checkpoint), interrupted=interrupted,
+                             curves=run.config.curves)
     except SystemExit:
         raise
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, RuntimeError, argparse.ArgumentError,

@@ -3,7 +3,9 @@
 import csv
 import json
 import math
+import os
 import statistics
+import sys
 
 import numpy as np
 import pytest
@@ -536,3 +538,136 @@ def test_the_forecast_memo_returns_the_fit_itself_and_a_copy(study):
     got["variants"].clear()
     again = analysis.forecast(table, validate.QUICK_EPOCHS, start)
     assert json.dumps(again, sort_keys=True) == json.dumps(fresh, sort_keys=True)
+
+
+# ---------------------------------------------------------------- issue 23: every study run is a hadainit train config
+def test_every_run_folder_holds_its_config_and_no_checkpoints_or_curves(study):
+    """Each run folder: the config.yaml LightningCLI wrote (with the study's trainer and seed) beside metrics.csv
+    and the run report; no checkpoints/ or curves.png (off for study runs)."""
+    import yaml
+
+    out, report = study
+    for run in report["runs"]:
+        folder = out / "runs" / run["name"]
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        assert config["seed_everything"] == run["seed"] and config["trainer"]["max_epochs"] == run["epochs"]
+        assert config["trainer"]["enable_checkpointing"] is False and config["curves"] is False
+        assert config["out"] == str(folder) and config["model"]["weight_decay"] == run["weight_decay"]
+        assert (folder / "report.json").is_file() and (folder / "metrics.csv").is_file()
+        assert not (folder / "checkpoints").exists() and not (folder / "curves.png").exists(), run["name"]
+
+
+def test_a_run_config_reruns_through_hadainit_train_to_the_same_metrics(study, tmp_path, capsys):
+    """`hadainit train --config <study>/runs/<setup>/<name>/config.yaml --out NEW` trains the run again: the same
+    metrics.csv columns and values (one thread, same machine: equal to round-off)."""
+    from hadainit.experiments import train
+    from hadainit.experiments.runs import read_metrics
+
+    out, report = study
+    name = report["runs"][0]["name"]
+    new = tmp_path / "again"
+    assert train.main(["--config", str(out / "runs" / name / "config.yaml"), "--out", str(new)]) == 0
+    assert f"in {new}" in capsys.readouterr().out
+    with open(out / "runs" / name / "metrics.csv") as a, open(new / "metrics.csv") as b:
+        assert set(next(csv.reader(a))) == set(next(csv.reader(b)))
+    first, second = read_metrics(out / "runs" / name / "metrics.csv"), read_metrics(new / "metrics.csv")
+    assert [r["epochs_done"] for r in first] == [r["epochs_done"] for r in second]
+    assert len(first) > validate.QUICK_EPOCHS
+    for a, b in zip(first, second):
+        assert a.keys() == b.keys()
+        for key in a:
+            x, y = a[key], b[key]
+            assert math.isclose(x, y, rel_tol=1e-12, abs_tol=1e-15) or math.isnan(x) and math.isnan(y), (key, x, y)
+
+
+def test_run_config_of_each_kind_of_run():
+    """The config of an arm: the module's init (the narrow head: width and mode set), the spectral monitor's
+    initial basis (svd for PyTorch's init), the probe and both monitors at the measured epochs."""
+    spec = validate.RunSpec("digits-mlp", "etf", 0.0, 3, 20, 64)
+    config = validate.run_config(spec, "somewhere")
+    when = validate.measured_epochs(20)
+    assert config["model"] == {"arch": "mlp", "init": "etf", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0,
+                               "schedule": "constant", "seed": 3}
+    assert config["data"] == {"class_path": "hadainit.experiments.data.Digits", "init_args": {"batch_size": 64}}
+    assert config["seed_everything"] == 3 and config["out"] == "somewhere"
+    assert config["trainer"]["callbacks"] == [{"class_path": "hadainit.experiments.probe.MarginProbe",
+                                               "init_args": {"at_epochs": when}}]
+    assert config["nc_monitor"]["at_epochs"] == config["spectral_monitor"]["at_epochs"] == when
+    assert config["spectral_monitor"]["init_basis"] == "auto" and config["spectral_monitor"]["log_modes"] is True
+    assert validate.run_config(validate.RunSpec("digits-cnn", "default", 5e-4, 0, 5, 128), "x")["spectral_monitor"][
+        "init_basis"] == "svd"
+    assert validate.run_config(validate.RunSpec("mnist1d-mlp", "orthogonal", 5e-4, 0, 5, 128), "x")["data"][
+        "class_path"].endswith(".MNIST1D")
+    narrow = {i: validate.run_config(validate.RunSpec(validate.NARROW, i, 5e-4, 0, 5, 128), "x")["model"]
+              for i in ("auto", "first", "default")}
+    assert {i: (m["arch"], m["width"], m["init"], m.get("modes")) for i, m in narrow.items()} == {
+        "auto": ("mlp", 5, "hadamard", "auto"), "first": ("mlp", 5, "hadamard", "first"),
+        "default": ("mlp", 5, "default", None)}
+    with pytest.raises(ValueError, match="unknown setup"):
+        validate.run_config(validate.RunSpec("cifar", "etf", 0.0, 0, 5, 128), "x")
+    with pytest.raises(ValueError, match="unknown narrow-head init"):
+        validate.run_config(validate.RunSpec(validate.NARROW, "etf", 0.0, 0, 5, 128), "x")
+
+
+def test_the_narrow_head_option_draws_what_the_narrow_module_drew():
+    """ClassifierModule(width=5): the body and head of the study's former NarrowModule, draw for draw (the (128, 64)
+    MLP built first, then the (128, 5) one), its last layer filled by hadamard_ with the mode set."""
+    import torch
+
+    import hadainit
+    from hadainit.experiments.models import MLP
+    from hadainit.experiments.module import ClassifierModule
+
+    for modes in ("auto", "first"):
+        torch.manual_seed(7)
+        module = ClassifierModule(arch="mlp", init="hadamard", modes=modes, width=5, seed=2)
+        torch.manual_seed(7)
+        MLP(10, (1, 8, 8))
+        want = MLP(10, (1, 8, 8), hidden=(128, 5))
+        hadainit.hadamard_(want.fc.weight, modes=modes, generator=torch.Generator().manual_seed(2))
+        torch.nn.init.zeros_(want.fc.bias)
+        got = module.model.state_dict()
+        assert got.keys() == want.state_dict().keys() and module.model.fc.weight.shape == (10, 5)
+        assert all(torch.equal(got[k], v) for k, v in want.state_dict().items()), modes
+    first = ClassifierModule(init="hadamard", modes="first", width=5, seed=2).model.fc.weight
+    auto = ClassifierModule(init="hadamard", width=5, seed=2).model.fc.weight
+    assert not torch.allclose(first, auto)  # the mode set is passed on
+    for kwargs, error, message in (({"width": 0}, ValueError, "width must be >= 1"),
+                                   ({"width": 5.0}, TypeError, "width must be an int"),
+                                   ({"width": True}, TypeError, "width must be an int"),
+                                   ({"arch": "cnn", "width": 5}, ValueError, "needs arch 'mlp'"),
+                                   ({"modes": "all"}, ValueError, "unknown modes")):
+        with pytest.raises(error, match=message):
+            ClassifierModule(**kwargs)
+
+
+def test_train_one_hands_its_config_to_hadainit_train_with_one_thread(tmp_path, monkeypatch):
+    """train_one calls `hadainit train`'s entry point with --config (its run_config), never with the user's
+    HADAINIT_THREADS (the study's runs use one thread each; restored after); a failed run raises with the reason."""
+    import yaml
+
+    from hadainit.experiments import train
+
+    calls = []
+
+    def fake(argv):
+        assert argv[0] == "--config" and len(argv) == 2
+        calls.append((yaml.safe_load(open(argv[1]).read()), os.environ.get("HADAINIT_THREADS")))
+        print("hadainit train: wrote ...")
+        return 0
+
+    spec = validate.RunSpec("digits-mlp", "default", 5e-4, 1, 3, 128)
+    monkeypatch.setenv("HADAINIT_THREADS", "4")
+    monkeypatch.setattr(train, "main", fake)
+    result = validate.train_one(spec, str(tmp_path))
+    assert calls == [(validate.run_config(spec, tmp_path / "runs" / spec.name), None)]
+    assert result["name"] == spec.name and os.environ["HADAINIT_THREADS"] == "4"
+
+    def failing(argv):
+        print("hadainit train: --data.batch_size: batch size must be positive", file=sys.stderr)
+        return 2
+
+    monkeypatch.setattr(train, "main", failing)
+    with pytest.raises(RuntimeError, match=r"default-wd0.0005-s1: hadainit train failed \(exit 2\).*batch size"):
+        validate.train_one(spec, str(tmp_path))
+    assert os.environ["HADAINIT_THREADS"] == "4"

@@ -5,12 +5,15 @@ question                 part                                        module
 =======================  ==========================================  ==========================
 when does it measure?    :class:`~.schedule.Schedule`                ``callbacks/schedule.py``
 what data does it see?   :class:`~.source.FeatureSource`, its share  ``callbacks/source.py``,
-                         of the classifier's one hook                ``callbacks/capture.py``
-                         (:class:`~.capture.ClassifierHub`)
+                         of the classifier's one hook                ``callbacks/capture.py``,
+                         (:class:`~.capture.ClassifierHub`), the     ``callbacks/classifier.py``
+                         classifier's lookup
+                         (:func:`~.classifier.find_classifier`)
 where does a value go?   :class:`~.publish.Publisher` (and the       ``callbacks/publish.py``
                          figures)
-what does it keep?       :class:`~.state.MonitorState` (and what     ``callbacks/state.py``
-                         one measurement's sums give)
+what does it keep?       :class:`~.state.MonitorState` (and what     ``callbacks/state.py``,
+                         one measurement's sums give), the sums'     ``callbacks/sums.py``
+                         checkpoint over ranks
 where does the run       :class:`~.phase.Phase`, decided by          ``callbacks/phase.py``
 stand?                   :func:`~.phase.decide_phase`; the sequence
                          around it: :class:`~.phase.Binding`
@@ -47,7 +50,7 @@ from torchmetrics import Metric
 from typing_extensions import override
 
 from . import _lightning as lightning_internals
-from .capture import default_inputs, default_labels
+from .classifier import default_inputs, default_labels
 from .phase import Binding
 from .publish import Publisher, WarnOnce
 from .schedule import Mode, Schedule, epochs_done

@@ -12,7 +12,8 @@ from torch import Tensor
 from hadainit.metrics import COLLAPSE_KEYS, NearestMeanDisagreement, NeuralCollapse
 
 from .base import SHARED_ARGS, MonitorBase
-from .capture import RunningMean, default_inputs, default_labels, quiet_compute
+from .classifier import default_inputs, default_labels
+from .sums import RunningMean, quiet_compute
 from .schedule import Mode
 from .source import Capture
 from .state import CollapseState

@@ -128,3 +128,15 @@ def epochs_done(trainer: Trainer, epoch_end: bool = False) -> float:
     if trainer.state.fn != "fit" or not math.isfinite(batches) or batches < 1:
         return trainer.current_epoch + (1.0 if epoch_end and trainer.state.fn == "fit" else 0.0)
     return trainer.current_epoch + lightning_internals.batches_ready(trainer) / batches
+
+
+def log_spaced_epochs(max_epochs: int, count: int) -> list[int]:
+    """About ``count`` epoch counts spread evenly on a log scale from 1 to ``max_epochs`` (both included):
+    ``at_epochs`` for a long run whose figures have logarithmic epoch axes."""
+    for value, name in ((max_epochs, "max_epochs"), (count, "count")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if count == 1 or max_epochs == 1:
+        return [max_epochs]
+    ratio = max_epochs ** (1.0 / (count - 1))
+    return sorted({max(1, min(max_epochs, round(ratio**i))) for i in range(count)} | {1, max_epochs})

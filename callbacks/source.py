@@ -21,8 +21,8 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, nn
 
 from . import _lightning as lightning_internals
-from .capture import (ClassifierHub, FeatureCapture, default_inputs, default_labels, eval_pass, find_classifier,
-                      has_forward, known_num_classes, subscribe)
+from .capture import ClassifierHub, FeatureCapture, eval_pass, subscribe
+from .classifier import default_inputs, default_labels, find_classifier, has_forward, known_num_classes
 from .schedule import positive_int
 
 Capture = Literal["hook", "manual"]
@@ -113,7 +113,7 @@ class FeatureSource:
 
     def locate(self, trainer: Trainer, pl_module: LightningModule, path: str | None,
                num_classes: int | None) -> tuple[str, nn.Linear]:
-        """Find the classifier (:func:`~.capture.find_classifier`; ``num_classes`` default: the module's or
+        """Find the classifier (:func:`~.classifier.find_classifier`; ``num_classes`` default: the module's or
         datamodule's), known from now on, and check that the module can make this source's passes."""
         name, self.classifier = find_classifier(pl_module, path, known_num_classes(num_classes, trainer, pl_module))
         self.check_forward(pl_module)

@@ -18,7 +18,7 @@ from typing_extensions import override
 
 from .base import SHARED_ARGS, MonitorBase
 from .phase import Phase
-from .capture import default_inputs, default_labels
+from .classifier import default_inputs, default_labels
 from .forecast import FORECAST_KEYS, SpectralForecast, check_options
 from .plotting import epoch_axis, label, new_figure, save
 from .schedule import Mode

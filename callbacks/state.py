@@ -3,7 +3,7 @@ partial sums of the measurement going on (fed through :meth:`MonitorState.take`,
 :meth:`MonitorState.measure`), and the checkpoint format (``state_dict`` version 2).
 
 The checkpoint is ``{"version": 2, "history": [row, ...], "basis": InitialBasis.state_dict() | None}``,
-plus ``"metrics"`` (each metric's partial sums over every rank, :func:`~.capture.metric_checkpoint`)
+plus ``"metrics"`` (each metric's partial sums over every rank, :func:`~.sums.metric_checkpoint`)
 when there are metrics, so a run resumed mid-epoch continues the epoch's sums exactly.
 """
 
@@ -18,7 +18,7 @@ from torchmetrics import Metric
 
 from hadainit.drift import InitialBasis
 
-from .capture import SampleCount, metric_checkpoint, quiet_compute, restore_metric
+from .sums import SampleCount, metric_checkpoint, quiet_compute, restore_metric
 
 STATE_VERSION = 2
 

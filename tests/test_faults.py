@@ -122,7 +122,7 @@ def test_distributed_sampler_padding_is_counted_and_bounded(ddp_run):
 def _checkpoint_scenario(rank, world, out_dir):
     """Each rank accumulates its shard, a mid-epoch checkpoint is taken (metric_checkpoint: a collective),
     every rank restores rank 0's copy into fresh metrics (as on resume), then each adds more of its shard."""
-    from hadainit.callbacks.capture import metric_checkpoint, restore_metric
+    from hadainit.callbacks.sums import metric_checkpoint, restore_metric
     from hadainit.metrics.logits import LogitSpectrum
 
     x, labels = _data()

@@ -61,3 +61,15 @@ def test_type_names_in_words():
     assert internals.type_name(typing.Optional[typing.Union[int, float]]) == "int or float or None"
     assert internals.type_name(typing.Literal["a", "b"]) == "one of 'a', 'b'"
     assert internals.type_name(list[int]) == "list[int]"
+
+
+def test_a_config_saved_before_the_lookup_moved_still_parses(tmp_path):
+    """Saved ``config.yaml`` files name the batch readers by import path; ``hadainit.callbacks.capture`` was their
+    home until the classifier lookup got a module of its own, so that path still resolves to the same functions."""
+    from hadainit.callbacks.classifier import default_inputs, default_labels
+
+    old = "hadainit.callbacks.capture"
+    run = train.cli(["--out", str(tmp_path / "run"), "--nc_monitor.labels_from_batch", f"{old}.default_labels",
+                     "--spectral_monitor.inputs_from_batch", f"{old}.default_inputs", *QUIET])
+    assert run.config.nc_monitor.labels_from_batch is default_labels
+    assert run.config_init.spectral_monitor.source.inputs_from_batch is default_inputs

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from hadainit.callbacks.capture import metric_checkpoint, restore_metric
+from hadainit.callbacks.sums import metric_checkpoint, restore_metric
 from hadainit.metrics import NeuralCollapse
 from hadainit.metrics.statistics import GROUP
 from tests.metrics_reference import reference_metrics

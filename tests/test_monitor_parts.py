@@ -269,7 +269,7 @@ def test_warn_once_says_each_key_once_until_reset():
 
 # ---------------------------------------------------------------- state
 def test_the_state_takes_rows_and_measures_them_once():
-    from hadainit.callbacks.capture import SampleCount, RunningMean
+    from hadainit.callbacks.sums import RunningMean, SampleCount
 
     state, fed = MonitorState("M"), []
     state.bind(torch.nn.Linear(4, 3), lambda k, d: {"mean": RunningMean((d,))}, "cpu")

@@ -1,11 +1,13 @@
 """The UFM validation run (`hadainit ufm --quick`) end to end: files, and the numbers that back each claim."""
 
+import contextlib
+import io
 import json
-import subprocess
-import sys
 
 import pytest
 
+from hadainit.experiments import ufm_demo
+from hadainit.experiments.cli import main as cli_main
 from hadainit.experiments.ufm_demo import run
 
 FIGURES = [
@@ -20,9 +22,27 @@ FIGURES = [
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
+def console_run(tmp_path_factory):
+    """``hadainit ufm --out OUT --quick`` through the console command's entry, in this process: its folder, the
+    report ``run`` returned to the command, and what the command printed (stdout, stderr)."""
     out = tmp_path_factory.mktemp("ufm")
-    return out, run(out, quick=True)
+    returned = {}
+
+    def spy(*args, **kwargs):
+        returned["report"] = run(*args, **kwargs)
+        return returned["report"]
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        mp.setattr(ufm_demo, "run", spy)
+        code = cli_main(["ufm", "--out", str(out), "--quick"])
+    assert code == 0, stderr.getvalue()
+    return out, returned["report"], stdout.getvalue(), stderr.getvalue()
+
+
+@pytest.fixture(scope="module")
+def quick_run(console_run):
+    return console_run[:2]
 
 
 def test_files_written(quick_run):
@@ -63,11 +83,8 @@ def test_headline_numbers_back_the_claims(quick_run):
     assert r["ce_vs_mse"]["ce_min_lam_at_end"] > r["ce_vs_mse"]["ce_min_lam_at_t_1e6"] > 5
 
 
-def test_console_command(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "hadainit.experiments.cli", "ufm", "--out", str(tmp_path), "--quick"],
-        capture_output=True, text=True, check=True,
-    )
-    assert "# hadainit: UFM validation run" in proc.stdout
-    assert "hadainit ufm" in proc.stderr  # the progress bar goes to stderr
-    assert (tmp_path / "report.json").exists()
+def test_console_command(console_run):
+    out, _, stdout, stderr = console_run
+    assert "# hadainit: UFM validation run" in stdout
+    assert "hadainit ufm" in stderr  # the progress bar goes to stderr
+    assert (out / "report.json").exists()

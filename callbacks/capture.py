@@ -3,6 +3,7 @@ monitors' own eval-mode pass over data."""
 
 from __future__ import annotations
 
+import contextlib
 import weakref
 from contextlib import contextmanager
 from typing import Any, Callable
@@ -83,6 +84,18 @@ class ClassifierHub:
 
 #: The hub of each classifier with subscribed captures (weak keys: a dropped model takes its entry along).
 _HUBS: "weakref.WeakKeyDictionary[nn.Linear, ClassifierHub]" = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def model_pass(model: nn.Module, hub: ClassifierHub, captures: list[FeatureCapture]):
+    """Within this block (a monitor's eval pass over ``model``) ``hub``'s calls go to ``captures`` only, and the
+    hub of every other classifier inside ``model`` feeds none of its captures: a monitor on another head of the
+    model, still holding its training batch's calls, never takes the pass's calls as that batch's."""
+    hubs = [hub] + [h for m in model.modules() if (h := _HUBS.get(m)) is not None and h is not hub]
+    with contextlib.ExitStack() as stack:
+        for h in hubs:
+            stack.enter_context(h.only(captures if h is hub else []))
+        yield
 
 
 def hub_of(classifier: nn.Linear) -> ClassifierHub | None:

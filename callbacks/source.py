@@ -21,7 +21,7 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor, nn
 
 from . import _lightning as lightning_internals
-from .capture import ClassifierHub, FeatureCapture, eval_pass, subscribe
+from .capture import ClassifierHub, FeatureCapture, eval_pass, model_pass, subscribe
 from .classifier import default_inputs, default_labels, find_classifier, has_forward, known_num_classes
 from .schedule import positive_int
 
@@ -179,7 +179,7 @@ class FeatureSource:
                 source.consume(source._capture.take(), batch)
 
         try:
-            with self._hub.only([source._capture for source in sources]):
+            with model_pass(pl_module, self._hub, [source._capture for source in sources]):
                 eval_pass(trainer, pl_module, loader, limit, self._forward, consume)
         finally:
             for source in sources:

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from hadainit.callbacks import NeuralCollapseMonitor, SpectralMonitor
-from hadainit.callbacks.capture import FeatureCapture, hub_of, subscribe
+from hadainit.callbacks.capture import FeatureCapture, hub_of, model_pass, subscribe
 from hadainit.metrics.functional import neural_collapse
 from tests.lightning_helpers import (
     D,
@@ -64,6 +64,50 @@ def test_a_pass_restricts_its_own_classifier_only():
     for capture in (inside, outside):
         hub.leave(capture)
     hub_of(other).leave(elsewhere)
+
+
+def test_a_model_pass_holds_back_the_other_heads_of_the_model():
+    model = nn.ModuleDict({"fc": nn.Linear(D, K), "fc2": nn.Linear(D, K)})
+    mine, other_head, outside = FeatureCapture(), FeatureCapture(), FeatureCapture()
+    hub = subscribe(model["fc"], mine)
+    subscribe(model["fc2"], other_head)
+    lone = nn.Linear(D, K)
+    subscribe(lone, outside)
+    for capture in (mine, other_head, outside):
+        capture.active = True
+    with model_pass(model, hub, [mine]):
+        x = torch.randn(2, D)
+        model["fc"](x), model["fc2"](x), lone(x)  # another model's classifier is not this pass's business
+    model["fc2"](x)  # after the pass, the other head captures again
+    assert (len(mine.calls), len(other_head.calls), len(outside.calls)) == (1, 1, 1)
+    for fc, capture in ((model["fc"], mine), (model["fc2"], other_head), (lone, outside)):
+        hub_of(fc).leave(capture)
+
+
+class BothHeads(TinyModule):
+    """A forward that calls two heads: an eval pass over it calls both."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.fc2 = nn.Linear(D, K)
+
+    def forward(self, x):
+        h = self.body(x)
+        return self.fc(h) + self.fc2(h)
+
+
+def test_an_eval_pass_on_one_head_never_reaches_a_train_monitor_on_another():
+    """Was: the eval-mode monitor of ``fc`` made its pass while the train-mode monitor of ``fc2`` (later in the
+    callbacks) still held its last training batch: it took the pass's fc2 calls as that batch's (400 samples)."""
+    def run(monitors):
+        torch.manual_seed(0)
+        trainer(monitors, max_epochs=2).fit(BothHeads(lr=0.1), loader())
+        return monitors[-1].history
+
+    beside = run([NeuralCollapseMonitor(classifier="fc", mode="eval"), NeuralCollapseMonitor(classifier="fc2", name="head2")])
+    alone = run([NeuralCollapseMonitor(classifier="fc2", name="head2")])
+    assert [row["num_samples"] for row in beside] == [200.0, 200.0, 200.0]
+    assert_same_history(beside, alone, rel=0.0, abs_=0.0)
 
 
 def test_a_copy_of_a_hooked_model_feeds_no_capture():

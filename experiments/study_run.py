@@ -106,6 +106,8 @@ def run_config(spec: RunSpec, out: str | Path) -> dict:
 
     if spec.setup != NARROW and spec.setup not in SETUPS:
         raise ValueError(f"unknown setup {spec.setup!r}; expected one of {(*SETUPS, NARROW)}")
+    if spec.setup != NARROW and spec.init not in MODULE_INIT:
+        raise ValueError(f"unknown init {spec.init!r} for {spec.setup}; expected one of {tuple(MODULE_INIT)}")
     data_name, arch, lr = SETUPS["digits-mlp" if spec.setup == NARROW else spec.setup]
     head = module_args(spec.init) if spec.setup == NARROW else {"arch": arch, "init": MODULE_INIT[spec.init]}
     when = measured_epochs(spec.epochs)  # measured densely early, sparsely late: log epoch axes

@@ -364,6 +364,24 @@ def _one_line(err: BaseException) -> str:
     return " ".join(lines) if len(lines) <= 3 else f"{lines[0].rstrip(':')} (hadainit train --help lists the options)"
 
 
+_MISSING = object()
+
+
+def _config_value(path, dest: str):
+    """The value a config file gives the option ``dest`` (``trainer.limit_train_batches``), else ``_MISSING``."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(Path(str(path)).read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return _MISSING
+    for part in dest.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return _MISSING
+        value = value[part]
+    return value
+
+
 def _parser_message(err: BaseException, chain: list[BaseException]) -> str | None:
     """A jsonargparse error in one line, from the structure of its chain: the option the parser was given and its
     value (argparse's call of the option's action), the options the error passed through, and the innermost error
@@ -372,7 +390,13 @@ def _parser_message(err: BaseException, chain: list[BaseException]) -> str | Non
     leaf, given = chain[-1], jsonargparse_internals.given(chain)
     actions = [a for e in chain for a in jsonargparse_internals.actions(e)]
     if given is not None and given[0].dest == "config":  # a --config file: the option inside it that failed
-        given, actions = None, [a for a in actions if a.dest != "config"]
+        path, actions = given[2], [a for a in actions if a.dest != "config"]
+        value = _config_value(path, actions[0].dest) if actions else _MISSING
+        given = None if value is _MISSING else (actions[0], f"--{actions[0].dest}", value)
+        specs = value if isinstance(value, list) else [value]
+        plain = given is not None and not any(isinstance(v, dict) for v in specs)  # a value, not class specs
+    else:
+        plain = False
     if given is None and not actions:
         return None
     action = given[0] if given else actions[0]
@@ -394,7 +418,7 @@ def _parser_message(err: BaseException, chain: list[BaseException]) -> str | Non
         cls = jsonargparse_internals.instance_of(leaf)
         return f"{base}{f' ({cls})' if cls else ''}: {reason}"  # the class refused its arguments
     hint = jsonargparse_internals.typehint(actions[-1] if actions else action)
-    if given is not None and hint is not None and (actions[-1] is not action if nested else not inner):
+    if given is not None and hint is not None and (actions[-1] is not action if nested else not inner or plain):
         found = f" ({reason})" if isinstance(leaf, (ImportError, AttributeError)) else ""
         expected = jsonargparse_internals.type_name(hint)
         return f"{option}: got {value!r}, expected {expected}{found} (hadainit train --help lists the options)"

@@ -592,3 +592,21 @@ def test_parser_errors_are_one_line_from_the_chain(tmp_path, capsys, flags, mess
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("hadainit train: ") and message in err, err
     assert "Parser key" not in err and "Does not validate" not in err and "Namespace(" not in err, err
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("trainer:\n  limit_train_batches: [1, 2]\n",
+     "--trainer.limit_train_batches: got [1, 2], expected int or float or None"),
+    ("trainer:\n  max_epochs: abc\n", "--trainer.max_epochs: got 'abc', expected int or None"),
+    ("model:\n  init: nope\n", "--model.init: got 'nope', expected one of 'hadamard', 'etf', 'default'"),
+    ("data: Nope\n", "--data Nope: unknown data module; choose one of Digits, MNIST1D, CIFAR"),
+])
+def test_a_config_files_bad_value_reads_as_on_the_command_line(tmp_path, capsys, yaml_text, message):
+    """Was: jsonargparse's own wording for a value in a --config file ("Expected a <class 'int'>. Got value: ...",
+    which also hid that a float is accepted); the value is looked up in the file, and the message is the
+    command line's."""
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml_text)
+    assert train.main(["--config", str(config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"hadainit train: {message}") and len(err.splitlines()) == 1, err

@@ -607,6 +607,8 @@ def test_run_config_of_each_kind_of_run():
         validate.run_config(validate.RunSpec("cifar", "etf", 0.0, 0, 5, 128), "x")
     with pytest.raises(ValueError, match="unknown narrow-head init"):
         validate.run_config(validate.RunSpec(validate.NARROW, "etf", 0.0, 0, 5, 128), "x")
+    with pytest.raises(ValueError, match="unknown init 'xavier' for digits-mlp"):  # was: a bare KeyError
+        validate.run_config(validate.RunSpec("digits-mlp", "xavier", 0.0, 0, 5, 128), "x")
 
 
 def test_the_narrow_head_option_draws_what_the_narrow_module_drew():

@@ -140,12 +140,15 @@ class MonitorBase(Callback):
         forward_fn: Callable[[LightningModule, Any], Any] | None = None,
     ) -> None:
         self._warn_once = WarnOnce()
-        self.schedule = Schedule(mode, every_n_epochs, at_epochs, log_at_init)
-        self.source = FeatureSource(mode, capture, eval_loader=eval_loader, eval_batches=eval_batches,
-                                    val_dataloader_idx=val_dataloader_idx, ignore_index=ignore_index,
-                                    labels_from_batch=labels_from_batch, inputs_from_batch=inputs_from_batch,
-                                    forward_fn=forward_fn, owner=type(self).__name__, warn=self._warn_once)
-        _check_identity(type(self), num_classes, classifier, name, metrics)
+        try:  # the parts check their options; the message names the monitor (two monitors take the same options)
+            self.schedule = Schedule(mode, every_n_epochs, at_epochs, log_at_init)
+            self.source = FeatureSource(mode, capture, eval_loader=eval_loader, eval_batches=eval_batches,
+                                        val_dataloader_idx=val_dataloader_idx, ignore_index=ignore_index,
+                                        labels_from_batch=labels_from_batch, inputs_from_batch=inputs_from_batch,
+                                        forward_fn=forward_fn, owner=type(self).__name__, warn=self._warn_once)
+            _check_identity(type(self), num_classes, classifier, name, metrics)
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"{type(self).__name__}: {err}") from err
         self.publisher = Publisher("", self._selected, owner=type(self).__name__)
         self.state = self.STATE(type(self).__name__)
         self.name = name or (self.PREFIX if mode == "train" else f"{self.PREFIX}_{mode}")

@@ -294,3 +294,12 @@ def test_both_monitors_take_num_classes_first_and_show_every_option():
 def test_two_default_monitors_of_one_class_get_hadainits_message():
     with pytest.raises(ValueError, match="two monitors log under 'nc'/: give each a distinct name"):
         trainer([NeuralCollapseMonitor(), NeuralCollapseMonitor()], max_epochs=1)
+
+
+def test_an_option_error_names_the_monitor():
+    """Both monitors take the shared options: the message says whose (was: "every_n_epochs must be ..." alone, which
+    ``hadainit train --nc_monitor.every_n_epochs 0`` printed as it was)."""
+    with pytest.raises(ValueError, match=r"^SpectralMonitor: every_n_epochs must be a positive int"):
+        SpectralMonitor(every_n_epochs=0)
+    with pytest.raises(TypeError, match=r"^NeuralCollapseMonitor: ignore_index must be an int or None"):
+        NeuralCollapseMonitor(ignore_index=1.5)
